@@ -1,0 +1,81 @@
+"""Shared CLI options for choosing a model, compressor and checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", help="folder written by `compactvlm train` / save_pretrained")
+    g.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
+    g.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
+    g.add_argument("--compressor", default=None, help="compressor name (see `compactvlm info`)")
+    g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="compressor option, repeatable (e.g. --param k=2 --param E=1)")
+    g.add_argument("--k", type=int, default=None, help="shortcut for --param k=K (window size)")
+    g.add_argument("--E", type=int, default=None, help="shortcut for --param E=E (tokens per window)")
+    g.add_argument("--tokens", type=int, default=None, help="shortcut for --param tokens=N (e.g. vistog, qformer)")
+    g.add_argument("--budget", type=int, default=None, help="test-time token budget (objects, reductions)")
+    g.add_argument("--reduce", default=None, help="training-free reduction at inference (random, avgpool, visionzip, fastv)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
+def compressor_params(args: argparse.Namespace) -> dict:
+    from ..config import parse_value
+    from ..errors import CompactVLMError
+
+    params: dict = {}
+    for kv in args.param:
+        if "=" not in kv:
+            raise CompactVLMError(f"--param {kv!r} is not KEY=VALUE", "write e.g. --param k=2")
+        k, v = kv.split("=", 1)
+        params[k] = parse_value(v)
+    for name in ("k", "E", "tokens"):
+        if getattr(args, name, None) is not None:
+            params[name] = getattr(args, name)
+    return params
+
+
+def model_from_args(args: argparse.Namespace, progress: bool = True):
+    """Build (or load) the model the CLI options describe."""
+    from ..errors import CompactVLMError
+    from ..model.build import ModelConfig, build_model
+
+    params = compressor_params(args)
+    if args.checkpoint:
+        from ..model.checkpoint import load_pretrained
+
+        model = load_pretrained(args.checkpoint, compressor=args.compressor, compressor_params=params or None,
+                                progress=progress)
+    else:
+        cfg = ModelConfig(compressor=args.compressor or "mlp2x_gelu", compressor_params=params)
+        if args.encoder:
+            cfg.encoder = args.encoder
+        if args.llm:
+            cfg.llm = args.llm
+        model = build_model(cfg, progress=progress)
+    if args.budget is not None or args.reduce:
+        apply_budget(model, args.budget, args.reduce)
+    if args.device != "cpu":
+        model.to(args.device)
+    return model
+
+
+def apply_budget(model, budget: int | None, reduce: str | None) -> None:
+    from ..errors import CompactVLMError
+
+    if reduce:
+        from ..registry import REDUCTIONS
+
+        model.reduction = REDUCTIONS.create(reduce, budget=budget, model=model)
+        return
+    setter = getattr(model.compressor, "set_budget", None)
+    if setter is None:
+        raise CompactVLMError(
+            f"compressor {model.compressor.registry_name!r} has no test-time budget",
+            "use --reduce random|avgpool|visionzip|fastv with --budget, or a compressor with a budget (objects)",
+        )
+    setter(budget)

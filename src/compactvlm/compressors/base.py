@@ -1,0 +1,100 @@
+"""The compressor interface: encoder features -> (B, M, D_llm) tokens for the LLM.
+
+A compressor is one ``nn.Module`` registered by name. It declares
+- ``feature_layers()``: which encoder blocks it reads (see ``encoders.base`` for the index convention);
+- ``extra_tokens()``: tokens to append inside the encoder (VisToG's semantic tokens), or None;
+- ``num_output_tokens(grid)``: how many tokens it emits for a patch grid. This is the one place token
+  counts are derived; the prompt builder, the merge check and the FLOPs code all read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..encoders.base import EncoderInfo, VisionFeatures
+from ..errors import CompactVLMError
+from ..registry import COMPRESSORS
+
+
+class Compressor(nn.Module):
+    registry_name: str = "?"
+    #: True for compressors with no learned parameters (pooling, random drop without a projector).
+    training_free: bool = False
+    #: attention between image tokens and ``extra_tokens`` inside the encoder ("isolated" | "full").
+    extra_attention: str = "isolated"
+
+    def __init__(self, enc: EncoderInfo, llm_dim: int):
+        super().__init__()
+        self.enc = enc
+        self.llm_dim = int(llm_dim)
+        self.params: dict[str, Any] = {}
+
+    def feature_layers(self) -> list[int]:
+        return [-2]
+
+    def extra_tokens(self) -> torch.Tensor | None:
+        return None
+
+    def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        raise NotImplementedError
+
+    def forward(self, feats: VisionFeatures) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_output(self, out: torch.Tensor, feats: VisionFeatures) -> torch.Tensor:
+        """The count check where image features meet text embeddings starts here."""
+        want = self.num_output_tokens(feats.grid)
+        if out.ndim != 3 or out.shape[1] != want or out.shape[2] != self.llm_dim:
+            raise RuntimeError(
+                f"compressor {self.registry_name} emitted {tuple(out.shape)}, "
+                f"declared (B, {want}, {self.llm_dim})"
+            )
+        return out
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"{self.registry_name}({', '.join(f'{k}={v}' for k, v in self.params.items())}) params={n:,}"
+
+
+def create_compressor(name: str, enc: EncoderInfo, llm_dim: int, **params: Any) -> Compressor:
+    """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...)."""
+    cls = COMPRESSORS.get(name)
+    try:
+        comp = cls(enc=enc, llm_dim=llm_dim, **params)
+    except TypeError as e:
+        import inspect
+
+        sig = inspect.signature(cls.__init__)
+        opts = [p for p in sig.parameters if p not in ("self", "enc", "llm_dim")]
+        raise CompactVLMError(
+            f"bad option for compressor {name!r}: {e}",
+            f"its options are: {', '.join(opts) or '(none)'}",
+        ) from None
+    comp.params = dict(params)
+    return comp
+
+
+def check_grid_divisible(grid: tuple[int, int], k: int, what: str = "k") -> None:
+    h, w = grid
+    if k < 1 or h % k or w % k:
+        raise CompactVLMError(
+            f"{what}={k} does not divide the {h}x{w} patch grid",
+            f"pick {what} from the divisors of {h} and {w}: "
+            + ", ".join(str(d) for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0),
+        )
+
+
+def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
+    """LLaVA-1.5's projector: Linear -> GELU -> Linear (names match HF's ``linear_1``/``linear_2``)."""
+    return nn.Sequential(
+        dict_module(linear_1=nn.Linear(in_dim, out_dim), act=nn.GELU(), linear_2=nn.Linear(out_dim, out_dim))
+    )
+
+
+def dict_module(**mods: nn.Module):
+    from collections import OrderedDict
+
+    return OrderedDict(mods)

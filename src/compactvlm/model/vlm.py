@@ -1,0 +1,192 @@
+"""CompactVLM: vision encoder -> compressor -> LLM, LLaVA style.
+
+    feats  = encoder(pixels, layers=compressor.feature_layers(), extra_tokens=compressor.extra_tokens())
+    tokens = compressor(feats)                       # (B, M, D_llm), M = compressor.num_output_tokens(grid)
+    embeds = merge(llm.embed(text ids), tokens)      # the M <image> positions, count checked
+    llm(inputs_embeds=embeds)
+
+A test-time ``reduction`` (random drop, VisionZip, ...) may stand between encoder and LLM; it then declares the
+token count instead of the compressor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..compressors.base import Compressor
+from ..data.images import ImageProcessor
+from ..encoders.hf import HFVisionEncoder
+from ..errors import CompactVLMError
+from .prompting import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt
+
+
+@dataclass
+class GenerationResult:
+    texts: list[str]
+    num_image_tokens: int
+    prompt_tokens: list[int]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class CompactVLM(nn.Module):
+    def __init__(self, encoder: HFVisionEncoder, compressor: Compressor, llm: nn.Module, tokenizer,
+                 processor: ImageProcessor | None = None, system_prompt: str | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.compressor = compressor
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.processor = processor or ImageProcessor(encoder.info.image_size, encoder.image_mean, encoder.image_std)
+        self.system_prompt = system_prompt
+        self.reduction: nn.Module | None = None
+        self.config_dict: dict[str, Any] = {}
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ---- token counts -------------------------------------------------------------------------------
+    @property
+    def grid(self) -> tuple[int, int]:
+        s = self.processor.size // self.encoder.info.patch_size
+        return (s, s)
+
+    def num_image_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        """The one place the number of vision tokens reaching the LLM is read from."""
+        grid = grid or self.grid
+        if self.reduction is not None:
+            return self.reduction.num_output_tokens(grid)
+        return self.compressor.num_output_tokens(grid)
+
+    @property
+    def llm_dim(self) -> int:
+        return self.llm.get_input_embeddings().embedding_dim
+
+    # ---- vision side ----------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, extra_state: dict | None = None) -> torch.Tensor:
+        """pixels (B, 3, S, S) -> vision tokens (B, M, D_llm)."""
+        comp = self.compressor
+        layers = list(comp.feature_layers())
+        if self.reduction is not None:
+            layers = sorted(set(layers) | set(self.reduction.feature_layers()))
+        feats = self.encoder(pixel_values, layers=layers, extra_tokens=comp.extra_tokens(),
+                             extra_attention=comp.extra_attention)
+        feats.extra_state.update(pixel_values=pixel_values, encoder=self.encoder)
+        if extra_state:
+            feats.extra_state.update(extra_state)
+        if self.reduction is not None:
+            out = self.reduction(feats, comp)
+        else:
+            out = comp.check_output(comp(feats), feats)
+        return out
+
+    # ---- merge ----------------------------------------------------------------------------------------
+    def merge(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Embed text ids and write the image tokens into the placeholder positions (count checked)."""
+        is_img = input_ids == IMAGE_TOKEN_ID  # (B, T)
+        embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))  # (B, T, D)
+        n_pos = int(is_img.sum())
+        if image_tokens is None:
+            if n_pos:
+                raise CompactVLMError(f"the prompt has {n_pos} image positions but no image was given", "pass an image")
+            return embeds
+        b, m, d = image_tokens.shape
+        per_row = is_img.sum(dim=1)
+        if n_pos != b * m or bool((per_row != m).any()):
+            raise CompactVLMError(
+                f"image positions in the prompt ({per_row.tolist()} per sample) do not match the {m} tokens per "
+                f"image the compressor produced for {b} image(s)",
+                "build prompts with the model's num_image_tokens() (one <image> per sample)",
+            )
+        return embeds.masked_scatter(is_img.unsqueeze(-1), image_tokens.to(embeds.dtype).reshape(-1, d))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0,
+                extra_state: dict | None = None, **kwargs):
+        image_tokens = self.encode_images(pixel_values, extra_state) if pixel_values is not None else None
+        embeds = self.merge(input_ids, image_tokens)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                        labels=labels, logits_to_keep=logits_to_keep, **kwargs)
+
+    # ---- prompts and generation ----------------------------------------------------------------------
+    def prompt_ids(self, question: str, with_image: bool = True) -> list[int]:
+        return build_prompt(self.tokenizer, question, self.num_image_tokens() if with_image else 0,
+                            self.system_prompt, with_image=with_image)
+
+    def pad_left(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad for generation: (B, T) ids and attention mask."""
+        t = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), t), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, t - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, t - len(s):] = 1
+        return ids, mask
+
+    def check_context(self, lengths: Sequence[int], max_new_tokens: int) -> None:
+        limit = getattr(self.llm.config, "max_position_embeddings", None)
+        if limit and max(lengths) + max_new_tokens > limit:
+            raise CompactVLMError(
+                f"prompt of {max(lengths)} tokens + {max_new_tokens} new tokens exceeds the LLM context of {limit}",
+                "shorten the question, lower --max-new-tokens, or use a compressor with fewer vision tokens",
+            )
+
+    @torch.inference_mode()
+    def generate(self, images: Sequence | None, questions: Sequence[str], max_new_tokens: int = 32,
+                 do_sample: bool = False, extra_state: dict | None = None, **gen_kwargs) -> GenerationResult:
+        """Answer one question per image (batched, greedy by default)."""
+        dev = next(self.llm.parameters()).device
+        timings: dict[str, float] = {}
+        with_image = images is not None
+        if with_image and len(images) != len(questions):
+            raise CompactVLMError(f"{len(images)} images but {len(questions)} questions", "give one question per image")
+        seqs = [self.prompt_ids(q, with_image=with_image) for q in questions]
+        self.check_context([len(s) for s in seqs], max_new_tokens)
+        ids, mask = self.pad_left(seqs)
+        ids, mask = ids.to(dev), mask.to(dev)
+        t0 = time.perf_counter()
+        image_tokens = None
+        if with_image:
+            pix = images if isinstance(images, torch.Tensor) else self.processor(images)
+            image_tokens = self.encode_images(pix.to(dev), extra_state)
+        t1 = time.perf_counter()
+        embeds = self.merge(ids, image_tokens)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)
+        t2 = time.perf_counter()
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        timings.update(vision_ms=(t1 - t0) * 1e3, generate_ms=(t2 - t1) * 1e3)
+        return GenerationResult([t.strip() for t in texts], self.num_image_tokens() if with_image else 0,
+                                [len(s) for s in seqs], timings)
+
+    @torch.inference_mode()
+    def prefill_ms(self, images, question: str, repeats: int = 3) -> float:
+        """Median ms of encode + compress + LLM prefill (last position's logits only)."""
+        seqs = [self.prompt_ids(question)] * len(images)
+        ids, mask = self.pad_left(seqs)
+        pix = self.processor(images)
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            self.forward(ids, mask, pix, logits_to_keep=1)
+            times.append((time.perf_counter() - t) * 1e3)
+        times = sorted(times[1:])
+        return times[len(times) // 2]
+
+
+def collate_labels(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) pairs for training: ids, attention mask, labels (IGNORE on padding)."""
+    t = max(len(s[0]) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), t), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, (s, l) in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        labels[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
