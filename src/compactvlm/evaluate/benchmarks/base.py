@@ -1,0 +1,231 @@
+"""What every benchmark reader shares: the uniform :class:`EvalItem`, the :class:`Benchmark` base class,
+the ``BENCHMARKS`` registry and small file helpers.
+
+A reader turns a benchmark folder laid out as LLaVA's ``playground/data/eval/<name>`` into a list of
+``EvalItem`` (``items()``), scores predictions with the benchmark's official metric (``score()``), and
+may write the files an evaluation server wants (``export()``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import CompactVLMError
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+
+BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("gqa")``. (A plain dict, not ``compactvlm.registry``, so that reading
+    benchmarks does not import torch through the compressor registry.)"""
+
+    def deco(cls):
+        if name in BENCHMARKS and BENCHMARKS[name] is not cls:
+            raise RuntimeError(f"benchmark {name!r} registered twice")
+        BENCHMARKS[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass
+class EvalItem:
+    """One question. ``prompt`` is the full text given to the model (no ``<image>`` token; the model
+    places the image). ``answers`` is the ground truth (empty where it is not public); ``meta`` holds
+    what the scorer needs (split, options, pair/group ids, ...)."""
+
+    question_id: str | int
+    image_path: str | None
+    prompt: str
+    category: str = "default"
+    answers: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return str(self.question_id)
+
+    def load_image(self):
+        """The image as an RGB PIL image."""
+        from PIL import Image
+
+        if not self.image_path:
+            raise CompactVLMError(f"question {self.question_id!r} has no image", "skip text-only questions")
+        try:
+            with Image.open(self.image_path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise CompactVLMError(f"image not found: {self.image_path}",
+                                  "point --data at the benchmark folder with the images (see the reader's docstring)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Benchmark:
+    """Base class of the readers. Subclasses set ``name``, ``headline`` (the metric tables and PRT use)
+    and implement ``load_items`` and ``score``."""
+
+    name: str = ""
+    headline: str | None = None
+
+    def __init__(self, data_dir: str | Path, image_dir: str | Path | None = None):
+        self.data_dir = Path(data_dir).expanduser()
+        if not self.data_dir.is_dir():
+            raise CompactVLMError(f"benchmark folder not found: {self.data_dir}",
+                                  f"pass the folder that holds the {self.name or 'benchmark'} files")
+        self.image_dir = Path(image_dir).expanduser() if image_dir else None
+        self._items: list[EvalItem] | None = None
+
+    # -- to implement -------------------------------------------------------------------------------
+    def load_items(self) -> list[EvalItem]:
+        raise NotImplementedError
+
+    def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str] | Sequence[str]) -> dict:
+        raise NotImplementedError
+
+    def export(self, items: Sequence[EvalItem], predictions: Mapping[str, str] | Sequence[str],
+               out_dir: Path) -> list[Path]:
+        """Write submission/prediction files in the benchmark's own format; returns the paths."""
+        return []
+
+    # -- shared ------------------------------------------------------------------------------------
+    def items(self) -> list[EvalItem]:
+        if self._items is None:
+            self._items = unique_ids(self.load_items())
+        return self._items
+
+    def find(self, *candidates: str, what: str = "file") -> Path:
+        """The first of ``candidates`` (relative to the data folder) that exists."""
+        for c in candidates:
+            p = self.data_dir / c
+            if p.exists():
+                return p
+        raise CompactVLMError(
+            f"{self.name}: no {what} in {self.data_dir} (looked for {', '.join(candidates)})",
+            f"lay the folder out like LLaVA's playground/data/eval/{self.name} or pass the right --data",
+        )
+
+    def images_in(self, *candidates: str) -> Path:
+        """The image folder: ``image_dir`` if given, else the first candidate that exists (else the first,
+        LLaVA's usual place, so that a missing image is reported where it was expected)."""
+        if self.image_dir is not None:
+            return self.image_dir
+        for c in candidates:
+            p = self.data_dir / c
+            if p.is_dir():
+                return p
+        return self.data_dir / candidates[0] if candidates else self.data_dir
+
+
+def unique_ids(items: list[EvalItem]) -> list[EvalItem]:
+    """Make question ids unique (some LLaVA files reuse an id, e.g. the image id): later repeats get '#k'."""
+    seen: dict[str, int] = {}
+    for it in items:
+        k = it.key
+        if k in seen:
+            seen[k] += 1
+            it.meta.setdefault("original_question_id", it.question_id)
+            it.question_id = f"{k}#{seen[k]}"
+        else:
+            seen[k] = 0
+    return items
+
+
+def predictions_for(items: Sequence[EvalItem], predictions: Mapping[str, str] | Sequence[str]) -> tuple[list[str], int]:
+    """Predictions aligned with ``items`` (missing ones become "" and count as wrong) and how many were missing."""
+    if isinstance(predictions, Mapping):
+        preds = {str(k): v for k, v in predictions.items()}
+        out = [preds.get(it.key) for it in items]
+    else:
+        if len(predictions) != len(items):
+            raise CompactVLMError(f"{len(predictions)} predictions for {len(items)} questions",
+                                  "pass one prediction per item, or a question_id -> answer mapping")
+        out = list(predictions)
+    missing = sum(p is None for p in out)
+    return ["" if p is None else str(p) for p in out], missing
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CompactVLMError(f"{path}:{n} is not valid JSON ({e.msg})", "fix or re-download the file")
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CompactVLMError(f"{path} is not valid JSON ({e.msg})", "fix or re-download the file")
+
+
+def question_text(prompt: str) -> str:
+    """The question of a LLaVA prompt: its first line (instructions and OCR hints follow on later lines)."""
+    return prompt.split("\n")[0].strip()
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    tmp.replace(path)
+    return path
+
+
+def get_benchmark(name: str, data_dir: str | Path, **kwargs: Any) -> Benchmark:
+    """A reader by name (``compactvlm.evaluate.list_benchmarks()`` lists them)."""
+    from . import _load_all
+
+    _load_all()
+    if name not in BENCHMARKS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(BENCHMARKS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CompactVLMError(f"unknown benchmark {name!r}", f"{hint}available: {', '.join(sorted(BENCHMARKS))}")
+    return BENCHMARKS[name](data_dir=data_dir, **kwargs)
+
+
+def list_benchmarks() -> list[str]:
+    from . import _load_all
+
+    _load_all()
+    return sorted(BENCHMARKS)
+
+
+def with_headline(name: str | None, metrics: dict) -> dict:
+    """Add ``headline`` / ``headline_metric`` (the number tables and PRT use) to a score dict."""
+    metrics["headline_metric"] = name
+    metrics["headline"] = _dig(metrics, name) if name else None
+    return metrics
+
+
+def _dig(d: dict, dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def iter_batches(seq: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

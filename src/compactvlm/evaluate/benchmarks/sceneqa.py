@@ -1,0 +1,133 @@
+"""SceneQA, the built-in benchmark (``compactvlm data build sceneqa``)::
+
+    <dir>/{val,test}_questions.jsonl   {"question_id", "image", "text", "category": family}
+    <dir>/{val,test}_answers.jsonl     {"question_id", "family", "subset", "answer", "answers", "metric", "n_choices", ...}
+    <dir>/images/<split>/*.jpg
+
+Each family is scored with the metric of the benchmark it mirrors: existence -> POPE, counting / ocr /
+unanswerable -> VQA accuracy, attribute / spatial -> GQA exact match, multiple_choice -> option accuracy
+over all circular shifts (ScienceQA-style, headline) and CircularEval (MMBench), mme -> MME acc + acc+.
+Headline per family: accuracy (POPE: mean accuracy over the three negative splits, because always
+answering "yes" already gets F1 66.7), MME: the summed score. ``family_mean`` averages the family
+headlines with MME's score as a percentage of its maximum (200 per category).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from ..metrics.choice import circular_accuracy, extract_option, option_accuracy
+from ..metrics.gqa import gqa_score
+from ..metrics.mme import mme_score
+from ..metrics.pope import pope_score
+from ..metrics.vqa import vqa_score
+from .base import Benchmark, EvalItem, predictions_for, read_jsonl, register, with_headline
+
+FAMILY_HEADLINE = {"existence": "mean_accuracy", "counting": "accuracy", "attribute": "accuracy",
+                   "spatial": "accuracy", "ocr": "accuracy", "multiple_choice": "accuracy", "mme": "total",
+                   "unanswerable": "accuracy"}
+
+
+def score_family(family: str, rows: Sequence[dict], preds: Sequence[str]) -> dict:
+    """Score one family; ``rows`` are answer records (``*_answers.jsonl``), ``preds`` the answers given."""
+    if family == "existence":
+        out = pope_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows])
+    elif family in ("counting", "ocr", "unanswerable"):
+        out = vqa_score(preds, [r["answers"] for r in rows])
+        if family == "unanswerable":
+            for sub in ("answerable", "unanswerable"):
+                idx = [i for i, r in enumerate(rows) if r["subset"] == sub]
+                if idx:
+                    out[sub] = vqa_score([preds[i] for i in idx], [rows[i]["answers"] for i in idx])["accuracy"]
+    elif family in ("attribute", "spatial"):
+        out = gqa_score(preds, [r["answer"] for r in rows])
+    elif family == "multiple_choice":
+        picked = [extract_option(p, r["options"]) for p, r in zip(preds, rows)]
+        answers = [r["answer"] for r in rows]
+        out = option_accuracy(picked, answers)
+        circ = circular_accuracy(picked, answers, [r["group"] for r in rows], [r["subset"] for r in rows])
+        out.update(circular_accuracy=circ["circular_accuracy"], per_kind_circular=circ["per_category"],
+                   n_questions=circ["n_questions"])
+    elif family == "mme":
+        out = mme_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows], [r["group"] for r in rows])
+    else:
+        raise ValueError(f"unknown SceneQA family {family!r}")
+    return with_headline(FAMILY_HEADLINE[family], out)
+
+
+def percent_headline(family: str, scores: dict) -> float:
+    """The family headline on a 0-100 scale (MME's summed score divided by its maximum)."""
+    if family == "mme":
+        return scores["total"] / (2.0 * max(len(scores["categories"]), 1))
+    return scores["headline"]
+
+
+def score_rows(rows: Sequence[dict], preds: Sequence[str]) -> dict:
+    by_family: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_family[r["family"]].append(i)
+    families = {}
+    for fam in FAMILY_HEADLINE:
+        if fam in by_family:
+            idx = by_family[fam]
+            families[fam] = score_family(fam, [rows[i] for i in idx], [preds[i] for i in idx])
+    components = {f"sceneqa/{f}": s["headline"] for f, s in families.items()}
+    mean = sum(percent_headline(f, s) for f, s in families.items()) / max(len(families), 1)
+    return {"families": families, "components": components, "family_mean": mean, "n": len(rows)}
+
+
+def chance_headline(family: str, rows: Sequence[dict]) -> float:
+    """Expected headline of guessing uniformly among each question's possible answers."""
+    if family == "existence":
+        return 50.0
+    if family == "mme":
+        return 75.0 * len({r["subset"] for r in rows})          # acc 50 + acc+ 25 per category
+    return 100.0 * sum(1.0 / r["n_choices"] for r in rows) / len(rows)
+
+
+def chance_circular(rows: Sequence[dict]) -> float:
+    groups: dict = defaultdict(lambda: 1.0)
+    for r in rows:
+        groups[r["group"]] *= 1.0 / r["n_choices"]
+    return 100.0 * sum(groups.values()) / len(groups)
+
+
+@register("sceneqa")
+class SceneQA(Benchmark):
+    name = "sceneqa"
+    headline = "family_mean"
+
+    def __init__(self, data_dir, image_dir=None, split: str = "test", families: Sequence[str] | None = None):
+        super().__init__(data_dir, image_dir)
+        self.split = split
+        self.families = set(families) if families else None
+
+    def load_items(self) -> list[EvalItem]:
+        qfile = self.find(f"{self.split}_questions.jsonl", what=f"{self.split} question file")
+        answers = {str(r["question_id"]): r for r in read_jsonl(self.find(f"{self.split}_answers.jsonl",
+                                                                           what=f"{self.split} answer file"))}
+        root = self.image_dir or self.data_dir
+        items = []
+        for q in read_jsonl(qfile):
+            a = answers[str(q["question_id"])]
+            if self.families and a["family"] not in self.families:
+                continue
+            items.append(EvalItem(question_id=q["question_id"], image_path=str(root / q["image"]), prompt=q["text"],
+                                  category=q.get("category", a["family"]), answers=list(a["answers"]), meta=a))
+        return items
+
+    def score(self, items, predictions) -> dict:
+        preds, missing = predictions_for(items, predictions)
+        out = score_rows([it.meta for it in items], preds)
+        out["missing"] = missing
+        out["split"] = self.split
+        return with_headline(self.headline, out)
+
+
+@register("sceneqa-val")
+class SceneQAVal(SceneQA):
+    name = "sceneqa-val"
+
+    def __init__(self, data_dir, image_dir=None, split: str = "val", families: Sequence[str] | None = None):
+        super().__init__(data_dir, image_dir, split=split, families=families)
