@@ -1,0 +1,9 @@
+"""Training-free token reductions at inference; importing this package registers every built-in method.
+
+    model.reduction = REDUCTIONS.create("visionzip", budget=64, model=model)
+"""
+
+from . import avgpool, fastv, random, visionzip  # noqa: F401  (registration)
+from .base import PatchReduction, Reduction, check_budget
+
+__all__ = ["PatchReduction", "Reduction", "check_budget"]

@@ -1,0 +1,140 @@
+"""The test-time reduction interface: a training-free way to send fewer vision tokens through the LLM.
+
+A reduction is one ``nn.Module`` registered by name in ``REDUCTIONS`` and set as ``CompactVLM.reduction``.
+Every reduction is built the same way, ``REDUCTIONS.create(name, budget=N, model=model)`` (method options are
+extra keyword arguments with defaults), and declares
+- ``feature_layers()``: encoder blocks it needs besides the compressor's;
+- ``num_output_tokens(grid)``: the vision tokens placed in the prompt (the model reads it instead of the
+  compressor's count);
+- ``forward(feats, compressor)``: ``(B, M, D_llm)`` tokens, called instead of ``compressor(feats)``;
+- ``equivalent_tokens(grid)``: the number of vision tokens a plain model would need for the same LLM cost
+  (``budget`` for reductions before the LLM; FastV's first K layers still see all tokens).
+
+Two kinds exist:
+- ``PatchReduction`` (random, avgpool, visionzip) selects or merges patch features of the compressor's block
+  and then applies the compressor's per-token projection ``compressor.project(x)`` (``mlp2x_gelu`` has one),
+  so a model trained with all tokens runs with ``budget`` tokens, unchanged;
+- reductions with ``in_llm = True`` (fastv) keep all tokens in the prompt and prune inside the LLM; the model
+  hands its prefill and generation to ``llm_forward`` / ``generate`` of the reduction.
+
+The model is held through a weak reference: a reduction is a submodule of the model and must not own it.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from ..encoders.base import VisionFeatures
+from ..errors import CompactVLMError
+
+
+class Reduction(nn.Module):
+    registry_name: str = "?"
+    #: True when the reduction prunes inside the LLM (the model delegates prefill and generation to it).
+    in_llm: bool = False
+
+    def __init__(self, model=None):
+        super().__init__()
+        self._model_ref = weakref.ref(model) if model is not None else None
+        self.params: dict = {}
+
+    @property
+    def vlm(self):
+        """The CompactVLM this reduction was built for, or None."""
+        return self._model_ref() if self._model_ref is not None else None
+
+    def _require_model(self):
+        m = self.vlm
+        if m is None:
+            raise CompactVLMError(f"reduction {self.registry_name!r} was built without a model",
+                                  f"create it as REDUCTIONS.create({self.registry_name!r}, budget=N, model=model)")
+        return m
+
+    def feature_layers(self) -> list[int]:
+        return []
+
+    def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        raise NotImplementedError
+
+    def equivalent_tokens(self, grid: tuple[int, int] | None = None) -> float:
+        """Vision tokens of a plain model with the same LLM cost (see the module docstring)."""
+        return float(self.num_output_tokens(grid))
+
+    def forward(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.registry_name}({', '.join(f'{k}={v}' for k, v in self.params.items())})"
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.items())
+
+
+def check_budget(name: str, budget: int | None, available: int | None = None, what: str = "patch tokens") -> int:
+    """``budget`` as an int in 1..available, or a CompactVLMError saying what to pass."""
+    if budget is None:
+        raise CompactVLMError(f"reduction {name!r} needs a token budget", "pass --budget N (budget=N), e.g. 64")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or int(budget) != budget:
+        raise CompactVLMError(f"budget must be a whole number of tokens, got {budget!r}", "pass e.g. --budget 64")
+    budget = int(budget)
+    if budget < 1:
+        raise CompactVLMError(f"budget={budget} keeps no vision token", "pass a budget of at least 1")
+    if available is not None and budget > available:
+        raise CompactVLMError(f"budget={budget} exceeds the {available} {what} available",
+                              f"pick a budget in 1..{available}")
+    return budget
+
+
+class PatchReduction(Reduction):
+    """Select or merge ``budget`` patch features of the compressor's block, then project them per token."""
+
+    def __init__(self, budget: int | None = None, model=None):
+        super().__init__(model)
+        self.budget = check_budget(self.registry_name, budget)
+        self.params = {"budget": self.budget}
+        if model is not None:
+            self.check_compressor(model.compressor)
+            self.num_output_tokens(model.grid)
+
+    # ---- what the model asks --------------------------------------------------------------------------
+    def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        if grid is None:
+            m = self.vlm
+            grid = m.grid if m is not None else None
+        if grid is not None:
+            check_budget(self.registry_name, self.budget, grid[0] * grid[1], f"patch tokens of the {grid[0]}x{grid[1]} grid")
+        return self.budget
+
+    def compressor_layer(self, compressor=None) -> int:
+        """The encoder block the compressor projects (``layer`` attribute; LLaVA's -2 otherwise)."""
+        if compressor is None:
+            m = self.vlm
+            compressor = m.compressor if m is not None else None
+        return int(getattr(compressor, "layer", -2))
+
+    def check_compressor(self, compressor) -> None:
+        if not callable(getattr(compressor, "project", None)):
+            name = getattr(compressor, "registry_name", type(compressor).__name__)
+            raise CompactVLMError(
+                f"reduction {self.registry_name!r} selects patch tokens and needs a compressor with a per-token "
+                f"projection (`project`); compressor {name!r} has none (it already compresses, or mixes tokens)",
+                "use it with a full-token compressor such as mlp2x_gelu, or use --reduce fastv, which prunes "
+                "inside the LLM after any compressor",
+            )
+
+    # ---- the work -------------------------------------------------------------------------------------
+    def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
+        """(B, budget, C) features to project; implemented by each method."""
+        raise NotImplementedError
+
+    def forward(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        self.check_compressor(compressor)
+        self.num_output_tokens(feats.grid)
+        x = self.select(feats, self.compressor_layer(compressor))  # (B, budget, C)
+        out = compressor.project(x)  # (B, budget, D)
+        if out.ndim != 3 or out.shape[1] != self.budget:
+            raise RuntimeError(f"reduction {self.registry_name} emitted {tuple(out.shape)}, declared (B, {self.budget}, D)")
+        return out
