@@ -76,6 +76,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise CompactVLMError(f"config key {key!r} must be a number, got {value!r}", "write a number like 1e-3")
     if tp is str:
         if isinstance(value, str):

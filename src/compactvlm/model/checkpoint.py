@@ -1,5 +1,12 @@
 """Compact-model folders: ``compactvlm.json`` (model config) + ``compressor.safetensors`` (+ ``llm.safetensors``
-when the LLM was tuned). Weights only through safetensors; writes are atomic (temp folder + rename)."""
+when the LLM was tuned). Weights only through safetensors; writes are atomic (temp folder + rename).
+
+``llm.safetensors`` holds, as ``compactvlm.json``'s ``llm_weights.kind`` says: ``full`` (every LLM weight; the
+default when the key is absent), ``partial`` (only the weights that were trained; the rest come from the
+config's LLM) or ``lora`` (peft adapter weights with their LoRA settings; loading merges them unless asked not
+to). ``encoder.safetensors`` (``encoder_weights.kind: partial``) appears only when encoder weights were trained.
+Training checkpoints add their optimiser/scheduler/RNG state through ``write_extra`` (see ``train.state``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +28,7 @@ from .build import ModelConfig, build_model
 CONFIG_NAME = "compactvlm.json"
 COMPRESSOR_WEIGHTS = "compressor.safetensors"
 LLM_WEIGHTS = "llm.safetensors"
+ENCODER_WEIGHTS = "encoder.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -28,7 +36,50 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, extra: dict | None = None) -> Path:
+def _is_peft(module) -> bool:
+    return hasattr(module, "get_base_model") and hasattr(module, "peft_config")
+
+
+def _sub(state_dict: dict | None, prefix: str) -> dict | None:
+    if state_dict is None:
+        return None
+    return {k[len(prefix) + 1:]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+
+
+def _llm_payload(model, save_llm: bool, trainable_only: bool, full_sd: dict | None = None):
+    """(state dict, meta) for llm.safetensors, or (None, None) when nothing is to be stored."""
+    llm = model.llm
+    if _is_peft(llm):
+        from peft import get_peft_model_state_dict
+
+        pc = llm.peft_config[llm.active_adapter]
+        meta = {"kind": "lora", "r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
+                "target_modules": sorted(pc.target_modules)}
+        return get_peft_model_state_dict(llm, state_dict=full_sd), meta
+    sd = full_sd if full_sd is not None else llm.state_dict()
+    # tied embeddings share storage; store the input embedding once
+    if getattr(llm.config, "tie_word_embeddings", False):
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    if save_llm:
+        return sd, {"kind": "full"}
+    if trainable_only:
+        names = {n for n, p in llm.named_parameters() if p.requires_grad}
+        if names:
+            part = {k: v for k, v in sd.items() if k in names}
+            return part, {"kind": "full" if len(part) == len(sd) else "partial"}
+    return None, None
+
+
+def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, extra: dict | None = None, *,
+                    trainable_only: bool = False, write_extra: Callable[[Path], None] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a compact-model folder atomically.
+
+    ``save_llm``: store every LLM weight. ``trainable_only``: store the LLM / encoder weights that have
+    ``requires_grad`` (LoRA adapters when the LLM is wrapped by peft). ``write_extra(tmp_dir)`` adds files to
+    the folder before it is renamed into place. ``state_dict``: the model's full state dict gathered by the
+    caller (sharded training: FSDP / DeepSpeed ZeRO-3), used instead of the modules' own tensors.
+    """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -37,14 +88,22 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
         cfg["compressor"] = model.compressor.registry_name
         cfg["compressor_params"] = dict(model.compressor.params)
         meta = {"format_version": FORMAT_VERSION, "model": cfg, **(extra or {})}
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        save_file(_contiguous(model.compressor.state_dict()), tmp / COMPRESSOR_WEIGHTS)
-        if save_llm:
-            sd = model.llm.state_dict()
-            # tied embeddings share storage; store the input embedding once
-            if getattr(model.llm.config, "tie_word_embeddings", False):
-                sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+        comp_sd = _sub(state_dict, "compressor")
+        save_file(_contiguous(comp_sd if comp_sd is not None else model.compressor.state_dict()), tmp / COMPRESSOR_WEIGHTS)
+        sd, llm_meta = _llm_payload(model, save_llm, trainable_only, _sub(state_dict, "llm"))
+        if sd is not None:
             save_file(_contiguous(sd), tmp / LLM_WEIGHTS)
+            meta["llm_weights"] = llm_meta
+        if trainable_only:
+            enc_sd = _sub(state_dict, "encoder")
+            enc = {n: (enc_sd[n] if enc_sd is not None else p) for n, p in model.encoder.named_parameters()
+                   if p.requires_grad}
+            if enc:
+                save_file(_contiguous(enc), tmp / ENCODER_WEIGHTS)
+                meta["encoder_weights"] = {"kind": "partial"}
+        if write_extra is not None:
+            write_extra(tmp)
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -71,26 +130,108 @@ def read_config(ckpt: str | os.PathLike) -> tuple[ModelConfig, dict]:
     return from_dict(ModelConfig, meta.get("model", {}), prefix="model."), meta
 
 
-def load_compressor_weights(compressor: torch.nn.Module, path: Path) -> None:
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _key_problems(own: dict, sd: dict, new_modules: Sequence[str] = (), allow_missing: bool = False) -> str:
+    missing = [] if allow_missing else sorted(k for k in set(own) - set(sd) if not _under(k, new_modules))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    return "; ".join(filter(None, [
+        f"missing {missing[:5]}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "") if missing else "",
+        f"unexpected {unexpected[:5]}" + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "") if unexpected else "",
+        "shape mismatch " + ", ".join(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:5]) if shapes else "",
+    ]))
+
+
+def load_compressor_weights(compressor: torch.nn.Module, path: Path, new_modules: Sequence[str] = ()) -> list[str]:
+    """Load compressor weights; every weight must be in the file except those under ``new_modules`` (prefixes
+    relative to the compressor, e.g. ``grouping``), which keep their initial values. Returns the keys kept new."""
     if not path.exists():
         raise CompactVLMError(f"checkpoint weights missing: {path}", "the checkpoint is incomplete; re-save it")
     sd = load_file(str(path))
     own = compressor.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(filter(None, [
-            f"missing {missing[:5]}" if missing else "",
-            f"unexpected {unexpected[:5]}" if unexpected else "",
-            "shape mismatch " + ", ".join(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:5]) if shapes else "",
-        ]))
+    detail = _key_problems(own, sd, new_modules)
+    if detail:
+        fix = "use the compressor and options the checkpoint was trained with (see its compactvlm.json)"
+        if new_modules or any(k not in sd for k in own):
+            fix += "; parameters the new model adds on purpose go in init.new_modules (e.g. compressor.grouping)"
         raise CompactVLMError(
             f"checkpoint weights in {path} do not match compressor {compressor.registry_name!r} "
-            f"with options {getattr(compressor, 'params', {})}: {detail}",
-            "use the compressor and options the checkpoint was trained with (see its compactvlm.json)",
-        )
-    compressor.load_state_dict(sd, strict=True)
+            f"with options {getattr(compressor, 'params', {})}: {detail}", fix)
+    kept = sorted(k for k in own if k not in sd)
+    compressor.load_state_dict({**{k: own[k] for k in kept}, **sd}, strict=True)
+    return kept
+
+
+def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = (), merge_lora: bool = True) -> list[str]:
+    """Load a checkpoint's weights into a built model (compressor, then LLM and encoder parts if stored).
+
+    ``new_modules`` are model-level prefixes (``compressor.grouping``, ``compressor.semantic_tokens``) whose
+    weights may be absent from the checkpoint. LoRA adapters load into an LLM that already has adapters, or
+    are added and (``merge_lora``) merged into the weights. Returns the model-level keys that stayed new.
+    """
+    d = Path(ckpt)
+    _, meta = read_config(d)
+    comp_new = [p[len("compressor."):] for p in new_modules if p.startswith("compressor.")]
+    kept = ["compressor." + k for k in load_compressor_weights(model.compressor, d / COMPRESSOR_WEIGHTS, comp_new)]
+    llm_w = d / LLM_WEIGHTS
+    if llm_w.exists():
+        info = meta.get("llm_weights") or {"kind": "full"}
+        sd = load_file(str(llm_w))
+        if info.get("kind") == "lora":
+            _load_lora(model, sd, info, llm_w, merge_lora)
+        else:
+            if _is_peft(model.llm):
+                raise CompactVLMError(f"{llm_w} holds plain LLM weights but the LLM already has LoRA adapters",
+                                      "load the checkpoint before adding adapters (init.from does this)")
+            own = model.llm.state_dict()
+            tied = getattr(model.llm.config, "tie_word_embeddings", False)
+            if tied:
+                own = {k: v for k, v in own.items() if k != "lm_head.weight"}
+            llm_new = [p[len("llm."):] for p in new_modules if p.startswith("llm.")]
+            detail = _key_problems(own, sd, llm_new, allow_missing=info.get("kind") == "partial")
+            if detail:
+                raise CompactVLMError(f"LLM weights in {llm_w} do not match the LLM {meta['model'].get('llm')!r}: {detail}",
+                                      "load it with the LLM it was trained with")
+            model.llm.load_state_dict(sd, strict=False)
+            if tied:
+                model.llm.tie_weights()
+    enc_w = d / ENCODER_WEIGHTS
+    if enc_w.exists():
+        sd = load_file(str(enc_w))
+        own = dict(model.encoder.named_parameters())
+        detail = _key_problems(own, sd, allow_missing=True)
+        if detail:
+            raise CompactVLMError(f"encoder weights in {enc_w} do not match the encoder: {detail}",
+                                  "load it with the encoder it was trained with")
+        model.encoder.load_state_dict(sd, strict=False)
+    return kept
+
+
+def _load_lora(model, sd: dict, info: dict, path: Path, merge: bool) -> None:
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    added = not _is_peft(model.llm)
+    if added:
+        cfg = LoraConfig(r=int(info["r"]), lora_alpha=info["alpha"], lora_dropout=float(info.get("dropout", 0.0)),
+                         target_modules=list(info["target_modules"]), task_type="CAUSAL_LM")
+        model.llm = get_peft_model(model.llm, cfg)
+    own = {k: v for k, v in _peft_adapter_state(model.llm).items()}
+    detail = _key_problems(own, sd)
+    if detail:
+        raise CompactVLMError(f"LoRA weights in {path} do not match the LLM's adapters: {detail}",
+                              "use the LoRA settings (stage.lora) and LLM the checkpoint was trained with")
+    set_peft_model_state_dict(model.llm, sd)
+    if added and merge:
+        model.llm = model.llm.merge_and_unload()
+
+
+def _peft_adapter_state(llm) -> dict:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(llm)
 
 
 def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
@@ -107,16 +248,6 @@ def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
     for k, v in overrides.items():
         setattr(cfg, k, v)
     model = build_model(cfg, progress=progress)
-    load_compressor_weights(model.compressor, Path(ckpt) / COMPRESSOR_WEIGHTS)
-    llm_w = Path(ckpt) / LLM_WEIGHTS
-    if llm_w.exists():
-        sd = load_file(str(llm_w))
-        missing, unexpected = model.llm.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if k != "lm_head.weight"]
-        if missing or unexpected:
-            raise CompactVLMError(f"LLM weights in {llm_w} do not match the LLM {cfg.llm!r}: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}", "load it with the LLM it was trained with")
-        if getattr(model.llm.config, "tie_word_embeddings", False):
-            model.llm.tie_weights()
+    load_weights(model, ckpt)
     model.eval()
     return model

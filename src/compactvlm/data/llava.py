@@ -1,0 +1,163 @@
+"""LLaVA-format conversation data for training: read, validate, tokenise, collate.
+
+A file is a JSON list (or JSONL, one record a line) of records in LLaVA's format::
+
+    [{"id": "000001", "image": "images/000001.png",
+      "conversations": [{"from": "human", "value": "<image>\\nWhat is shown?"},
+                        {"from": "gpt", "value": "A red circle."}]}]
+
+``image`` is a path relative to the image root (default: the JSON file's folder; it may not escape it).
+``<image>`` is expanded to the model's ``num_image_tokens()`` placeholder ids; labels are ``IGNORE_INDEX``
+everywhere except the assistant answers (``model.prompting.build_training_example``). Batches are right-padded:
+padding has attention 0, label ``IGNORE_INDEX`` and position ids that count only real tokens.
+Records without an image (LLaVA-665K's text-only ShareGPT turns) are refused or skipped (``text_only``): a
+batch mixes images and text only if every sample has exactly one image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import CompactVLMError
+from ..model.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, build_training_example
+from .images import ImageProcessor, load_image
+
+
+def read_llava_json(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a LLaVA JSON/JSONL file, with each record's structure checked."""
+    p = Path(path)
+    if not p.exists():
+        raise CompactVLMError(f"training data file not found: {p}",
+                              "pass a LLaVA-format JSON (e.g. from `compactvlm data build sceneqa --out DIR`)")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CompactVLMError(f"{p} is not valid JSON: {e}", "fix the file (LLaVA format: a list of records)") from None
+    if not isinstance(records, list):
+        raise CompactVLMError(f"{p} must hold a JSON list of records, got {type(records).__name__}",
+                              'write [{"id": ..., "image": ..., "conversations": [...]}, ...]')
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("conversations"), list) or not r["conversations"]:
+            raise CompactVLMError(f"record {i} of {p} has no 'conversations' list",
+                                  'each record needs "conversations": [{"from": "human", ...}, {"from": "gpt", ...}]')
+        img = r.get("image")
+        if img is not None and not isinstance(img, str):
+            raise CompactVLMError(f"record {i} ({r.get('id', '?')}) of {p}: 'image' must be one path string, got {img!r}",
+                                  "use one image per sample")
+    return records
+
+
+class LlavaDataset(Dataset):
+    """Tokenised LLaVA conversations with their images as pixel tensors.
+
+    ``num_image_tokens`` comes from the model (``CompactVLM.num_image_tokens()``), so the prompt always has as
+    many placeholder positions as the compressor emits.
+    """
+
+    def __init__(self, path: str | os.PathLike, tokenizer, num_image_tokens: int, processor: ImageProcessor,
+                 image_root: str | os.PathLike | None = None, system_prompt: str | None = None,
+                 max_samples: int | None = None, max_length: int | None = None, text_only: str = "error",
+                 check_images: bool = True):
+        self.path = Path(path)
+        self.root = Path(image_root) if image_root else self.path.parent
+        self.tokenizer = tokenizer
+        self.num_image_tokens = int(num_image_tokens)
+        self.processor = processor
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        records = read_llava_json(self.path)
+        no_image = [r for r in records if not r.get("image")]
+        if no_image:
+            if text_only == "skip":
+                records = [r for r in records if r.get("image")]
+            else:
+                ids = [str(r.get("id", "?")) for r in no_image[:5]]
+                raise CompactVLMError(
+                    f"{len(no_image)} record(s) of {self.path} have no image (e.g. ids {ids})",
+                    "training needs one image per sample: set data.text_only=skip to leave them out",
+                )
+        if max_samples is not None:
+            records = records[: max_samples]
+        if not records:
+            raise CompactVLMError(f"{self.path} has no usable samples", "check the file and data.max_samples")
+        self.records = records
+        if check_images:
+            self._check_images()
+
+    def _check_images(self) -> None:
+        root = self.root.resolve()
+        missing = []
+        for r in self.records:
+            p = (root / r["image"]).resolve()
+            if root != p and root not in p.parents:
+                raise CompactVLMError(f"image path {r['image']!r} of record {r.get('id', '?')} escapes the image root {root}",
+                                      "image paths must be relative paths inside data.image_root")
+            if not p.is_file():
+                missing.append(r["image"])
+        if missing:
+            raise CompactVLMError(
+                f"{len(missing)} of {len(self.records)} images of {self.path} are missing under {root} "
+                f"(e.g. {missing[:3]})",
+                "set data.image_root to the folder the image paths are relative to, or fix the paths",
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def tokenize(self, i: int) -> tuple[list[int], list[int]]:
+        r = self.records[i]
+        conv = list(r["conversations"])
+        text = "".join(t.get("value", "") for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str))
+        if IMAGE_PLACEHOLDER not in text:
+            # LLaVA data without an explicit placeholder: the image goes before the first human message
+            first = dict(conv[0])
+            first["value"] = f"{IMAGE_PLACEHOLDER}\n{first.get('value', '')}"
+            conv[0] = first
+        try:
+            ids, labels = build_training_example(self.tokenizer, conv, self.num_image_tokens, self.system_prompt)
+        except CompactVLMError as e:
+            raise CompactVLMError(f"record {i} (id {r.get('id', '?')}) of {self.path}: {e.problem}", e.fix) from None
+        if self.max_length and len(ids) > self.max_length:
+            img_end = max(j for j, t in enumerate(ids) if t == IMAGE_TOKEN_ID) + 1
+            if img_end > self.max_length or all(l == IGNORE_INDEX for l in labels[: self.max_length]):
+                raise CompactVLMError(
+                    f"record {i} (id {r.get('id', '?')}) has {len(ids)} tokens; cutting it to data.max_length="
+                    f"{self.max_length} would cut its image or all its answers",
+                    "raise data.max_length or shorten the conversation",
+                )
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return ids, labels
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ids, labels = self.tokenize(i)
+        img = load_image(self.records[i]["image"], root=self.root)
+        pix = self.processor([img])[0]  # (3, S, S)
+        return {"index": i, "input_ids": ids, "labels": labels, "pixel_values": pix}
+
+
+def collate_llava(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of samples: input_ids / attention_mask / labels / position_ids (B, T), pixel_values
+    (B, 3, S, S), index (B,) (the samples' dataset indices, used by the feature cache)."""
+    from ..model.vlm import collate_labels
+
+    batch = collate_labels([(it["input_ids"], it["labels"]) for it in items], pad_id)
+    mask = batch["attention_mask"]
+    batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T), padding repeats a valid index
+    batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])  # (B, 3, S, S)
+    batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return batch
+
+
+def num_label_tokens(labels: torch.Tensor) -> int:
+    """Positions that carry a loss after the causal shift (label at t is predicted from position t-1)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,111 @@
+"""The training objective: next-token cross-entropy on answer tokens only, computed where labels are.
+
+``TrainingModel`` wraps a ``CompactVLM`` so that one ``forward`` (the call DDP/FSDP/DeepSpeed wrap) does
+encode -> compress -> merge -> LLM -> loss and returns ``(loss_sum, n_label_tokens)``. The trainer divides by
+the label-token count of the whole global batch, so the loss is the token mean over the global batch
+whatever the micro-batch split or the number of processes.
+
+``logits="labels"`` runs the LLM's decoder for hidden states and applies the lm-head only at the positions
+that predict a label (LLaVA's answers are a small part of each sequence, and the lm-head is ~20% of
+SmolLM2's FLOPs at full length); ``logits="all"`` is the plain HF path (lm-head at every position), kept for
+checking and for LLMs whose logits need model-specific post-processing.
+
+``FeatureCache`` keeps the frozen encoder's features of each sample after their first use, so later epochs and
+validation passes run only compressor + LLM. It is valid only when the encoder is frozen, the compressor adds no
+tokens to the encoder (VisToG) and does not read the image itself (``cacheable_features = False`` on the
+compressor class opts out); ``check_cacheable`` says why not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..encoders.base import VisionFeatures
+from ..model.prompting import IGNORE_INDEX
+from .stages import is_peft
+
+
+class TrainingModel(nn.Module):
+    def __init__(self, vlm: nn.Module, logits: str = "labels"):
+        super().__init__()
+        self.vlm = vlm
+        self.logits = logits
+
+    def _base_llm(self) -> nn.Module:
+        llm = self.vlm.llm
+        return llm.get_base_model() if is_peft(llm) else llm
+
+    def image_tokens(self, pixel_values: torch.Tensor | None, features: dict[int, torch.Tensor] | None):
+        if features is not None:
+            return encode_from_features(self.vlm, features)
+        if pixel_values is not None:
+            return self.vlm.encode_images(pixel_values)
+        return None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                features: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = self.vlm.merge(input_ids, self.image_tokens(pixel_values, features))  # (B, T, D)
+        target = labels[:, 1:]  # (B, T-1): the label of position t is predicted at t-1
+        keep = target != IGNORE_INDEX  # (B, T-1)
+        if self.logits == "labels":
+            base = self._base_llm()
+            hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, D)
+            logits = base.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+        else:
+            out = self.vlm.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False)
+            logits = out.logits[:, :-1][keep]  # (N, V)
+        loss_sum = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+        return loss_sum, keep.sum()
+
+
+def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Cached encoder blocks -> compressor -> (B, M, D_llm), as ``CompactVLM.encode_images`` after the encoder."""
+    enc = vlm.encoder
+    feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=0, info=enc.info)
+    feats.extra_state.update(encoder=enc)
+    comp = vlm.compressor
+    return comp.check_output(comp(feats), feats)
+
+
+def check_cacheable(vlm: nn.Module) -> str | None:
+    """None if frozen-encoder features can be cached for this model, else the reason they cannot."""
+    if any(p.requires_grad for p in vlm.encoder.parameters()):
+        return "the encoder is trained in this stage"
+    comp = vlm.compressor
+    if comp.extra_tokens() is not None:
+        return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
+    if not getattr(comp, "cacheable_features", True):
+        return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
+    if getattr(vlm, "reduction", None) is not None:
+        return "a test-time reduction is set"
+    return None
+
+
+class FeatureCache:
+    """Encoder features per sample index (CPU tensors), filled on first use."""
+
+    def __init__(self, layers: list[int]):
+        self.layers = sorted(layers)
+        self.store: dict[int, dict[int, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in self.store.values() for t in d.values())
+
+    @torch.no_grad()
+    def features(self, vlm: nn.Module, index: torch.Tensor, pixel_values: torch.Tensor,
+                 device: torch.device) -> dict[int, torch.Tensor]:
+        idx = [int(i) for i in index]
+        if not all(i in self.store for i in idx):
+            enc = vlm.encoder
+            feats = enc(pixel_values.to(device), layers=self.layers)
+            for j, i in enumerate(idx):
+                self.store[i] = {l: feats.hidden[l][j].detach().to("cpu", copy=True) for l in feats.hidden}
+        return {l: torch.stack([self.store[i][l] for i in idx]).to(device) for l in self.store[idx[0]]}  # (B, S, C)

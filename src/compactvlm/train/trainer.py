@@ -1,0 +1,445 @@
+"""The training loop, on HF accelerate (one process, DDP, FSDP or DeepSpeed, as ``accelerate launch`` /
+``torchrun`` set up the processes).
+
+One optimiser step = one global batch (``optim.batch_size`` samples over all processes) = ``grad_accum``
+micro-batches of ``optim.per_device_batch_size`` per process. The loss of a step is the cross-entropy summed
+over the answer tokens of the whole global batch divided by their number (counted over all processes before
+the first backward), so the gradient does not depend on how the batch is split: two processes give the same
+update as one. AdamW (``weight_decay`` 0 by default), warmup + cosine/linear/constant schedule (transformers'
+``get_scheduler``), gradient clipping, bf16 autocast over fp32 weights, LLM gradient checkpointing.
+
+Outputs in ``output_dir``: ``train_config.yaml``, ``metrics.jsonl``, ``checkpoints/step-N`` (resumable, see
+``train.state``) and ``final/`` (the trained parts + config, loadable with ``load_pretrained``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CompactVLMError
+from .config import RESUME_FREE_KEYS, TrainConfig, to_plain
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path | None
+    step: int
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLoss(CompactVLMError):
+    pass
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Run (or resume) the training ``cfg`` describes. ``callbacks`` may define ``on_step_end(trainer, step,
+    metrics)``, called on every process after each optimiser step (and after its checkpoint, if any)."""
+    return Trainer(cfg, callbacks).run()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not key.startswith("model.compressor_params"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
+    return sorted(k for k in set(a) | set(b) if not free(k) and a.get(k) != b.get(k))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Any] = ()):
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.out = Path(cfg.output_dir)
+
+    # ---- setup ---------------------------------------------------------------------------------------
+    def _accelerator(self):
+        from accelerate import Accelerator, PartialState
+        from accelerate.state import AcceleratorState
+
+        cfg = self.cfg
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise CompactVLMError("device=cuda but no CUDA GPU is visible", "use device=cpu or device=auto")
+        cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+        # the same process may train twice with different settings (tests, notebooks)
+        if AcceleratorState._shared_state:
+            AcceleratorState._reset_state()
+        world = PartialState(cpu=cpu).num_processes
+        per = cfg.optim.per_device_batch_size
+        if cfg.optim.batch_size % (per * world):
+            raise CompactVLMError(
+                f"optim.batch_size={cfg.optim.batch_size} is not a multiple of per_device_batch_size={per} x "
+                f"{world} processes", "adjust optim.per_device_batch_size or the number of processes")
+        self.grad_accum = cfg.optim.batch_size // (per * world)
+        return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                           gradient_accumulation_steps=self.grad_accum)
+
+    def _resume_path(self) -> Path | None:
+        from .state import latest_checkpoint, list_checkpoints
+
+        r = self.cfg.resume
+        if r == "never":
+            if list_checkpoints(self.out):
+                raise CompactVLMError(f"{self.out} already holds checkpoints and resume=never",
+                                      "use a new output_dir, delete the old run, or set resume=auto")
+            return None
+        if r == "auto":
+            return latest_checkpoint(self.out)
+        p = Path(r)
+        if not p.is_dir():
+            raise CompactVLMError(f"resume checkpoint {p} does not exist", "pass OUT/checkpoints/step-N, auto or never")
+        return p
+
+    def _init_from(self, vlm) -> None:
+        from ..model.checkpoint import load_weights, read_config
+
+        src = self.cfg.init.from_
+        if not src:
+            return
+        mc, _ = read_config(src)
+        want = self.cfg.model
+        for key in ("encoder", "llm", "compressor", "image_size"):
+            if getattr(mc, key) != getattr(want, key):
+                raise CompactVLMError(
+                    f"init.from {src} was trained with {key}={getattr(mc, key)!r}, this run uses {getattr(want, key)!r}",
+                    f"set model.{key}={getattr(mc, key)} or start from a matching checkpoint")
+        names = [n for n, _ in vlm.named_parameters()] + [n for n, _ in vlm.named_buffers()]
+        for p in self.cfg.init.new_modules:
+            if not any(n == p or n.startswith(p + ".") for n in names):
+                raise CompactVLMError(f"init.new_modules entry {p!r} names no weight of the model",
+                                      "use module paths such as compressor.grouping, compressor.semantic_tokens")
+        kept = load_weights(vlm, src, new_modules=self.cfg.init.new_modules, merge_lora=True)
+        self.log_lines.append(f"init from {src}" + (f"; new (not in it): {', '.join(kept)}" if kept else ""))
+
+    def _datasets(self, vlm):
+        from ..data.llava import LlavaDataset
+
+        d = self.cfg.data
+        common = dict(tokenizer=vlm.tokenizer, num_image_tokens=vlm.num_image_tokens(), processor=vlm.processor,
+                      image_root=d.image_root, system_prompt=vlm.system_prompt, max_length=d.max_length,
+                      text_only=d.text_only)
+        train = LlavaDataset(d.train, max_samples=d.max_samples, **common)
+        val = LlavaDataset(d.val, max_samples=d.max_val_samples, **common) if d.val else None
+        return train, val
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        from ..model.build import build_model
+        from .logging import RunLogger
+        from .objective import FeatureCache, TrainingModel, check_cacheable
+        from .sampler import GlobalBatchSampler
+        from .stages import apply_stage, format_summary
+
+        cfg = self.cfg
+        self.log_lines: list[str] = []
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        acc = self.accelerator = self._accelerator()
+        self.main = acc.is_main_process
+        self.sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
+        if self.sharded and cfg.checkpoint.every_steps:
+            raise CompactVLMError(
+                f"resumable checkpoints are implemented for single-process and DDP runs, not {acc.distributed_type.value}",
+                "set checkpoint.every_steps=0 (the final model is still saved) or launch with a DDP accelerate config")
+        resume = self._resume_path()
+        for key in ("train", "val"):  # before the (slow) model load
+            f = getattr(cfg.data, key)
+            if key == "train" and not f:
+                raise CompactVLMError("data.train is not set", "set data.train=PATH of a LLaVA-format JSON")
+            if f and not Path(f).is_file():
+                raise CompactVLMError(f"data.{key} file not found: {f}",
+                                      "build SceneQA with `compactvlm data build sceneqa --out DIR` or fix the path")
+        set_seed(cfg.seed)
+        vlm = build_model(cfg.model, progress=self.main)
+        self._init_from(vlm)
+        groups, rows = apply_stage(vlm, cfg.stage, cfg.optim.lr)
+        self.log_lines.append("stage " + cfg.stage.name + "\n" + format_summary(rows))
+        if cfg.gradient_checkpointing:
+            llm = vlm.llm.get_base_model() if hasattr(vlm.llm, "get_base_model") else vlm.llm
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(vlm.llm, "config"):
+            vlm.llm.config.use_cache = False
+        self.cache = self.val_cache = None
+        if cfg.cache_features:
+            why = check_cacheable(vlm)
+            if why:
+                self.log_lines.append(f"cache_features off: {why}")
+            else:
+                layers = [vlm.encoder.info.normalize_layer(l) for l in vlm.compressor.feature_layers()]
+                self.cache, self.val_cache = FeatureCache(layers), FeatureCache(layers)
+        if cfg.logits == "labels" and getattr(getattr(vlm.llm, "config", None), "final_logit_softcapping", None):
+            raise CompactVLMError("this LLM post-processes its logits (softcapping)", "set logits=all")
+        self.vlm = vlm
+        self.train_ds, self.val_ds = self._datasets(vlm)
+
+        o = cfg.optim
+        self.sampler = GlobalBatchSampler(len(self.train_ds), o.batch_size, o.per_device_batch_size,
+                                          acc.num_processes, acc.process_index, cfg.seed, cfg.data.shuffle)
+        self.total_steps = o.max_steps if o.max_steps > 0 else o.epochs * self.sampler.steps_per_epoch
+        self.sampler.total_steps = self.total_steps
+        dropped = len(self.train_ds) - self.sampler.steps_per_epoch * o.batch_size
+        if dropped:
+            self.log_lines.append(f"{dropped} sample(s) per epoch do not fill a global batch and are skipped")
+
+        tm = TrainingModel(vlm, logits=cfg.logits)
+        self.param_names = [n for n, p in tm.named_parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.scheduler = get_scheduler(o.schedule, opt, num_warmup_steps=cfg.warmup_steps(self.total_steps),
+                                       num_training_steps=self.total_steps)
+        if getattr(acc.state, "deepspeed_plugin", None) is not None:  # no prepared dataloader to infer it from
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = o.per_device_batch_size
+        self.model, self.optimizer = acc.prepare(tm, opt)
+        self.train_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.step = 0
+        self.val_losses: list[tuple[int, float]] = []
+        if resume is not None:
+            self._resume(resume)
+        self.sampler.start_step = self.step
+        self.logger = RunLogger(self.out, self.main, self.total_steps, self.step, cfg.logging.progress,
+                                cfg.logging.tensorboard)
+        if self.main:
+            import yaml
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+        for line in self.log_lines:
+            self.logger.info(line)
+        self.logger.info(
+            f"{len(self.train_ds)} train samples, {len(self.val_ds) if self.val_ds else 0} val; "
+            f"{acc.num_processes} process(es) x {o.per_device_batch_size} x {self.grad_accum} accumulation = global "
+            f"batch {o.batch_size}; {self.total_steps} steps ({self.sampler.steps_per_epoch}/epoch); "
+            f"{vlm.num_image_tokens()} image tokens; precision {cfg.precision}")
+        self.logger.log("start", self.step, total_steps=self.total_steps, processes=acc.num_processes,
+                        grad_accum=self.grad_accum, image_tokens=vlm.num_image_tokens(),
+                        train_samples=len(self.train_ds), resumed_from=str(resume) if resume else None)
+
+    def _resume(self, path: Path) -> None:
+        from ..model.checkpoint import load_weights
+        from .state import join_optimizer_state, read_checkpoint_state, set_rng_state
+
+        meta, state, tensors = read_checkpoint_state(path)
+        diff = config_differences(meta.get("train", {}), to_plain(self.cfg))
+        if diff:
+            raise CompactVLMError(
+                f"checkpoint {path} was written with a different config ({', '.join(diff[:8])})",
+                "resume with the same config, or start a new run (new output_dir, or resume=never in an empty one)")
+        if state["param_names"] != self.param_names:
+            raise CompactVLMError(f"checkpoint {path} trains different parameters than this run",
+                                  "resume with the stage it was written with")
+        load_weights(self.vlm, path, merge_lora=False)
+        self.optimizer.load_state_dict(join_optimizer_state(tensors, state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.val_losses = [tuple(v) for v in state.get("metrics", {}).get("val_losses", [])]
+        rngs = state.get("rng", [])
+        rank = self.accelerator.process_index
+        if rank < len(rngs):
+            set_rng_state(rngs[rank])
+        self.log_lines.append(f"resumed from {path} at step {self.step}")
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def _inputs(self, batch: dict, cache) -> dict:
+        dev = self.accelerator.device
+        x = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        if cache is not None:
+            x["features"] = cache.features(self.vlm, batch["index"], batch["pixel_values"], dev)
+        else:
+            x["pixel_values"] = batch["pixel_values"].to(dev)
+        return x
+
+    def _reduce(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def train_step(self, micro: list[dict]) -> dict[str, float]:
+        from ..data.llava import num_label_tokens
+
+        acc = self.accelerator
+        n_lab, n_tok = self._reduce([sum(num_label_tokens(b["labels"]) for b in micro),
+                                     sum(int(b["attention_mask"].sum()) for b in micro)])
+        scale = acc.num_processes * self.grad_accum / max(n_lab, 1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        self.model.train()
+        if not any(p.requires_grad for p in self.vlm.encoder.parameters()):
+            self.vlm.encoder.eval()
+        for b in micro:
+            with acc.accumulate(self.model):
+                x = self._inputs(b, self.cache)
+                with acc.autocast():
+                    ls, _ = self.model(**x)
+                acc.backward(ls * scale)
+                loss_sum += ls.detach().double().cpu()
+        assert acc.sync_gradients, "micro-batches out of step with gradient accumulation"
+        (total,) = self._reduce([float(loss_sum)])
+        max_norm = self.cfg.optim.max_grad_norm
+        if max_norm > 0:
+            gnorm = acc.clip_grad_norm_(self.train_params, max_norm)
+        else:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.train_params, float("inf"))
+        loss = total / max(n_lab, 1.0)
+        gnorm = float("nan") if gnorm is None else float(gnorm)  # None: DeepSpeed clips inside its engine
+        if not math.isfinite(loss) or (not math.isfinite(gnorm) and acc.distributed_type.value != "DEEPSPEED"):
+            return {"loss": loss, "grad_norm": gnorm, "finite": 0.0}
+        self.lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}  # this step's
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "grad_norm": gnorm, "tokens": n_tok, "label_tokens": n_lab, "finite": 1.0}
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        from ..data.llava import collate_llava
+
+        if self.val_ds is None:
+            return None
+        acc = self.accelerator
+        tm = acc.unwrap_model(self.model)
+        was = tm.training
+        tm.eval()
+        per = self.cfg.eval.per_device_batch_size or self.cfg.optim.per_device_batch_size
+        mine = list(range(acc.process_index, len(self.val_ds), acc.num_processes))
+        batches = [mine[i : i + per] for i in range(0, len(mine), per)]
+        loader = torch.utils.data.DataLoader(self.val_ds, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
+                                             collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id),
+                                             generator=torch.Generator())  # leaves the global RNG alone
+        s = n = 0.0
+        for b in loader:
+            x = self._inputs(b, self.val_cache)
+            with acc.autocast():
+                ls, cnt = tm(**x)
+            s += float(ls)
+            n += float(cnt)
+        tm.train(was)
+        s, n = self._reduce([s, n])
+        return s / max(n, 1.0)
+
+    def _rng_states(self) -> list[dict]:
+        from accelerate.utils import gather_object
+
+        from .state import rng_state
+
+        st = rng_state()
+        return gather_object([st]) if self.accelerator.num_processes > 1 else [st]
+
+    def save(self, metrics: dict) -> Path | None:
+        from .state import checkpoint_dir, prune_checkpoints, save_checkpoint
+
+        acc = self.accelerator
+        rngs = self._rng_states()
+        path = checkpoint_dir(self.out, self.step)
+        if self.main:
+            epoch, pos = self.sampler.position(self.step)
+            save_checkpoint(acc.unwrap_model(self.model).vlm, path, step=self.step, train_config=to_plain(self.cfg),
+                            optimizer=self.optimizer, scheduler=self.scheduler, param_names=self.param_names,
+                            rng_states=rngs, position={"epoch": epoch, "step_in_epoch": pos},
+                            metrics={**metrics, "val_losses": self.val_losses},
+                            save_frozen=self.cfg.checkpoint.save_frozen)
+            prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
+            self.logger.log("checkpoint", self.step, path=str(path))
+        acc.wait_for_everyone()
+        return path
+
+    def save_final(self) -> Path:
+        from ..model.checkpoint import save_pretrained
+
+        final = self.out / "final"
+        full = None
+        if self.sharded:  # every process takes part in gathering the sharded weights
+            full = {k[len("vlm."):]: v for k, v in self.accelerator.get_state_dict(self.model).items()}
+        if self.main:
+            save_pretrained(self.accelerator.unwrap_model(self.model).vlm, final,
+                            save_llm=self.cfg.checkpoint.save_frozen, trainable_only=True, state_dict=full,
+                            extra={"train": to_plain(self.cfg), "step": self.step, "val_losses": self.val_losses})
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _eval_and_log(self) -> float | None:
+        t = time.perf_counter()
+        v = self.evaluate()
+        if v is not None:
+            self.val_losses.append((self.step, v))
+            self.logger.log("eval", self.step, val_loss=v, seconds=round(time.perf_counter() - t, 3))
+            self.logger.info(f"step {self.step}: val loss {v:.4f}")
+        return v
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from ..data.llava import collate_llava
+
+        self.setup()
+        cfg = self.cfg
+        try:
+            if cfg.eval.at_start and self.step == 0:
+                self._eval_and_log()
+            loader = torch.utils.data.DataLoader(
+                self.train_ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
+                collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id),
+                generator=torch.Generator())  # its own seed draw: a resumed run's global RNG stays in step
+            batches = iter(loader)
+            last: dict[str, Any] = {}
+            t_prev = time.perf_counter()
+            while self.step < self.total_steps:
+                micro = [next(batches) for _ in range(self.grad_accum)]
+                m = self.train_step(micro)
+                if not m.pop("finite"):
+                    self.logger.log("nan", self.step + 1, **m)
+                    from .state import latest_checkpoint
+
+                    good = latest_checkpoint(self.out)
+                    raise NonFiniteLoss(
+                        f"loss or gradient became non-finite at step {self.step + 1} (loss {m['loss']}, grad norm "
+                        f"{m['grad_norm']}); stopped without saving. Last good checkpoint: {good or 'none'}",
+                        "lower optim.lr, use precision=fp32 or a smaller optim.max_grad_norm, check the data; "
+                        "then resume=auto continues from the last good checkpoint")
+                self.step += 1
+                now = time.perf_counter()
+                dt, t_prev = now - t_prev, now
+                epoch, _ = self.sampler.position(self.step - 1)
+                lrs = self.lrs
+                last = {"loss": m["loss"], "grad_norm": m["grad_norm"], "lr": lrs, "epoch": epoch,
+                        "sec_per_step": dt, "tokens_per_sec": m["tokens"] / dt,
+                        "samples_per_sec": cfg.optim.batch_size / dt, "tokens": m["tokens"],
+                        "label_tokens": m["label_tokens"]}
+                if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
+                    self.logger.log("train", self.step, **last)
+                self.logger.progress(self.step, m["loss"], next(iter(lrs.values())), last["tokens_per_sec"])
+                ev = cfg.eval.every_steps
+                if ev and self.step % ev == 0 and self.step < self.total_steps:
+                    self._eval_and_log()
+                ck = cfg.checkpoint.every_steps
+                if ck and (self.step % ck == 0 or self.step == self.total_steps):
+                    self.save(last)
+                for cb in self.callbacks:
+                    fn = getattr(cb, "on_step_end", None)
+                    if fn:
+                        fn(self, self.step, last)
+                t_prev = time.perf_counter()  # step time excludes evaluation and checkpointing
+            if cfg.eval.at_end and (not self.val_losses or self.val_losses[-1][0] != self.step):
+                self._eval_and_log()
+            final = self.save_final()
+            self.logger.log("end", self.step, final=str(final), val_losses=self.val_losses)
+            self.logger.info(f"done: {self.step} steps; model in {final}")
+            return TrainResult(self.out, final, self.step, list(self.val_losses), last)
+        finally:
+            self.logger.close()

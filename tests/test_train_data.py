@@ -1,0 +1,131 @@
+"""Training data and objective: LLaVA JSON reading, padding/positions/labels, label-position loss, feature cache."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compactvlm.data.llava import LlavaDataset, collate_llava, num_label_tokens, read_llava_json
+from compactvlm.errors import CompactVLMError
+from compactvlm.model.prompting import IGNORE_INDEX, IMAGE_TOKEN_ID
+from compactvlm.testing import tiny_vlm
+from compactvlm.train.fixtures import write_llava_json
+from compactvlm.train.objective import FeatureCache, TrainingModel, check_cacheable
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llava")
+    return write_llava_json(root, n=6, seed=3)
+
+
+def dataset(model, path, **kw):
+    return LlavaDataset(path, model.tokenizer, model.num_image_tokens(), model.processor, **kw)
+
+
+def test_padding_attention_positions_and_answer_only_labels(data):
+    model = tiny_vlm("mlp2x_gelu")
+    ds = dataset(model, data)
+    items = [ds[0], ds[1]]
+    # make the second sample longer so the first one is padded
+    items[1] = dict(items[1], input_ids=items[1]["input_ids"] + [5, 6], labels=items[1]["labels"] + [5, 6])
+    b = collate_llava(items, pad_id=model.tokenizer.pad_token_id)
+    n0 = len(items[0]["input_ids"])
+    assert b["input_ids"].shape == (2, n0 + 2) and b["pixel_values"].shape == (2, 3, 32, 32)
+    assert b["attention_mask"][0].tolist() == [1] * n0 + [0, 0]
+    assert (b["labels"][0, n0:] == IGNORE_INDEX).all()
+    assert b["position_ids"][0, :n0].tolist() == list(range(n0))
+    assert b["position_ids"][1].tolist() == list(range(n0 + 2))
+    assert int((b["input_ids"][0] == IMAGE_TOKEN_ID).sum()) == model.num_image_tokens()
+    # labels: exactly the answer ("<colour> ." + end of turn), nothing of the question or image
+    lab = [t for t in items[0]["labels"] if t != IGNORE_INDEX]
+    answer = json.loads(data.read_text())[0]["conversations"][1]["value"]
+    assert model.tokenizer.decode(lab, skip_special_tokens=True).replace(" ", "") == answer.replace(" ", "")
+    assert num_label_tokens(b["labels"]) == len(lab) + len([t for t in items[1]["labels"] if t != IGNORE_INDEX])
+
+
+def test_dataset_errors(tmp_path, data):
+    model = tiny_vlm("mlp2x_gelu")
+    recs = json.loads(data.read_text())
+    bad = tmp_path / "missing.json"
+    bad.write_text(json.dumps([dict(recs[0], image="images/nope.png")]))
+    with pytest.raises(CompactVLMError, match="missing"):
+        dataset(model, bad, image_root=data.parent)
+    esc = tmp_path / "escape.json"
+    esc.write_text(json.dumps([dict(recs[0], image="../../etc/passwd")]))
+    with pytest.raises(CompactVLMError, match="escapes"):
+        dataset(model, esc, image_root=data.parent)
+    text_only = data.parent / "text_only.json"
+    text_only.write_text(json.dumps([{k: v for k, v in recs[0].items() if k != "image"}, recs[1]]))
+    with pytest.raises(CompactVLMError, match="text_only=skip"):
+        dataset(model, text_only)
+    assert len(dataset(model, text_only, text_only="skip")) == 1
+    notlist = tmp_path / "obj.json"
+    notlist.write_text("{}")
+    with pytest.raises(CompactVLMError, match="list"):
+        read_llava_json(notlist)
+    with pytest.raises(CompactVLMError, match="max_length"):
+        dataset(model, data, max_length=10)[0]
+
+
+def _batch(model, data, n=3):
+    ds = dataset(model, data)
+    return collate_llava([ds[i] for i in range(n)], pad_id=model.tokenizer.pad_token_id)
+
+
+def test_label_position_loss_equals_full_logits_loss(data):
+    model = tiny_vlm("stf", k=2, E=1)
+    b = _batch(model, data)
+    x = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values")}
+    tm_lab, tm_all = TrainingModel(model, "labels"), TrainingModel(model, "all")
+    s1, n1 = tm_lab(**x)
+    s2, n2 = tm_all(**x)
+    assert int(n1) == int(n2) == num_label_tokens(b["labels"]) > 0
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
+    # and equals HF's own token-mean loss from the full model forward
+    out = model(b["input_ids"], b["attention_mask"], b["pixel_values"], labels=b["labels"],
+                position_ids=b["position_ids"])
+    torch.testing.assert_close(s1 / n1, out.loss, rtol=1e-5, atol=1e-5)
+    # gradients agree too
+    g = []
+    for tm in (tm_lab, tm_all):
+        model.zero_grad()
+        tm(**x)[0].backward()
+        g.append(torch.cat([p.grad.flatten() for p in model.compressor.parameters()]))
+    assert g[0].abs().sum() > 0
+    torch.testing.assert_close(g[0], g[1], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_ignores_padding(data):
+    """Appending padding to a batch changes nothing."""
+    model = tiny_vlm("mlp2x_gelu")
+    b = _batch(model, data, 2)
+    x = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values")}
+    pad = dict(x)
+    for k, v in (("input_ids", model.tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX),
+                 ("position_ids", 0)):
+        pad[k] = F.pad(x[k], (0, 5), value=v)
+    tm = TrainingModel(model)
+    torch.testing.assert_close(tm(**x)[0], tm(**pad)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_feature_cache_same_loss_and_validity(data):
+    model = tiny_vlm("stf", k=2, E=1)
+    b = _batch(model, data)
+    tm = TrainingModel(model)
+    x = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+    direct = tm(**x, pixel_values=b["pixel_values"])[0]
+    cache = FeatureCache([model.encoder.info.normalize_layer(l) for l in model.compressor.feature_layers()])
+    f1 = cache.features(model, b["index"], b["pixel_values"], torch.device("cpu"))
+    assert len(cache) == 3
+    f2 = cache.features(model, b["index"], torch.zeros_like(b["pixel_values"]), torch.device("cpu"))  # from cache
+    for k in f1:
+        assert torch.equal(f1[k], f2[k])
+    torch.testing.assert_close(tm(**x, features=f2)[0], direct, rtol=1e-6, atol=1e-6)
+    assert check_cacheable(model) is None
+    vis = tiny_vlm("vistog", tokens=4, grouping=True)
+    assert "adds tokens" in check_cacheable(vis)
+    for p in model.encoder.parameters():
+        p.requires_grad_(True)
+    assert "encoder is trained" in check_cacheable(model)
