@@ -1,0 +1,82 @@
+"""compactvlm serve [--port P] [--host 127.0.0.1] [--tiny] [--checkpoint DIR]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="web demo: compare compressors side by side",
+        description="A Gradio page on which you upload an image, ask a question and compare several "
+                    "compressors / budgets side by side: answer, vision tokens, LLM prefill FLOPs, TTFT and token "
+                    "map. Requests run one at a time. Needs gradio (pip install 'compactvlm[demo]').")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--tiny", action="store_true", help="tiny random models (tests; starts in seconds)")
+    p.add_argument("--checkpoint", help="also offer this trained model (`compactvlm train` output) as a method")
+    p.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
+    p.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="default answer length")
+    p.add_argument("--repeats", type=int, default=2, help="prefill runs for each TTFT median")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.set_defaults(func=run)
+
+
+def load_model(args: argparse.Namespace):
+    """(model, checkpoint label or None): the encoder + LLM shared by every preset."""
+    from ..errors import CompactVLMError
+
+    if args.tiny:
+        if args.checkpoint or args.encoder or args.llm:
+            raise CompactVLMError("--tiny builds its own random models", "drop --checkpoint/--encoder/--llm, or --tiny")
+        from ..testing import tiny_vlm
+
+        return tiny_vlm("mlp2x_gelu"), None
+    if args.checkpoint:
+        from ..model.checkpoint import load_pretrained
+
+        model = load_pretrained(args.checkpoint)
+        return model, f"checkpoint: {model.compressor.registry_name} ({os.path.basename(os.path.normpath(args.checkpoint))})"
+    from ..model.build import ModelConfig, build_model
+
+    cfg = ModelConfig()
+    if args.encoder:
+        cfg.encoder = args.encoder
+    if args.llm:
+        cfg.llm = args.llm
+    return build_model(cfg), None
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..errors import CompactVLMError
+
+    if not 0 < args.port < 65536:
+        raise CompactVLMError(f"--port {args.port} is not a TCP port", "use e.g. 7860")
+    if args.max_new_tokens < 1 or args.repeats < 1:
+        raise CompactVLMError("--max-new-tokens and --repeats must be >= 1", "use e.g. --max-new-tokens 16 --repeats 2")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CompactVLMError("the web demo needs gradio, which is not installed",
+                              "pip install 'compactvlm[demo]' (or bash scripts/setup_browser.sh)") from None
+    import torch
+
+    from ..viz.app import MethodPool, build_app, launch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.host not in LOOPBACK:
+        print(f"warning: binding {args.host}: anyone who can reach this address can use the demo", file=sys.stderr)
+    model, ckpt_label = load_model(args)
+    pool = MethodPool(model, repeats=args.repeats, checkpoint_label=ckpt_label)
+    app = build_app(pool, max_new_tokens=args.max_new_tokens)
+    print(f"compactvlm serve: {len(pool.presets)} methods: {', '.join(pool.presets)}", flush=True)
+    launch(app, host=args.host, port=args.port)
+    return 0

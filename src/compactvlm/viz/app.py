@@ -1,0 +1,321 @@
+"""The side-by-side web demo behind ``compactvlm serve`` (Gradio; LLaVA ships a Gradio demo too).
+
+Upload an image, ask a question, tick two or more presets (compressor / reduction at a budget); each
+answer comes with its vision-token count, the LLM's prefill FLOPs, the TTFT (encode + compress + LLM
+prefill) and its token map, side by side.
+
+- One model: the encoder and the LLM are loaded once; presets swap ``model.compressor`` and
+  ``model.reduction`` (compressors and reductions are built once per preset, seeded, and cached).
+- One model run at a time: ``MethodPool`` holds a lock and the app's queue runs one request at a time
+  (``concurrency_limit=1``); further requests wait in the queue.
+- Bad uploads (not an image, corrupt, too small, too large) get the message of ``data.images.load_image``;
+  a method that fails shows its error in its own panel; nothing takes the server down.
+- Untrained presets give meaningless answers; start the server with ``--checkpoint`` to add a trained one.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CompactVLMError
+from .draw import cell_size, render
+from .token_maps import token_map
+
+CHECKPOINT = "__checkpoint__"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A compressor (with options) and optionally a test-time reduction, at a budget."""
+
+    label: str
+    compressor: str
+    params: tuple[tuple[str, Any], ...] = ()
+    reduce: str | None = None
+    budget: int | None = None
+    reduce_params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def slug(self) -> str:
+        return slug(self.label)
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def default_presets(grid: tuple[int, int], llm_layers: int) -> list[Preset]:
+    """Presets scaled to the patch grid (on DINOv2-S's 16 x 16: 64-token budgets, VisToG 32, objects 16);
+    those whose compressor or reduction is not registered are left out."""
+    from ..registry import COMPRESSORS, REDUCTIONS
+
+    h, w = grid
+    n = h * w
+    quarter, eighth = max(n // 4, 1), max(n // 8, 1)
+    out = [Preset("mlp2x_gelu (all tokens)", "mlp2x_gelu")]
+    if h % 2 == 0 and w % 2 == 0:
+        out += [Preset("stf k=2", "stf", (("k", 2), ("E", 1))), Preset("avgpool k=2", "avgpool", (("k", 2),))]
+    out += [
+        Preset(f"random {quarter}", "mlp2x_gelu", reduce="random", budget=quarter),
+        Preset(f"visionzip {quarter}", "mlp2x_gelu", reduce="visionzip", budget=quarter),
+        Preset(f"fastv {quarter}", "mlp2x_gelu", reduce="fastv", budget=quarter,
+               reduce_params=(("k", max(1, min(2, llm_layers - 1))),)),
+        Preset(f"vistog {eighth}", "vistog", (("tokens", eighth),)),
+        Preset("objects 16", "objects", budget=16),
+        Preset(f"qformer {quarter}", "qformer", (("tokens", quarter),)),
+    ]
+    return [p for p in out if p.compressor in COMPRESSORS and (p.reduce is None or p.reduce in REDUCTIONS)]
+
+
+@dataclass
+class MethodResult:
+    label: str
+    answer: str = ""
+    num_tokens: int | None = None
+    flops: float | None = None
+    ttft_ms: float | None = None
+    picture: Any = None  # PIL image of the token map
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stats(self) -> str:
+        return (f"tokens: {self.num_tokens if self.num_tokens is not None else 'n/a'} · "
+                f"FLOPs: {format_flops(self.flops)} · TTFT: "
+                f"{'n/a' if self.ttft_ms is None else f'{self.ttft_ms:.0f} ms'}")
+
+
+def format_flops(flops: float | None) -> str:
+    if flops is None:
+        return "n/a"
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.2f} {unit}"
+    return f"{flops:.0f} FLOPs"
+
+
+def format_answer(text: str) -> str:
+    return text if text.strip() else "(empty answer)"
+
+
+def prefill_flops(model, question: str) -> float | None:
+    """LLM prefill FLOPs of the prompt with this model's vision tokens, from ``compactvlm.efficiency`` when
+    that package provides it; None ("n/a") otherwise."""
+    try:
+        from .. import efficiency  # noqa: F401
+    except ImportError:
+        return None
+    fn = None
+    for mod_name, fn_name in (("flops", "prefill_flops"), ("flops", "llm_prefill_flops"), ("", "prefill_flops")):
+        try:
+            mod = __import__(f"compactvlm.efficiency{'.' + mod_name if mod_name else ''}", fromlist=[fn_name])
+        except ImportError:
+            continue
+        fn = getattr(mod, fn_name, None)
+        if callable(fn):
+            break
+    if not callable(fn):
+        return None
+    try:
+        value = fn(model, question)
+    except Exception:  # noqa: BLE001 - a missing number must not break the demo
+        return None
+    value = getattr(value, "total", value)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class MethodPool:
+    """One CompactVLM whose compressor / reduction is swapped per preset (built once, cached)."""
+
+    def __init__(self, model, presets: list[Preset] | None = None, seed: int = 0, repeats: int = 2,
+                 checkpoint_label: str | None = None):
+        self.model = model
+        self.seed = seed
+        self.repeats = repeats
+        self.lock = threading.Lock()
+        self._compressors: dict[tuple, torch.nn.Module] = {}
+        self._reductions: dict[Preset, torch.nn.Module] = {}
+        presets = list(presets if presets is not None else default_presets(model.grid, model.llm.config.num_hidden_layers))
+        if checkpoint_label:
+            self._compressors[(CHECKPOINT,)] = model.compressor
+            presets.insert(0, Preset(checkpoint_label, CHECKPOINT))
+        self.presets: dict[str, Preset] = {p.label: p for p in presets}
+
+    def _compressor(self, p: Preset):
+        from ..compressors.base import create_compressor
+
+        key = (CHECKPOINT,) if p.compressor == CHECKPOINT else (p.compressor, p.params)
+        comp = self._compressors.get(key)
+        if comp is None:
+            torch.manual_seed(self.seed)
+            m = self.model
+            comp = create_compressor(p.compressor, enc=m.encoder.info, llm_dim=m.llm_dim, **dict(p.params))
+            ref = next(m.llm.parameters())
+            comp = comp.to(device=ref.device, dtype=ref.dtype).eval()
+            self._compressors[key] = comp
+        return comp
+
+    def activate(self, p: Preset):
+        """Put the preset's compressor (and reduction) into the model; returns the model."""
+        from ..registry import REDUCTIONS
+
+        m = self.model
+        m.reduction = None
+        comp = self._compressor(p)
+        m.compressor = comp
+        if p.reduce is None:
+            if hasattr(comp, "set_budget"):
+                comp.set_budget(p.budget)
+            elif p.budget is not None:
+                raise CompactVLMError(f"preset {p.label!r}: compressor {p.compressor} has no budget", "drop the budget")
+        else:
+            red = self._reductions.get(p)
+            if red is None:
+                red = REDUCTIONS.create(p.reduce, budget=p.budget, model=m, **dict(p.reduce_params))
+                self._reductions[p] = red
+            m.reduction = red
+        return m
+
+    def run(self, label: str, image, question: str, max_new_tokens: int = 16) -> MethodResult:
+        """Answer with one preset: answer, token count, FLOPs, TTFT and the token-map picture."""
+        p = self.presets[label]
+        out = MethodResult(label)
+        with self.lock:
+            try:
+                m = self.activate(p)
+                torch.manual_seed(self.seed)
+                pix = m.processor([image])
+                tmap = token_map(m, pix, question)
+                res = m.generate([image], [question], max_new_tokens=max_new_tokens)
+                out.answer, out.num_tokens = res.texts[0], res.num_image_tokens
+                out.ttft_ms = m.prefill_ms([image], question, repeats=self.repeats)
+                out.flops = prefill_flops(m, question)
+                out.notes = list(tmap.notes)
+                out.picture = render(tmap, image, ttft_ms=out.ttft_ms, flops=out.flops,
+                                     cell=cell_size(tmap.grid, 320), font_size=12)
+            except CompactVLMError as e:
+                out.error = str(e)
+            except Exception as e:  # noqa: BLE001 - one failing method must not take the others down
+                out.error = f"{type(e).__name__}: {e}"
+        return out
+
+
+# ---- request handlers (plain functions, tested without a browser) -------------------------------------------
+def check_upload(path: str | None):
+    """(message, PIL image or None) for an uploaded file."""
+    from ..data.images import load_image
+
+    if not path:
+        return "Upload an image (PNG, JPEG, WebP, ...).", None
+    try:
+        img = load_image(path)
+    except CompactVLMError as e:
+        return f"**Cannot use this file:** {str(e).replace(str(path), Path(path).name)}", None
+    return f"Image {img.width}x{img.height} ready.", img
+
+
+def compare(pool: MethodPool, path: str | None, question: str, labels: list[str] | None,
+            max_new_tokens: int = 16) -> tuple[str, list[list[str]], dict[str, MethodResult]]:
+    """(status message, table rows, results by label) for one request."""
+    message, img = check_upload(path)
+    if img is None:
+        return message, [], {}
+    question = (question or "").strip()
+    if not question:
+        return "Type a question first.", [], {}
+    labels = [lab for lab in (labels or []) if lab in pool.presets]
+    if not labels:
+        return "Pick at least one method (two or more to compare).", [], {}
+    t = time.perf_counter()
+    results = {lab: pool.run(lab, img, question, int(max_new_tokens)) for lab in labels}
+    rows = [[r.label, str(r.num_tokens) if r.num_tokens is not None else "n/a", format_flops(r.flops),
+             f"{r.ttft_ms:.0f}" if r.ttft_ms is not None else "n/a",
+             f"error: {r.error}" if r.error else format_answer(r.answer)] for r in results.values()]
+    failed = sum(r.error is not None for r in results.values())
+    status = f"Compared {len(labels)} method{'s' * (len(labels) != 1)} in {time.perf_counter() - t:.1f} s."
+    if failed:
+        status += f" {failed} failed (see their panels)."
+    return status, rows, results
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+HEADERS = ["method", "vision tokens", "LLM prefill FLOPs", "TTFT ms", "answer"]
+
+
+def build_app(pool: MethodPool, title: str = "compactvlm: compare vision-token compressors",
+              default: list[str] | None = None, max_new_tokens: int = 16):
+    import gradio as gr
+
+    labels = list(pool.presets)
+    default = default or labels[:2]
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"## {title}\nUpload an image, ask a question, tick two or more methods. Each answer comes "
+                    "with the vision tokens that reached the LLM, the LLM prefill FLOPs, the time to first token "
+                    "(encode + compress + LLM prefill) and a map of the tokens. Untrained compressors give "
+                    "meaningless answers.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="image", file_count="single", type="filepath", elem_id="image-upload")
+                preview = gr.Image(label="uploaded image", type="pil", interactive=False, elem_id="preview",
+                                   height=220)
+                status = gr.Markdown("Upload an image (PNG, JPEG, WebP, ...).", elem_id="status")
+            with gr.Column(scale=2):
+                question = gr.Textbox(label="question", value="What is in the image?", elem_id="question")
+                methods = gr.CheckboxGroup(labels, value=default, label="methods", elem_id="methods")
+                new_tokens = gr.Slider(1, 64, value=max_new_tokens, step=1, label="max new tokens",
+                                       elem_id="max-new-tokens")
+                run_btn = gr.Button("Compare", variant="primary", elem_id="run")
+        table = gr.Dataframe(headers=HEADERS, value=[], label="results", interactive=False, wrap=True,
+                             elem_id="results-table")
+        panels, outputs = [], []
+        with gr.Row(equal_height=False):
+            for p in pool.presets.values():
+                with gr.Column(visible=False, min_width=240, elem_id=f"panel-{p.slug}") as col:
+                    pic = gr.Image(label=p.label, type="pil", format="png", interactive=False,
+                                   elem_id=f"map-{p.slug}")
+                    stats = gr.Markdown(elem_id=f"stats-{p.slug}")
+                    answer = gr.Textbox(label=f"answer: {p.label}", interactive=False, lines=2,
+                                        elem_id=f"answer-{p.slug}")
+                panels.append(p.label)
+                outputs += [col, pic, stats, answer]
+
+        def on_upload(path):
+            message, img = check_upload(path)
+            return message, img
+
+        def on_run(path, q, chosen, n_new):
+            message, rows, results = compare(pool, path, q, chosen, n_new)
+            updates: list = [message, rows]
+            for lab in panels:
+                r = results.get(lab)
+                if r is None:
+                    updates += [gr.update(visible=False), None, "", ""]
+                elif r.error:
+                    updates += [gr.update(visible=True), None, f"**{lab}**: error: {r.error}", ""]
+                else:
+                    notes = "".join(f"<br>{n}" for n in r.notes)
+                    updates += [gr.update(visible=True), r.picture, f"**{lab}** — {r.stats()}{notes}",
+                                format_answer(r.answer)]
+            return updates
+
+        upload.change(on_upload, inputs=upload, outputs=[status, preview], concurrency_limit=4)
+        run_btn.click(on_run, inputs=[upload, question, methods, new_tokens], outputs=[status, table] + outputs,
+                      concurrency_limit=1, concurrency_id="model")
+    app.queue(default_concurrency_limit=1, max_size=32)
+    return app
+
+
+def launch(app, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False):
+    """Serve until interrupted (fonts from the system: the page fetches nothing from the internet)."""
+    import gradio as gr
+
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return app.launch(server_name=host, server_port=port, share=False, show_error=True, ssr_mode=False,
+                      quiet=quiet, max_file_size="50mb", theme=theme)
