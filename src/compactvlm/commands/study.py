@@ -1,0 +1,73 @@
+"""compactvlm study run|report --plan configs/study/sceneqa_cpu.yaml"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("study", help="run the papers' experiments on SceneQA and write docs/results.md",
+                       description="`run` trains/evaluates/measures each (row, seed) of a plan and writes one result "
+                                   "JSON per run (existing ones are skipped, interrupted runs resume); `report` builds "
+                                   "the Markdown tables and plots from those files.")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = ssub.add_parser("run", help="run rows of a study plan")
+    r.add_argument("--plan", required=True, help="study plan YAML (configs/study/)")
+    r.add_argument("--rows", default=None, help="comma-separated row names (default: all, in plan order)")
+    r.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
+    r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result")
+    r.add_argument("--keep-going", action="store_true", help="on a failing row, report it and go on")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=run)
+    rep = ssub.add_parser("report", help="write the results Markdown + plots from the result files")
+    rep.add_argument("--plan", required=True)
+    rep.add_argument("--out", default=None, help="Markdown file (default: the plan's `report`)")
+    rep.set_defaults(func=report)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from ..errors import CompactVLMError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CompactVLMError(f"--{what} {text!r} is not a comma-separated list of integers", "write e.g. 0,1,2") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import CompactVLMError
+    from ..study import load_plan, result_path, run_row
+
+    plan = load_plan(args.plan)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else [r.name for r in plan.rows]
+    for name in rows:
+        plan.row(name)  # unknown names fail before any work
+    seeds = _ints(args.seeds, "seeds") if args.seeds else plan.seeds
+    failed = []
+    for seed in seeds:
+        for name in rows:
+            done = result_path(plan, name, seed).exists() and not args.force
+            print(f"[study] {name} seed {seed}: {'already done' if done else 'running'}", flush=True)
+            if done:
+                continue
+            try:
+                path = run_row(plan, name, seed, progress=not args.quiet, force=args.force)
+            except CompactVLMError as e:
+                if not args.keep_going:
+                    raise
+                failed.append((name, seed, str(e)))
+                print(f"[study] {name} seed {seed} FAILED: {e}", flush=True)
+                continue
+            print(f"[study] {name} seed {seed}: wrote {path}", flush=True)
+    for name, seed, why in failed:
+        print(f"[study] failed: {name} seed {seed}: {why}")
+    return 1 if failed else 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from ..study import load_plan, write_report
+
+    plan = load_plan(args.plan)
+    out = write_report(plan, args.plan, args.out)
+    print(f"wrote {out}")
+    return 0

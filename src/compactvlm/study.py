@@ -1,0 +1,397 @@
+"""The study: the papers' experiments on SceneQA, one result JSON per (row, seed), and the report built from them.
+
+A *plan* (``configs/study/*.yaml``) names the SceneQA build, one training recipe shared by every row, the seeds and
+the rows. A row is either trained (``compressor`` + ``params``) or evaluation-only on another row's checkpoint
+(``from``), optionally with a test-time ``budget`` (Mask-LLaVA's object tokens) or a training-free ``reduce``
+(random / avgpool / visionzip / fastv). For each (row, seed) ``run_row`` trains (resuming an interrupted run),
+evaluates on the SceneQA test split (resuming an interrupted evaluation), measures TTFT (encode + compress +
+prefill + first-token logits, median of repeats, batch 1) and counts FLOPs of that same forward with
+``torch.utils.flop_counter.FlopCounterMode`` (vision = encoder + compressor; LLM = the rest), then writes
+``results/<plan>/<row>/seed<S>.json``. ``write_report`` aggregates those files only: mean and 95% CI (Student t)
+over seeds per question family, PRT against the plan's reference row, plots of accuracy and TTFT versus tokens.
+Nothing in the report is typed by hand.
+
+    compactvlm study run --plan configs/study/sceneqa_cpu.yaml [--rows stf-k2e1,full-mlp2x] [--seeds 0,1,2]
+    compactvlm study report --plan configs/study/sceneqa_cpu.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import from_dict, read_file
+from .errors import CompactVLMError
+
+
+@dataclass
+class StudyData:
+    dir: str = "data/study"
+    seed: int = 0
+    caption: int = 0
+    train: int = 1000
+    val: int = 100
+    test: int = 150
+
+
+@dataclass
+class StudyRow:
+    name: str = ""
+    group: str = ""
+    compressor: str | None = None  # trained rows
+    params: dict[str, Any] = field(default_factory=dict)
+    train_overrides: list[str] = field(default_factory=list)  # dotted.key=value on top of the plan's recipe
+    from_: str | None = None  # evaluation-only rows: the trained row whose checkpoint they use
+    budget: int | None = None  # test-time budget: the compressor's own (objects) or the reduction's
+    reduce: str | None = None  # training-free reduction at inference
+    reduce_params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return self.from_ is None
+
+
+@dataclass
+class StudyPlan:
+    name: str = "study"
+    description: str = ""
+    data: StudyData = field(default_factory=StudyData)
+    train_config: str = "configs/train/study_cpu.yaml"
+    runs_dir: str = "runs/study"
+    results_dir: str = "results/study"
+    report: str = "docs/results.md"
+    reference: str = "full-mlp2x"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval_batch_size: int = 8
+    eval_limit: int | None = None
+    ttft_repeats: int = 5
+    threads: int = 2
+    groups: dict[str, str] = field(default_factory=dict)  # group id -> title
+    rows: list[StudyRow] = field(default_factory=list)
+
+    def row(self, name: str) -> StudyRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise CompactVLMError(f"the plan has no row {name!r}", f"rows: {', '.join(r.name for r in self.rows)}")
+
+    def validate(self) -> None:
+        names = [r.name for r in self.rows]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup or not all(names):
+            raise CompactVLMError(f"study rows need unique, non-empty names (duplicates: {sorted(dup)})",
+                                  "give every row its own name")
+        for r in self.rows:
+            if (r.compressor is None) == (r.from_ is None):
+                raise CompactVLMError(f"study row {r.name!r} must have exactly one of `compressor` (trained) or "
+                                      "`from` (evaluation-only)", "set one of them")
+            if r.from_ is not None and not self.row(r.from_).trained:
+                raise CompactVLMError(f"study row {r.name!r} uses {r.from_!r}, which is not a trained row",
+                                      "point `from` at a row with a compressor")
+        if self.reference not in names:
+            raise CompactVLMError(f"study reference {self.reference!r} is not a row", "name a row as reference")
+
+
+def load_plan(path: str | os.PathLike) -> StudyPlan:
+    data = read_file(Path(path))
+    for r in data.get("rows") or []:
+        if isinstance(r, dict) and "from" in r:
+            r["from_"] = r.pop("from")
+    plan = from_dict(StudyPlan, data, prefix="study.")
+    plan.validate()
+    return plan
+
+
+# ---- running --------------------------------------------------------------------------------------------------
+def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
+    return Path(plan.results_dir) / row / f"seed{seed}.json"
+
+
+def checkpoint_dir(plan: StudyPlan, row: StudyRow, seed: int) -> Path:
+    name = row.from_ or row.name
+    return Path(plan.runs_dir) / name / f"s{seed}"
+
+
+def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
+    d = Path(plan.data.dir)
+    if not (d / "manifest.json").exists():
+        from .data.sceneqa import build_sceneqa
+
+        build_sceneqa(d, seed=plan.data.seed, progress=progress,
+                      sizes={"caption": plan.data.caption, "train": plan.data.train, "val": plan.data.val,
+                             "test": plan.data.test})
+    return d
+
+
+def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path) -> Path:
+    """Train (or resume) a row's model; returns the final checkpoint folder."""
+    from .train import load_train_config, train
+
+    out = checkpoint_dir(plan, row, seed)
+    final = out / "final"
+    if (final / "compactvlm.json").exists():
+        return final
+    overrides = [f"output_dir={out}", f"seed={seed}", f"data.train={data_dir / 'train.json'}",
+                 f"data.val={data_dir / 'val.json'}", f"model.compressor={row.compressor}",
+                 f"threads={plan.threads}"]
+    cfg = load_train_config(plan.train_config, overrides + list(row.train_overrides))
+    cfg.model.compressor_params = dict(row.params)  # a mapping, not a dotted override
+    return train(cfg).final_dir
+
+
+def _train_stats(run_dir: Path) -> dict:
+    """Seconds per optimiser step (median over the run, first two steps left out: warm-up), val-loss curve."""
+    f = run_dir / "metrics.jsonl"
+    if not f.exists():
+        return {}
+    steps, curve, tps = [], [], []
+    for line in f.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("event") == "train":
+            steps.append(e["sec_per_step"])
+            tps.append(e["tokens_per_sec"])
+        elif e.get("event") == "eval" and e.get("val_loss") is not None:
+            curve.append([e["step"], e["val_loss"]])
+    tail = steps[2:] or steps
+    return {"steps": len(steps), "sec_per_step": statistics.median(tail) if tail else None,
+            "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve}
+
+
+def measure_cost(model, image, question: str, repeats: int) -> dict:
+    """TTFT (median ms, with min/max) and FLOPs of one batch-1 forward: encode + compress + prefill + first-token
+    logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids, mask = model.pad_left([model.prompt_ids(question)])
+    pix = model.processor([image])
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            model.forward(ids, mask, pix, logits_to_keep=1)
+        total = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fv:
+            model.encode_images(pix)
+        vision = fv.get_total_flops()
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            model.forward(ids, mask, pix, logits_to_keep=1)
+            times.append((time.perf_counter() - t) * 1e3)
+    times = times[1:]  # the first run is warm-up
+    return {"ttft_ms": statistics.median(times), "ttft_ms_min": min(times), "ttft_ms_max": max(times),
+            "prompt_tokens": int(ids.shape[1]), "flops_total": int(total), "flops_vision": int(vision),
+            "flops_llm": int(total - vision), "threads": torch.get_num_threads()}
+
+
+def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force: bool = False) -> Path:
+    """Train/evaluate/measure one (row, seed) and write its result JSON (skipped when it exists, unless force)."""
+    import torch
+
+    from .commands._common import apply_budget
+    from .commands.eval import make_answer_fn
+    from .data.images import load_image
+    from .evaluate.harness import evaluate
+    from .model.checkpoint import load_pretrained
+
+    row = plan.row(name)
+    res = result_path(plan, name, seed)
+    if res.exists() and not force:
+        return res
+    torch.set_num_threads(plan.threads)
+    t0 = time.perf_counter()
+    data_dir = ensure_data(plan, progress)
+    src = plan.row(row.from_) if row.from_ else row
+    ckpt = train_row(plan, src, seed, data_dir)
+    t_train = time.perf_counter() - t0
+    # evaluation-only rows may change test-time compressor options (e.g. mask_source: given)
+    model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False)
+    if row.reduce:
+        from .registry import REDUCTIONS
+
+        model.reduction = REDUCTIONS.create(row.reduce, budget=row.budget, model=model, **row.reduce_params)
+    elif row.budget is not None:
+        apply_budget(model, row.budget, None)
+    tokens = model.num_image_tokens()
+    out = Path(plan.runs_dir) / "eval" / name / f"s{seed}"
+    run_info = {"name": name, "method": row.reduce or model.compressor.registry_name, "vision_tokens": tokens,
+                "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
+                "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed}
+    t1 = time.perf_counter()
+    metrics = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir)), out,
+                       batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress, run_info=run_info)
+    t_eval = time.perf_counter() - t1
+    first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
+    cost = measure_cost(model, load_image(data_dir / first["image"]), first["text"], plan.ttft_repeats)
+    result = {
+        "plan": plan.name, "row": asdict(row), "seed": seed, "vision_tokens": tokens,
+        "equivalent_tokens_note": getattr(model.reduction, "note", None) if row.reduce == "fastv" else None,
+        "metrics": {k: metrics[k] for k in ("components", "family_mean", "headline", "n", "missing", "split")},
+        "cost": cost, "train": _train_stats(checkpoint_dir(plan, row, seed)),
+        "wall_seconds": {"train_or_reuse": t_train, "eval": t_eval},
+        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"},
+        "command": f"compactvlm study run --plan <plan> --rows {name} --seeds {seed}",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    res.parent.mkdir(parents=True, exist_ok=True)
+    tmp = res.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(res)
+    return res
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% confidence interval (Student t; None for a single value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    from scipy.stats import t
+
+    return m, float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def collect(plan: StudyPlan) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in plan.rows:
+        d = Path(plan.results_dir) / r.name
+        files = sorted(d.glob("seed*.json")) if d.exists() else []
+        if files:
+            out[r.name] = [json.loads(f.read_text()) for f in files]
+    return out
+
+
+def _fmt(m: float | None, ci: float | None = None, digits: int = 1) -> str:
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
+
+
+def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (per seed against the reference's mean)."""
+    from .evaluate.prt import prt
+
+    ref_runs = results.get(plan.reference, [])
+    ref = {}
+    if ref_runs:
+        comps = [r["metrics"]["components"] for r in ref_runs]
+        ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
+    rows = {}
+    for name, runs in results.items():
+        comps = [r["metrics"]["components"] for r in runs]
+        fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
+        prts = [prt(c, ref)["prt"] for c in comps] if ref else []
+        rows[name] = {
+            "seeds": [r["seed"] for r in runs], "tokens": runs[0]["vision_tokens"], "families": fams,
+            "overall": mean_ci([r["metrics"]["family_mean"] for r in runs]),
+            "prt": mean_ci(prts) if prts else (None, None),
+            "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
+            "llm_gflops": statistics.fmean(r["cost"]["flops_llm"] for r in runs) / 1e9,
+            "vision_gflops": statistics.fmean(r["cost"]["flops_vision"] for r in runs) / 1e9,
+            "sec_per_step": (statistics.fmean(x for x in (r["train"].get("sec_per_step") for r in runs) if x)
+                             if any(r["train"].get("sec_per_step") for r in runs) else None),
+            "train_steps": runs[0]["train"].get("steps"),
+            "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
+            "wall_s": sum(sum(r["wall_seconds"].values()) for r in runs),
+            "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
+        }
+    return rows
+
+
+def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os.PathLike | None = None) -> Path:
+    results = collect(plan)
+    if not results:
+        raise CompactVLMError(f"no study results under {plan.results_dir}",
+                              f"run `compactvlm study run --plan {plan_path}` first")
+    rows = summarize(plan, results)
+    out = Path(out_md or plan.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png_acc, png_ttft = _plots(plan, rows, out)
+    fams = list(next(iter(results.values()))[0]["metrics"]["components"])
+    hw = next(iter(results.values()))[0]["hardware"]
+    lines = [f"# Results: {plan.name}", "", plan.description.strip(), "",
+             f"Generated by `compactvlm study report --plan {plan_path}` from the JSON files under "
+             f"`{plan.results_dir}/` (one per row and seed, written by `compactvlm study run --plan {plan_path}`). "
+             f"Hardware: {hw['cpus']} CPU cores ({hw['processor']}), {hw['torch_threads']} torch threads, no GPU. "
+             f"Scores are in % (MME: its own 0–400 scale per family as summed acc + acc+); ± is the 95% CI over "
+             f"seeds (Student t), shown only with ≥ 2 seeds. PRT: performance retained versus `{plan.reference}` "
+             f"(VisToG Eq. 6–7, mean over families of score / reference score).", ""]
+    missing = [r.name for r in plan.rows if r.name not in rows]
+    if missing:
+        lines += [f"**Not yet run** (rows in the plan without a result file): {', '.join(missing)}.", ""]
+    for gid, title in plan.groups.items():
+        members = [r for r in plan.rows if r.group == gid and r.name in rows]
+        if not members:
+            continue
+        lines += [f"## {gid}. {title}", "",
+                  "| row | seeds | vision tokens | " + " | ".join(f.split("/")[-1] for f in fams)
+                  + " | family mean | PRT % | LLM prefill GFLOPs | TTFT ms | train s/step |",
+                  "|---|---:|---:|" + "---:|" * (len(fams) + 5)]
+        for r in members:
+            s = rows[r.name]
+            lines.append(f"| `{r.name}` | {len(s['seeds'])} | {s['tokens']} | "
+                         + " | ".join(_fmt(*s["families"][f]) for f in fams)
+                         + f" | {_fmt(*s['overall'])} | {_fmt(*s['prt'])} | {s['llm_gflops']:.1f} | "
+                         f"{s['ttft_ms']:.0f} | {_fmt(s['sec_per_step'], None, 2)} |")
+        notes = [f"- `{r.name}`: " + "; ".join(filter(None, [r.note, f"evaluates `{r.from_}`'s checkpoint"
+                                                              if r.from_ else ""]))
+                 for r in members if r.note or r.from_]
+        lines += [""] + notes + ([""] if notes else [])
+        lines += ["Reproduce: `compactvlm study run --plan " + str(plan_path) + " --rows "
+                  + ",".join(r.name for r in members) + "` then `compactvlm study report --plan " + str(plan_path)
+                  + "`; wall time of these rows here: " + f"{sum(rows[r.name]['wall_s'] for r in members) / 60:.1f} min.",
+                  ""]
+    lines += ["## Validation loss during training", "",
+              "| row | steps | val loss (step: loss) |", "|---|---:|---|"]
+    for name, s in rows.items():
+        if s["from"] is None and s["val_loss_curve"]:
+            curve = ", ".join(f"{st}: {v:.3f}" for st, v in s["val_loss_curve"])
+            lines.append(f"| `{name}` | {s['train_steps']} | {curve} |")
+    lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", ""]
+    out.write_text("\n".join(lines) + "\n")
+    (out.parent / (out.stem + ".json")).write_text(json.dumps(rows, indent=1))
+    return out
+
+
+def _plots(plan: StudyPlan, rows: dict, out_md: Path) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    method = {r.name: (r.reduce or r.compressor or plan.row(r.from_).compressor) for r in plan.rows}
+    paths = []
+    for key, ylabel, fname in (("overall", "SceneQA family mean (%)", "accuracy_vs_tokens"),
+                               ("ttft_ms", "TTFT on CPU (ms)", "ttft_vs_tokens")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        by_method: dict[str, list] = {}
+        for name, s in rows.items():
+            y = s[key][0] if isinstance(s[key], tuple) else s[key]
+            err = s[key][1] if isinstance(s[key], tuple) else None
+            by_method.setdefault(method.get(name, name), []).append((s["tokens"], y, err, name))
+        for m, pts in sorted(by_method.items()):
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0 for p in pts], marker="o",
+                        capsize=3, label=m, linestyle="-" if len(pts) > 1 else "none")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("vision tokens reaching the LLM")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        p = out_md.parent / f"{out_md.stem}_{fname}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths[0], paths[1]

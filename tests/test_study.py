@@ -1,0 +1,97 @@
+"""`compactvlm study run|report` on tiny random models and a tiny SceneQA: one result JSON per (row, seed), rows
+that exist are skipped, evaluation-only rows reuse the trained checkpoint, the report is built from the files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compactvlm.cli import main
+from compactvlm.errors import CompactVLMError
+from compactvlm.study import load_plan, mean_ci
+from compactvlm.train.fixtures import write_tiny_models
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    enc, llm = write_tiny_models(root / "models")
+    train_cfg = {
+        "model": {"encoder": str(enc), "llm": str(llm), "image_size": 32, "system_prompt": ""},
+        "data": {"train": "unused.json", "max_samples": 8, "max_val_samples": 4},
+        "stage": {"modules": {"encoder": "frozen", "compressor": "full", "llm": "frozen"}},
+        "optim": {"lr": 1e-3, "batch_size": 4, "per_device_batch_size": 4, "epochs": 1},
+        "eval": {"every_steps": 1}, "logging": {"progress": False}, "device": "cpu", "cache_features": True,
+    }
+    (root / "train.yaml").write_text(yaml.safe_dump(train_cfg))
+    plan = {
+        "name": "tiny", "data": {"dir": str(root / "data"), "seed": 0, "caption": 0, "train": 8, "val": 4, "test": 4},
+        "train_config": str(root / "train.yaml"), "runs_dir": str(root / "runs"),
+        "results_dir": str(root / "results"), "report": str(root / "docs" / "results.md"), "reference": "full",
+        "seeds": [0], "eval_batch_size": 4, "ttft_repeats": 2, "threads": 1,
+        "groups": {"1": "reference", "2": "compressed"},
+        "rows": [
+            {"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
+            {"name": "stf", "group": "2", "compressor": "stf", "params": {"k": 2, "E": 1}},
+            {"name": "rand-4", "group": "2", "from": "full", "reduce": "random", "budget": 4},
+        ],
+    }
+    path = root / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_study_run_and_report(plan_file, capsys):
+    root = plan_file.parent
+    assert main(["study", "run", "--plan", str(plan_file), "--quiet"]) == 0
+    res = {n: json.loads((root / "results" / n / "seed0.json").read_text()) for n in ("full", "stf", "rand-4")}
+    # 8x8 patch grid of the tiny encoder: all 64 tokens, STF k=2 -> 16, random drop -> exactly the budget
+    assert [res[n]["vision_tokens"] for n in ("full", "stf", "rand-4")] == [64, 16, 4]
+    assert res["rand-4"]["metrics"]["n"] > 0 and res["rand-4"]["metrics"]["missing"] == 0
+    # the evaluation-only row used the reference's checkpoint; no second training run exists
+    assert res["rand-4"]["row"]["from_"] == "full" and not (root / "runs" / "rand-4").exists()
+    for r in res.values():
+        c = r["cost"]
+        assert c["ttft_ms"] > 0 and 0 < c["flops_vision"] < c["flops_total"]
+    # fewer tokens reaching the LLM -> fewer LLM prefill FLOPs
+    assert res["full"]["cost"]["flops_llm"] > res["stf"]["cost"]["flops_llm"] > res["rand-4"]["cost"]["flops_llm"]
+    assert res["stf"]["train"]["steps"] == 2 and len(res["stf"]["train"]["val_loss_curve"]) >= 2
+
+    stamp = (root / "results" / "stf" / "seed0.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--quiet"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert (root / "results" / "stf" / "seed0.json").stat().st_mtime_ns == stamp
+
+    assert main(["study", "report", "--plan", str(plan_file)]) == 0
+    md = (root / "docs" / "results.md").read_text()
+    assert "`full`" in md and "`stf`" in md and "`rand-4`" in md and "study run --plan" in md
+    summary = json.loads((root / "docs" / "results.json").read_text())
+    assert summary["full"]["prt"][0] == pytest.approx(100.0)  # the reference retains all of itself
+    assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
+    assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
+
+
+def test_bad_plans_are_clear_errors(tmp_path, plan_file):
+    plan = yaml.safe_load(plan_file.read_text())
+    bad = dict(plan, rows=plan["rows"] + [{"name": "both", "compressor": "stf", "from": "full"}])
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(CompactVLMError, match="exactly one of"):
+        load_plan(tmp_path / "p.yaml")
+    bad = dict(plan, reference="nope")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(CompactVLMError, match="reference 'nope'"):
+        load_plan(tmp_path / "p.yaml")
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "nosuchrow"]) == 2
+
+
+def test_mean_ci():
+    m, ci = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-3)
+    assert mean_ci([5.0]) == (5.0, None)
+
+
+def test_shipped_study_plan_loads():
+    plan = load_plan(Path(__file__).resolve().parents[1] / "configs" / "study" / "sceneqa_cpu.yaml")
+    assert plan.reference == "full-mlp2x" and len(plan.rows) >= 20 and set(plan.groups) >= {"1", "2", "3", "4"}
