@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all clean-cache
+.PHONY: setup demo test test-all test-lmms-eval clean-cache
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -15,7 +15,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/compactvlm demo
 
-test: setup
+# the lmms-eval plugin test, as its own step: lmms-eval's code (not its heavy dependencies: torchvision, wandb,
+# ...) in a side folder on PYTHONPATH, so the venv's torch stays as pinned
+LMMS_SITE := $(VENV)/lmms-eval-site
+$(LMMS_SITE)/.installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-deps --target $(LMMS_SITE) "lmms-eval==0.7.3" loguru pytz
+	touch $@
+
+test-lmms-eval: setup $(LMMS_SITE)/.installed
+	PYTHONPATH=$(LMMS_SITE) $(BIN)/python -m pytest -q tests/test_lmms_eval_plugin.py
+
+test: setup test-lmms-eval
 	$(BIN)/python -m pytest -q
 
 clean-cache:

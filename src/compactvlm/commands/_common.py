@@ -46,10 +46,18 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
 
     params = compressor_params(args)
     if args.checkpoint:
-        from ..model.checkpoint import load_pretrained
+        from pathlib import Path
 
-        model = load_pretrained(args.checkpoint, compressor=args.compressor, compressor_params=params or None,
-                                progress=progress)
+        from ..model.checkpoint import CONFIG_NAME, load_pretrained
+
+        ck = Path(args.checkpoint)
+        if not (ck / CONFIG_NAME).exists() and (ck / "config.json").exists():
+            from ..interop import load_model  # a llava-hf / LLaVA / LLaVA-STF folder, converted in memory
+
+            model = load_model(ck, vision_tower=args.encoder)
+        else:
+            model = load_pretrained(args.checkpoint, compressor=args.compressor, compressor_params=params or None,
+                                    progress=progress)
     else:
         cfg = ModelConfig(compressor=args.compressor or "mlp2x_gelu", compressor_params=params)
         if args.encoder:

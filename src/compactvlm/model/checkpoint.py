@@ -72,8 +72,11 @@ def _llm_payload(model, save_llm: bool, trainable_only: bool, full_sd: dict | No
 
 def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, extra: dict | None = None, *,
                     trainable_only: bool = False, write_extra: Callable[[Path], None] | None = None,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                    state_dict: dict[str, torch.Tensor] | None = None, embed: bool = False) -> Path:
     """Write a compact-model folder atomically.
+
+    Always writes ``tokenizer/`` and ``preprocessor_config.json`` (see ``model.assets``); ``embed``: also
+    write the encoder and LLM as HF folders ``encoder/`` and ``llm/`` (a self-contained folder).
 
     ``save_llm``: store every LLM weight. ``trainable_only``: store the LLM / encoder weights that have
     ``requires_grad`` (LoRA adapters when the LLM is wrapped by peft). ``write_extra(tmp_dir)`` adds files to
@@ -87,10 +90,13 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
         cfg = dict(model.config_dict)
         cfg["compressor"] = model.compressor.registry_name
         cfg["compressor_params"] = dict(model.compressor.params)
+        from .assets import write_assets
+
+        write_assets(model, tmp, cfg, embed=embed)  # tokenizer/, preprocessor_config.json (+ encoder/, llm/)
         meta = {"format_version": FORMAT_VERSION, "model": cfg, **(extra or {})}
         comp_sd = _sub(state_dict, "compressor")
         save_file(_contiguous(comp_sd if comp_sd is not None else model.compressor.state_dict()), tmp / COMPRESSOR_WEIGHTS)
-        sd, llm_meta = _llm_payload(model, save_llm, trainable_only, _sub(state_dict, "llm"))
+        sd, llm_meta = (None, None) if embed else _llm_payload(model, save_llm, trainable_only, _sub(state_dict, "llm"))
         if sd is not None:
             save_file(_contiguous(sd), tmp / LLM_WEIGHTS)
             meta["llm_weights"] = llm_meta
@@ -127,7 +133,11 @@ def read_config(ckpt: str | os.PathLike) -> tuple[ModelConfig, dict]:
         meta = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise CompactVLMError(f"{f} is not valid JSON: {e}", "the checkpoint is damaged; re-save it") from None
-    return from_dict(ModelConfig, meta.get("model", {}), prefix="model."), meta
+    cfg = from_dict(ModelConfig, meta.get("model", {}), prefix="model.")
+    from .assets import resolve_paths
+
+    resolve_paths(cfg, d)  # encoder/ and llm/ of a self-contained folder
+    return cfg, meta
 
 
 def _under(key: str, prefixes: Sequence[str]) -> bool:
@@ -248,6 +258,9 @@ def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
     for k, v in overrides.items():
         setattr(cfg, k, v)
     model = build_model(cfg, progress=progress)
+    from .assets import apply_assets
+
+    apply_assets(model, ckpt)  # the saved tokenizer and image processor
     load_weights(model, ckpt)
     model.eval()
     return model

@@ -48,6 +48,21 @@ class CompactVLM(nn.Module):
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
+    # ---- folders -------------------------------------------------------------------------------------
+    def save_pretrained(self, out_dir, embed: bool = True, **kwargs):
+        """One self-contained folder (config, safetensors weights, encoder/, llm/, tokenizer/, image processor);
+        ``embed=False`` references the encoder/LLM by name instead (see ``model.checkpoint.save_pretrained``)."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, out_dir, embed=embed, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "CompactVLM":
+        """Load a compact folder, or a LLaVA-HF / original LLaVA / LLaVA-STF folder (``interop.load_model``)."""
+        from ..interop import load_model
+
+        return load_model(path, **kwargs)
+
     # ---- token counts -------------------------------------------------------------------------------
     @property
     def grid(self) -> tuple[int, int]:

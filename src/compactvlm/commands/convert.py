@@ -1,0 +1,53 @@
+"""compactvlm convert --from llava-hf|llava|llava-stf SRC --out DIR"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="convert a LLaVA-HF / LLaVA / LLaVA-STF checkpoint into a compact folder",
+        description="Convert a checkpoint of another LLaVA code base into a self-contained compact-model folder "
+                    "(compactvlm.json, safetensors weights, encoder/, llm/, tokenizer/, preprocessor_config.json). "
+                    "llava-hf: transformers' LlavaForConditionalGeneration folder (llava-hf/llava-1.5-7b-hf). "
+                    "llava: the original LLaVA code's folder (config.json with mm_vision_tower, mm_projector_type, "
+                    "mm_vision_select_layer; projector in the shards or mm_projector.bin). llava-stf: the LLaVA-STF "
+                    "fork (mm_projector_crosslayer + mm_projector). .bin files are read with "
+                    "torch.load(weights_only=True) only; nothing is downloaded.")
+    p.add_argument("src", help="source checkpoint folder")
+    p.add_argument("--from", dest="layout", required=True, choices=["llava-hf", "llava", "llava-stf"],
+                   help="layout of SRC")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="dtype of the written weights (auto: as stored in SRC)")
+    p.add_argument("--vision-tower", default=None,
+                   help="llava/llava-stf: local CLIP folder, when config.json's mm_vision_tower is a hub name")
+    p.add_argument("--projector", default=None,
+                   help="llava/llava-stf: projector weights file (mm_projector.bin of the pretraining stage)")
+    p.add_argument("--model-base", default=None,
+                   help="llava/llava-stf: base LLM folder for a projector-only SRC (LLaVA's --model-base)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ..errors import CompactVLMError
+    from ..interop import convert
+    from ..model.checkpoint import CONFIG_NAME
+
+    src, out = Path(args.src), Path(args.out)
+    if not src.is_dir():
+        raise CompactVLMError(f"source folder {src} not found", "pass the checkpoint folder as SRC")
+    if src.resolve() == out.resolve():
+        raise CompactVLMError("--out is the source folder", "write the compact folder somewhere else")
+    with torch.no_grad():
+        path = convert(args.layout, src, out, dtype=args.dtype, vision_tower=args.vision_tower,
+                       projector=args.projector, model_base=args.model_base)
+    meta = json.loads((path / CONFIG_NAME).read_text())["model"]
+    print(f"wrote {path}: compressor {meta['compressor']} {meta['compressor_params']}, dtype {meta['dtype']}")
+    return 0
