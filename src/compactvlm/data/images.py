@@ -90,7 +90,8 @@ def load_image(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     except CompactVLMError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise CompactVLMError(f"{p} is too large to decode safely: {e}", "downscale the image first") from None
+        raise CompactVLMError(f"{p} is too large to decode safely (decompression-bomb guard): {e}",
+                              "downscale the image before using it") from None
     except UnidentifiedImageError:
         raise CompactVLMError(f"{p} is not an image PIL can read", "pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
     except (OSError, SyntaxError, ValueError) as e:

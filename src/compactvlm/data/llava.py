@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import CompactVLMError
-from ..model.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, build_training_example
+from ..model.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, build_training_example, to_messages
 from .images import ImageProcessor, load_image
 
 
@@ -54,7 +54,23 @@ def read_llava_json(path: str | os.PathLike) -> list[dict[str, Any]]:
         if img is not None and not isinstance(img, str):
             raise CompactVLMError(f"record {i} ({r.get('id', '?')}) of {p}: 'image' must be one path string, got {img!r}",
                                   "use one image per sample")
+        _check_conversation(r["conversations"], f"record {i} (id {r.get('id', '?')}) of {p}")
     return records
+
+
+def _check_conversation(conv: list, where: str) -> None:
+    """Roles, string values, an answer to learn from, at most one <image>: found when the file is read, not
+    hours into a run when the sampler first reaches the record."""
+    try:
+        msgs = to_messages(conv)
+    except CompactVLMError as e:
+        raise CompactVLMError(f"{where}: {e.problem}", e.fix) from None
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise CompactVLMError(f"{where}: conversation has no assistant ('gpt') turn to learn from",
+                              "add a gpt answer turn, or leave the record out")
+    n_img = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in msgs)
+    if n_img > 1:
+        raise CompactVLMError(f"{where}: conversation has {n_img} <image> placeholders", "use at most one image per sample")
 
 
 class LlavaDataset(Dataset):

@@ -42,6 +42,34 @@ class ModelConfig:
         return getattr(torch, self.dtype)
 
 
+#: weight files whose loading unpickles (torch.load); compactvlm reads weights only from safetensors.
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model_folder(path: Path, what: str) -> None:
+    """Refuse, before transformers sees it, a local model folder that would run code from its files: custom
+    modelling code (``auto_map`` in config.json) or pickle-based weights without a safetensors copy."""
+    cfg_file = path / "config.json"
+    if path.is_dir() and cfg_file.is_file():
+        try:
+            auto_map = json.loads(cfg_file.read_text(encoding="utf-8")).get("auto_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise CompactVLMError(f"{cfg_file} is not a valid JSON config: {e}", f"re-download the {what}") from None
+        if auto_map:
+            raise CompactVLMError(
+                f"{what} folder {path} needs custom Python code from its files (auto_map in config.json); "
+                "compactvlm never runs code shipped with a model (trust_remote_code stays off)",
+                "use a model whose architecture ships with transformers (CLIP, SigLIP, DINOv2, Llama, Qwen2, ...)")
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        pickled = sorted(f.name for f in path.iterdir() if f.suffix in PICKLE_WEIGHT_SUFFIXES)
+        if pickled:
+            raise CompactVLMError(
+                f"{what} folder {path} has only pickle-based weights ({', '.join(pickled[:3])}); compactvlm loads "
+                "weights only from .safetensors files, because unpickling can run code",
+                "convert it once, from a source you trust, with transformers' save_pretrained(..., "
+                "safe_serialization=True), or download the model's .safetensors files")
+
+
 def load_vision_model(name: str, attn_implementation: str = "sdpa"):
     """Returns (HF vision model, mean, std)."""
     if name == DEFAULT_ENCODER:
@@ -58,13 +86,14 @@ def load_vision_model(name: str, attn_implementation: str = "sdpa"):
         )
     from transformers import AutoConfig, CLIPVisionModel, Dinov2Model, SiglipVisionModel
 
-    cfg = AutoConfig.from_pretrained(path)
+    check_model_folder(path, "vision encoder")
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
     kinds = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel, "siglip": SiglipVisionModel,
              "siglip_vision_model": SiglipVisionModel, "dinov2": Dinov2Model}
     if cfg.model_type not in kinds:
         raise CompactVLMError(f"{path} holds a {cfg.model_type!r} model, not a supported vision encoder",
                               "use a CLIP, SigLIP or DINOv2 checkpoint")
-    model = kinds[cfg.model_type].from_pretrained(path, attn_implementation=attn_implementation)
+    model = kinds[cfg.model_type].from_pretrained(path, attn_implementation=attn_implementation, use_safetensors=True)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     pp = path / "preprocessor_config.json"
     if pp.exists():
@@ -87,8 +116,10 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation:
                 f"LLM {name!r} is neither a packaged model nor a local folder",
                 f"use {DEFAULT_LLM!r} or the path of a downloaded HF causal-LM checkpoint",
             )
-    tok = AutoTokenizer.from_pretrained(path)
-    llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    check_model_folder(Path(path), "LLM")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                               use_safetensors=True, trust_remote_code=False)
     return llm, tok
 
 

@@ -1,5 +1,6 @@
 """Compact-model folders: ``compactvlm.json`` (model config) + ``compressor.safetensors`` (+ ``llm.safetensors``
-when the LLM was tuned). Weights only through safetensors; writes are atomic (temp folder + rename).
+when the LLM was tuned). Weights only through safetensors; writes are atomic (temp folder + rename), and
+``manifest.json`` (size + SHA-256 of every file, ``model.manifest``) is written last and verified on load.
 
 ``llm.safetensors`` holds, as ``compactvlm.json``'s ``llm_weights.kind`` says: ``full`` (every LLM weight; the
 default when the key is absent), ``partial`` (only the weights that were trained; the rest come from the
@@ -10,6 +11,7 @@ Training checkpoints add their optimiser/scheduler/RNG state through ``write_ext
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from ..config import from_dict
 from ..errors import CompactVLMError
 from .build import ModelConfig, build_model
+from .manifest import verify_manifest, write_manifest
 
 CONFIG_NAME = "compactvlm.json"
 COMPRESSOR_WEIGHTS = "compressor.safetensors"
@@ -70,6 +73,25 @@ def _llm_payload(model, save_llm: bool, trainable_only: bool, full_sd: dict | No
     return None, None
 
 
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a clear error for a file that is not valid safetensors (damaged,
+    or another format under a .safetensors name: it is never unpickled)."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, or OSError / header errors from a damaged file
+        raise CompactVLMError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})",
+                              "the checkpoint is damaged: re-save it, or use an earlier checkpoint") from None
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, as an OSError or as safetensors' SafetensorError("... (os error 28)")."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(e, OSError) and e.errno in codes:
+        return True
+    text = str(e)
+    return any(f"os error {c})" in text for c in codes) or "No space left on device" in text
+
+
 def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, extra: dict | None = None, *,
                     trainable_only: bool = False, write_extra: Callable[[Path], None] | None = None,
                     state_dict: dict[str, torch.Tensor] | None = None, embed: bool = False) -> Path:
@@ -110,6 +132,7 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
         if write_extra is not None:
             write_extra(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        write_manifest(tmp)  # last: sizes + SHA-256 of every file, checked on load
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -118,6 +141,13 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except Exception as e:  # noqa: BLE001 - only a full disk is translated; everything else propagates
+        if _disk_full(e):
+            raise CompactVLMError(
+                f"no space left on the device while writing {out} ({getattr(e, 'strerror', None) or e}); nothing was written there"
+                + (" and the previous folder is intact" if out.exists() else ""),
+                "free disk space (or pick another output folder), then save again / resume=auto") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -160,7 +190,7 @@ def load_compressor_weights(compressor: torch.nn.Module, path: Path, new_modules
     relative to the compressor, e.g. ``grouping``), which keep their initial values. Returns the keys kept new."""
     if not path.exists():
         raise CompactVLMError(f"checkpoint weights missing: {path}", "the checkpoint is incomplete; re-save it")
-    sd = load_file(str(path))
+    sd = read_safetensors(path)
     own = compressor.state_dict()
     detail = _key_problems(own, sd, new_modules)
     if detail:
@@ -184,12 +214,13 @@ def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = ()
     """
     d = Path(ckpt)
     _, meta = read_config(d)
+    verify_manifest(d)
     comp_new = [p[len("compressor."):] for p in new_modules if p.startswith("compressor.")]
     kept = ["compressor." + k for k in load_compressor_weights(model.compressor, d / COMPRESSOR_WEIGHTS, comp_new)]
     llm_w = d / LLM_WEIGHTS
     if llm_w.exists():
         info = meta.get("llm_weights") or {"kind": "full"}
-        sd = load_file(str(llm_w))
+        sd = read_safetensors(llm_w)
         if info.get("kind") == "lora":
             _load_lora(model, sd, info, llm_w, merge_lora)
         else:
@@ -210,7 +241,7 @@ def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = ()
                 model.llm.tie_weights()
     enc_w = d / ENCODER_WEIGHTS
     if enc_w.exists():
-        sd = load_file(str(enc_w))
+        sd = read_safetensors(enc_w)
         own = dict(model.encoder.named_parameters())
         detail = _key_problems(own, sd, allow_missing=True)
         if detail:

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import CompactVLMError
-from ..model.checkpoint import CONFIG_NAME, save_pretrained
+from ..model.checkpoint import CONFIG_NAME, read_safetensors, save_pretrained
+from ..model.manifest import verify_manifest
 
 TRAIN_STATE = "training_state.json"
 OPTIM_STATE = "optimizer.safetensors"
@@ -141,7 +142,8 @@ def read_checkpoint_state(path: Path) -> tuple[dict, dict, dict[str, torch.Tenso
     if not (path / TRAIN_STATE).exists():
         raise CompactVLMError(f"{path} is not a resumable training checkpoint (no {TRAIN_STATE})",
                               "resume from OUT/checkpoints/step-N, or start it as init.from instead")
+    verify_manifest(path)  # sizes + SHA-256 of every file (folders from older versions have no manifest)
     meta = json.loads((path / CONFIG_NAME).read_text())
     state = json.loads((path / TRAIN_STATE).read_text())
-    tensors = load_file(str(path / OPTIM_STATE)) if (path / OPTIM_STATE).exists() else {}
+    tensors = read_safetensors(path / OPTIM_STATE) if (path / OPTIM_STATE).exists() else {}
     return meta, state, tensors

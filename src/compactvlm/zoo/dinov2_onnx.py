@@ -192,7 +192,7 @@ def _load_cached(local_dir: Path):
     from transformers import Dinov2Model
 
     model, info = Dinov2Model.from_pretrained(
-        local_dir, attn_implementation="sdpa", dtype=torch.float32, output_loading_info=True
+        local_dir, attn_implementation="sdpa", dtype=torch.float32, output_loading_info=True, use_safetensors=True
     )
     bad = [k for k in (info.get("missing_keys") or []) if k != "embeddings.mask_token"]
     bad += list(info.get("unexpected_keys") or []) + list(info.get("mismatched_keys") or [])

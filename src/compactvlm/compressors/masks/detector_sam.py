@@ -109,6 +109,9 @@ class DetectorSAMMasks(MaskSource):
         if not (p / "config.json").is_file():
             raise CompactVLMError(f"{option}={path!r} is not a local HF checkpoint folder (no config.json)",
                                   f"point it at a folder written by save_pretrained, e.g. of {example}")
+        from ...model.build import check_model_folder
+
+        check_model_folder(p, f"{what} ({option})")  # no custom code, no pickle-only weights
         return p
 
     @property
@@ -117,7 +120,7 @@ class DetectorSAMMasks(MaskSource):
             from transformers import DeformableDetrForObjectDetection
 
             p = self._folder(self.detector_path, "Deformable DETR", "detector_path", "SenseTime/deformable-detr")
-            self._detector = DeformableDetrForObjectDetection.from_pretrained(p).eval().requires_grad_(False)
+            self._detector = DeformableDetrForObjectDetection.from_pretrained(p, use_safetensors=True).eval().requires_grad_(False)
         return self._detector
 
     @property
@@ -126,7 +129,7 @@ class DetectorSAMMasks(MaskSource):
             from transformers import SamModel
 
             p = self._folder(self.sam_path, "SAM", "sam_path", "facebook/sam-vit-base")
-            self._sam = SamModel.from_pretrained(p).eval().requires_grad_(False)
+            self._sam = SamModel.from_pretrained(p, use_safetensors=True).eval().requires_grad_(False)
         return self._sam
 
     # ---- steps ----------------------------------------------------------------------------------------
