@@ -95,3 +95,33 @@ def test_mean_ci():
 def test_shipped_study_plan_loads():
     plan = load_plan(Path(__file__).resolve().parents[1] / "configs" / "study" / "sceneqa_cpu.yaml")
     assert plan.reference == "full-mlp2x" and len(plan.rows) >= 20 and set(plan.groups) >= {"1", "2", "3", "4"}
+
+
+def test_export_and_demo_on_exported_weights(plan_file, tmp_path, capsys, monkeypatch):
+    """`study export` writes loadable half-precision copies with provenance; `demo --checkpoint-dir` evaluates
+    them side by side (the tiny plan's rows stand in for the shipped full-mlp2x / stf-k2e1)."""
+    root = plan_file.parent
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "full,stf", "--quiet"]) == 0
+    out = tmp_path / "assets"
+    assert main(["study", "export", "--plan", str(plan_file), "--rows", "full,stf", "--out", str(out)]) == 0
+    prov = json.loads((out / "stf" / "provenance.json").read_text())
+    assert prov["row"] == "stf" and prov["study_result"]["vision_tokens"] == 16
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(str(out / "stf" / "compressor.safetensors")).values()} == {__import__("torch").float16}
+    assert main(["study", "export", "--plan", str(plan_file), "--rows", "rand-4", "--out", str(out)]) == 2
+
+    import compactvlm.commands.demo as demo
+
+    (out / "full-mlp2x").symlink_to(out / "full")
+    (out / "stf-k2e1").symlink_to(out / "stf")
+    capsys.readouterr()
+    assert main(["demo", "--checkpoint-dir", str(out), "--images", "3", "--out", str(tmp_path / "work"),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "PRT vs full tokens" in text and "TTFT ms" in text
+    row = next(l for l in text.splitlines() if l.startswith("vision tokens"))
+    assert row.split()[-2:] == ["64", "16"]
+    saved = json.loads((tmp_path / "work" / "demo_results.json").read_text())
+    assert saved["full-mlp2x"]["cost"]["flops_llm"] > saved["stf-k2e1"]["cost"]["flops_llm"]
+    assert main(["demo", "--checkpoint-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2

@@ -1,41 +1,111 @@
-"""compactvlm demo: the main job on the embedded default (packaged models + built-in benchmark)."""
+"""compactvlm demo: the main job on the embedded default (packaged models + built-in benchmark).
+
+Builds a small SceneQA test split, loads the full-token baseline (``mlp2x_gelu``, 256 tokens) and STF k=2 E=1 (64
+tokens) with the compressor weights shipped in ``compactvlm/assets/demo/`` (trained by the study's own command,
+``compactvlm study run --plan configs/study/sceneqa_cpu.yaml --rows full-mlp2x,stf-k2e1 --seeds 0``, exported with
+``compactvlm study export``; each folder's ``provenance.json`` says how), evaluates both with the SceneQA metrics
+and prints accuracy per question family, PRT, vision tokens, LLM prefill FLOPs and TTFT side by side.
+``--checkpoint-dir DIR`` uses other checkpoints (folders ``DIR/<row>``) in the same layout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+ROWS = ("full-mlp2x", "stf-k2e1")
+
+
+def assets_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the main job on the packaged default models",
-                       description="Ask the same question with the full-token projector and with STF k=2 on a "
-                                   "packaged photo, and print answers, vision tokens and prefill time side by side.")
-    p.add_argument("--question", default="What is in the image?")
-    p.add_argument("--threads", type=int, default=None)
+    p = sub.add_parser("demo", help="the main job: full-token vs STF on SceneQA with the packaged models",
+                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p.add_argument("--images", type=int, default=40, help="SceneQA test images (default 40, ~85 questions)")
+    p.add_argument("--seed", type=int, default=0, help="SceneQA build seed")
+    p.add_argument("--out", default=None, help="work folder (default: <cache>/demo)")
+    p.add_argument("--checkpoint-dir", default=None, help="folder holding full-mlp2x/ and stf-k2e1/ checkpoints")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+
     import torch
-    from PIL import Image
-    from skimage import data
 
-    from ..compressors.base import create_compressor
-    from ..model.build import ModelConfig, build_model
+    from ..data.images import load_image
+    from ..data.sceneqa import build_sceneqa
+    from ..errors import CompactVLMError
+    from ..evaluate.harness import evaluate
+    from ..evaluate.prt import prt
+    from ..model.checkpoint import load_pretrained
+    from ..study import measure_cost
+    from ..zoo.cache import cache_dir
+    from .eval import make_answer_fn
 
+    if args.images < 1:
+        raise CompactVLMError(f"--images must be >= 1, got {args.images}", "use e.g. --images 40")
     if args.threads:
         torch.set_num_threads(args.threads)
-    image = Image.fromarray(data.astronaut())
-    model = build_model(ModelConfig(compressor="mlp2x_gelu"))
-    rows = []
-    for name, params in [("mlp2x_gelu", {}), ("stf", {"k": 2, "E": 1})]:
-        torch.manual_seed(0)
-        model.compressor = create_compressor(name, enc=model.encoder.info, llm_dim=model.llm_dim, **params).eval()
-        model.compressor.params = params
-        res = model.generate([image], [args.question], max_new_tokens=16)
-        rows.append((name, params, res.num_image_tokens, model.prefill_ms([image], args.question), res.texts[0]))
-    print(f"\nquestion: {args.question}  (untrained compressors: answers are not meaningful yet)")
-    print(f"{'compressor':<22}{'vision tokens':>14}{'prefill ms':>12}  answer")
-    for name, params, n, ms, text in rows:
-        label = name + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
-        print(f"{label:<22}{n:>14}{ms:>12.0f}  {text}")
+    src = Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()
+    for row in ROWS:
+        if not (src / row / "compactvlm.json").exists():
+            raise CompactVLMError(f"demo checkpoint {src / row} is missing",
+                                  "reinstall compactvlm, or train it: compactvlm study run --plan "
+                                  "configs/study/sceneqa_cpu.yaml --rows full-mlp2x,stf-k2e1 --seeds 0")
+    work = Path(args.out) if args.out else cache_dir() / "demo"
+    data = work / f"sceneqa-s{args.seed}-n{args.images}"
+    if not (data / "manifest.json").exists():
+        shutil.rmtree(data, ignore_errors=True)
+        build_sceneqa(data, seed=args.seed, sizes={"caption": 0, "train": 0, "val": 0, "test": args.images},
+                      progress=not args.quiet)
+    first = json.loads((data / "test_questions.jsonl").read_text().splitlines()[0])
+    probe = load_image(data / first["image"])
+    results = {}
+    for row in ROWS:
+        model = load_pretrained(src / row, progress=not args.quiet)
+        prov = src / row / "provenance.json"
+        metrics = evaluate("sceneqa", str(data), make_answer_fn(model, str(data)), work / "eval" / row,
+                           batch_size=args.batch_size, progress=not args.quiet,
+                           run_info={"name": row, "vision_tokens": model.num_image_tokens(),
+                                     "method": model.compressor.registry_name, "checkpoint": str(src / row)})
+        cost = measure_cost(model, probe, first["text"], repeats=5)
+        results[row] = {"tokens": model.num_image_tokens(), "metrics": metrics, "cost": cost,
+                        "provenance": json.loads(prov.read_text()) if prov.exists() else None}
+        del model
+    ref = results[ROWS[0]]["metrics"]["components"]
+    fams = list(ref)
+    print(f"\nSceneQA test split: {args.images} images, {results[ROWS[0]]['metrics']['n']} questions "
+          f"(seed {args.seed}); DINOv2-S/14 + SmolLM2-135M-Instruct, compressor weights from {src}")
+    head = f"{'':<28}" + "".join(f"{r:>14}" for r in ROWS)
+    print(head)
+    print("-" * len(head))
+    for f in fams:
+        print(f"{f.split('/')[-1]:<28}" + "".join(f"{results[r]['metrics']['components'][f]:>14.1f}" for r in ROWS))
+    print(f"{'family mean':<28}" + "".join(f"{results[r]['metrics']['family_mean']:>14.1f}" for r in ROWS))
+    print(f"{'PRT vs full tokens (%)':<28}"
+          + "".join(f"{prt(results[r]['metrics']['components'], ref)['prt']:>14.1f}" for r in ROWS))
+    print(f"{'vision tokens':<28}" + "".join(f"{results[r]['tokens']:>14d}" for r in ROWS))
+    print(f"{'LLM prefill GFLOPs':<28}" + "".join(f"{results[r]['cost']['flops_llm'] / 1e9:>14.2f}" for r in ROWS))
+    print(f"{'vision GFLOPs':<28}" + "".join(f"{results[r]['cost']['flops_vision'] / 1e9:>14.2f}" for r in ROWS))
+    print(f"{'TTFT ms (median of 5)':<28}" + "".join(f"{results[r]['cost']['ttft_ms']:>14.0f}" for r in ROWS))
+    t_full, t_stf = results[ROWS[0]]["cost"]["ttft_ms"], results[ROWS[1]]["cost"]["ttft_ms"]
+    print(f"\nSTF k=2 answers from {results[ROWS[1]]['tokens']} instead of {results[ROWS[0]]['tokens']} vision tokens: "
+          f"{t_full / t_stf:.2f}x faster first token on this CPU "
+          f"({results[ROWS[0]]['cost']['flops_llm'] / results[ROWS[1]]['cost']['flops_llm']:.2f}x fewer LLM FLOPs).")
+    chance = json.loads((data / "manifest.json").read_text()).get("baselines", {}).get("test", {})
+    if chance:
+        print("chance / majority per family: " + ", ".join(
+            f"{k} {v['chance']:.0f}/{v['majority']:.0f}" for k, v in chance.items()))
+    out = work / "demo_results.json"
+    out.write_text(json.dumps({r: {"tokens": v["tokens"], "components": v["metrics"]["components"],
+                                   "family_mean": v["metrics"]["family_mean"], "cost": v["cost"]}
+                               for r, v in results.items()}, indent=1))
+    print(f"results: {out}")
     return 0

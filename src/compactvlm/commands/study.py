@@ -23,6 +23,13 @@ def add_parser(sub) -> None:
     rep.add_argument("--plan", required=True)
     rep.add_argument("--out", default=None, help="Markdown file (default: the plan's `report`)")
     rep.set_defaults(func=report)
+    ex = ssub.add_parser("export", help="copy trained rows' compressor weights (the demo's shipped weights)")
+    ex.add_argument("--plan", required=True)
+    ex.add_argument("--rows", required=True, help="comma-separated trained rows")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--out", default=None, help="default: the package's assets/demo folder")
+    ex.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ex.set_defaults(func=export)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -70,4 +77,15 @@ def report(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     out = write_report(plan, args.plan, args.out)
     print(f"wrote {out}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from ..study import export_rows, load_plan
+    from .demo import assets_dir
+
+    plan = load_plan(args.plan)
+    for p in export_rows(plan, [r.strip() for r in args.rows.split(",")], args.seed, args.out or assets_dir(),
+                         args.dtype):
+        print(f"exported {p}")
     return 0
