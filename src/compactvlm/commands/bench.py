@@ -1,0 +1,328 @@
+"""compactvlm bench [--model PRESET|PATH] [--compressor ROW ...] [--batch N] [--device cpu|cuda]
+
+Per row (``COMPRESSOR[:k=v,...][+REDUCTION[:k=v,...]]``): vision tokens, FLOPs split into vision encoder /
+compressor / LLM prefill (``FlopCounterMode`` on the meta device, per sample; plus the LLM prefill over the
+vision tokens alone), then TTFT (encode + compress + prefill + first token; median and spread), decode
+tokens/s, peak memory and KV-cache bytes on the device, and the ratios against the full-token model
+(``mlp2x_gelu``, always measured in the same run): TTFT speedup next to the FLOPs-ideal speedup, and the
+compressor's share of TTFT. Writes JSON (``--json``) and optionally a PNG (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+REFERENCE = "mlp2x_gelu"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="FLOPs, time to first token, decode speed and memory per compressor",
+        description="Benchmark compressors and training-free reductions on one model shape: FLOPs split into "
+                    "encoder / compressor / LLM prefill (FlopCounterMode on the meta device, no weights), TTFT "
+                    "(median and spread), decode tokens/s, peak memory and KV-cache bytes, and the TTFT speedup "
+                    "versus the full-token model next to the FLOPs-ideal speedup.")
+    p.add_argument("--model", default="default",
+                   help="preset (default, llava-1.5-7b), a compactvlm checkpoint folder or an HF llava-style folder")
+    p.add_argument("--compressor", action="extend", nargs="+", default=[], metavar="ROW",
+                   help="row COMPRESSOR[:k=v,...][+REDUCTION[:k=v,...]], e.g. stf:k=2,E=1 or "
+                        "mlp2x_gelu+fastv:budget=64,k=2; repeatable (default: a set of compressors and reductions "
+                        "at a quarter of the patch tokens). The full-token reference mlp2x_gelu is always added.")
+    p.add_argument("--batch", type=int, default=1, help="images per timed batch (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights/activations (auto: bfloat16 on cuda and for --flops-only, float32 on the CPU)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights of the preset's shapes (timings need no trained weights; the only choice "
+                        "for presets without offline weights, e.g. llava-1.5-7b)")
+    p.add_argument("--flops-only", action="store_true", help="count FLOPs only (meta device: no weights, seconds)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, fixed for the run (default: torch's)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is reported (default 5)")
+    p.add_argument("--decode-tokens", type=int, default=16,
+                   help="tokens generated to time decoding (default 16; 0 skips the decode timing)")
+    p.add_argument("--text-tokens", type=int, default=40,
+                   help="text tokens of the prompt when the model has no tokenizer (random/meta weights; default 40)")
+    p.add_argument("--question", default="Describe the image in detail.",
+                   help="question of the prompt when the model has a tokenizer (real weights)")
+    p.add_argument("--json", default="bench.json", metavar="PATH", help="results file (default bench.json)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also plot TTFT and FLOPs versus vision tokens")
+    p.set_defaults(func=run)
+
+
+# ---- rows -------------------------------------------------------------------------------------------------
+def default_rows(preset) -> list[str]:
+    """Reference, STF, pooling, and each training-free reduction at a quarter of the patch tokens."""
+    side = preset.image_size // int(preset.vision_config.patch_size)
+    n = side * side
+    q = max(1, n // 4)
+    rows = [REFERENCE]
+    if side % 2 == 0:
+        rows += ["stf:k=2,E=1", "avgpool:k=2"]
+    rows.append(f"{REFERENCE}+random:budget={q}")
+    if math.isqrt(q) ** 2 == q:
+        rows.append(f"{REFERENCE}+avgpool:budget={q}")
+    rows.append(f"{REFERENCE}+visionzip:budget={q}")
+    if int(preset.llm_config.num_hidden_layers) > 2:
+        rows.append(f"{REFERENCE}+fastv:budget={q},k=2")
+    return rows
+
+
+def _check_args(args) -> None:
+    from ..errors import CompactVLMError
+
+    for name, low in (("batch", 1), ("repeats", 1), ("warmup", 0), ("decode_tokens", 0), ("text_tokens", 0)):
+        v = getattr(args, name)
+        if v < low:
+            raise CompactVLMError(f"--{name.replace('_', '-')} must be >= {low}, got {v}",
+                                  f"use e.g. --{name.replace('_', '-')} {max(low, 1)}")
+    if args.threads is not None and args.threads < 1:
+        raise CompactVLMError(f"--threads must be >= 1, got {args.threads}", "use e.g. --threads 2")
+    if args.flops_only and args.random_weights:
+        raise CompactVLMError("--flops-only and --random-weights exclude each other",
+                              "--flops-only builds no weights; drop one of them")
+    if args.plot and not str(args.plot).lower().endswith(".png"):
+        raise CompactVLMError(f"--plot {args.plot!r} is not a .png path", "write e.g. --plot bench.png")
+
+
+# ---- formatting -------------------------------------------------------------------------------------------
+def _unit(v: float) -> tuple[float, str]:
+    return (1e12, "TFLOPs") if v >= 1e12 else (1e9, "GFLOPs")
+
+
+def _g(x: float) -> str:
+    return f"{x:.2f}" if x >= 1 else f"{x:.3g}"
+
+
+def _mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def format_table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def flops_table(results: list[dict], ref: dict) -> str:
+    div, unit = _unit(ref["flops"]["total"])
+    header = ["row", "vis tok", "equiv tok", "encoder", "compressor", "LLM prefill", "LLM vis-only", "total",
+              "ideal x", "KV/sample MiB"]
+    rows = []
+    for r in results:
+        f = r["flops"]
+        rows.append([r["label"] + (" (ref)" if r is ref else ""), str(f["vision_tokens"]),
+                     _g(f["equivalent_tokens"]), _g(f["encoder"] / div), _g(f["compressor"] / div),
+                     _g(f["llm_prefill"] / div), _g(f["llm_vision_only"] / div), _g(f["total"] / div),
+                     f"{r['ratios']['flops_ideal_speedup']:.2f}", _mib(f["kv_cache_bytes"])])
+    return f"FLOPs per sample in {unit}\n" + format_table(header, rows)
+
+
+def timing_table(results: list[dict], ref: dict) -> str:
+    header = ["row", "vis tok", "TTFT ms", "p25-p75", "encode", "compress", "LLM+1st", "speedup x", "ideal x",
+              "meas/ideal", "comp %", "decode tok/s", "peak MiB", "KV MiB"]
+    rows = []
+    for r in results:
+        t, q = r["timing"], r["ratios"]
+        tt = t["ttft_ms"]
+        dec = "n/a" if t["decode_tokens_per_s"] is None else f"{t['decode_tokens_per_s']:.1f}"
+        rows.append([r["label"] + (" (ref)" if r is ref else ""), str(t["vision_tokens"]), f"{tt['median']:.1f}",
+                     f"{tt['p25']:.1f}-{tt['p75']:.1f}", f"{t['encode_ms']:.1f}", f"{t['compress_ms']:.1f}",
+                     f"{t['llm_ms']:.1f}", f"{q['ttft_speedup']:.2f}", f"{q['flops_ideal_speedup']:.2f}",
+                     f"{q['measured_over_ideal']:.2f}", f"{100 * q['compressor_share_of_ttft']:.1f}", dec,
+                     _mib(t["peak_memory_bytes"]), _mib(t["kv_cache_bytes"])])
+    return format_table(header, rows)
+
+
+def summary_lines(results: list[dict], ref: dict) -> list[str]:
+    lines = []
+    for r in results:
+        f, q = r["flops"], r["ratios"]
+        if r.get("fastv_note"):
+            lines.append(f"{r['label']}: {r['fastv_note']}")
+        t = r.get("timing")
+        if t is None or r is ref:
+            continue
+        total = t["ttft_ms"]["median"]
+        lines.append(
+            f"{r['label']}: TTFT {total:.1f} ms vs {ref['timing']['ttft_ms']['median']:.1f} ms for {ref['label']} "
+            f"-> {q['ttft_speedup']:.2f}x faster, FLOPs-ideal {q['flops_ideal_speedup']:.2f}x "
+            f"(measured/ideal {q['measured_over_ideal']:.2f}); compressor {100 * q['compressor_share_of_ttft']:.1f}% "
+            f"of TTFT; time: encode {100 * t['encode_ms'] / total:.0f}%, compress {100 * t['compress_ms'] / total:.0f}%, "
+            f"LLM prefill + first token {100 * t['llm_ms'] / total:.0f}%")
+    return lines
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in results if r.get("timing")]
+    n = 2 if timed else 1
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.6), squeeze=False)
+    xs = [r["flops"]["equivalent_tokens"] for r in results]
+    div, unit = _unit(max(r["flops"]["total"] for r in results))
+    ax = axes[0][0]
+    for key, name in (("total", "total to first token"), ("llm_prefill", "LLM prefill (prompt)"),
+                      ("llm_vision_only", "LLM prefill (vision tokens only)")):
+        ax.scatter(xs, [r["flops"][key] / div for r in results], label=name)
+    for r, x in zip(results, xs):
+        ax.annotate(r["label"], (x, r["flops"]["total"] / div), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("vision tokens (FastV: equivalent)")
+    ax.set_ylabel(unit + " per sample")
+    ax.set_title("FLOPs (FlopCounterMode)")
+    ax.margins(x=0.2, y=0.1)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if timed:
+        ax = axes[0][1]
+        tx = [r["flops"]["equivalent_tokens"] for r in timed]
+        med = [r["timing"]["ttft_ms"]["median"] for r in timed]
+        lo = [m - r["timing"]["ttft_ms"]["p25"] for m, r in zip(med, timed)]
+        hi = [r["timing"]["ttft_ms"]["p75"] - m for m, r in zip(med, timed)]
+        ax.errorbar(tx, med, yerr=[lo, hi], fmt="o", capsize=3, label="TTFT median (p25-p75)")
+        ax.scatter(tx, [r["timing"]["compress_ms"] for r in timed], marker="x", label="compressor time")
+        for r, x, m in zip(timed, tx, med):
+            ax.annotate(r["label"], (x, m), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("vision tokens (FastV: equivalent)")
+        ax.set_ylabel("ms")
+        ax.set_title("time to first token")
+        ax.margins(x=0.2, y=0.1)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _no_cache_deprecation(record) -> bool:
+    """Logging filter: drop transformers' `past_key_values` deprecation notice (FastV drives the layers with it)."""
+    return "past_key_values" not in record.getMessage()
+
+
+# ---- the command ------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    import gc
+    import json
+    import logging
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    from ..efficiency.flops import FlopsCounter
+    from ..efficiency.presets import BenchSpec, build_backbone, build_vlm, check_device, resolve_model
+    from ..efficiency.timing import time_rows
+    from ..errors import CompactVLMError
+    from ..model.prompting import build_prompt
+
+    _check_args(args)
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
+    logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    preset = resolve_model(args.model)
+    timing = not args.flops_only
+    device = check_device(args.device) if timing else torch.device("meta")
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if timing and device.type == "cpu" else "bfloat16")
+    texts = list(dict.fromkeys(r.strip() for r in (args.compressor or default_rows(preset)) if r.strip()))
+    specs = [BenchSpec.parse(t) for t in texts]
+    if REFERENCE not in texts:
+        specs.insert(0, BenchSpec.parse(REFERENCE))
+    else:
+        specs.insert(0, specs.pop(texts.index(REFERENCE)))
+
+    counter = FlopsCounter(preset, dtype)
+    for spec in specs:  # every row is validated on meta (seconds) before any weight is built
+        try:
+            counter.meta_model(spec)
+        except CompactVLMError as e:
+            raise CompactVLMError(f"row {spec.text!r}: {e.problem}", e.fix) from None
+
+    backbone = None
+    text_tokens = args.text_tokens
+    if timing:
+        weights = "random" if args.random_weights else "real"
+        print(f"building {preset.name} ({weights} weights, {dtype}) on {device} ...", flush=True)
+        backbone = build_backbone(preset, device, dtype, weights, progress=True)
+        if backbone.tokenizer is not None:
+            text_tokens = len(build_prompt(backbone.tokenizer, args.question, 0, backbone.system_prompt))
+
+    results: list[dict] = []
+    for spec in specs:
+        f = counter.count(spec, text_tokens)
+        res = {"label": spec.label, "spec": {"compressor": spec.compressor, "compressor_params": spec.compressor_params,
+                                             "reduction": spec.reduction, "reduction_params": spec.reduction_params},
+               "flops": f.to_dict(), "timing": None}
+        red = counter.meta_model(spec).reduction
+        if red is not None and getattr(red, "in_llm", False):
+            res["fastv_note"] = (f"{spec.reduction} keeps all {f.vision_tokens} vision tokens in the prompt; its first "
+                                 f"K={getattr(red, 'k', '?')} LLM layers see all of them, the rest the kept ones: "
+                                 f"{f.equivalent_tokens:.1f} equivalent tokens (same LLM cost in a plain model)")
+        results.append(res)
+
+    if timing:
+        print(f"timing {len(specs)} rows, interleaved ({args.warmup} warm-up + {args.repeats} timed rounds) ...",
+              flush=True)
+        models = [(spec.label, build_vlm(backbone, spec)) for spec in specs]
+        timings = time_rows(models, batch=args.batch, text_tokens=text_tokens, question=args.question,
+                            warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens)
+        for res, t in zip(results, timings):
+            res["timing"] = t.to_dict()
+        del models
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    ref = results[0]
+    for r in results:
+        ideal = ref["flops"]["total"] / r["flops"]["total"]
+        q = {"flops_ideal_speedup": ideal,
+             "llm_flops_ideal_speedup": ref["flops"]["llm_prefill"] / r["flops"]["llm_prefill"],
+             "compressor_share_of_flops": r["flops"]["compressor"] / r["flops"]["total"]}
+        if r["timing"]:
+            t = r["timing"]
+            speed = ref["timing"]["ttft_ms"]["median"] / t["ttft_ms"]["median"]
+            q.update(ttft_speedup=speed, measured_over_ideal=speed / ideal,
+                     compressor_share_of_ttft=t["compress_ms"] / t["ttft_ms"]["median"])
+        r["ratios"] = q
+
+    settings = {"model": args.model, "dtype": dtype, "text_tokens": text_tokens, "flops_per": "sample (batch 1)",
+                "flop_counter": "torch.utils.flop_counter.FlopCounterMode on the meta device", "reference": ref["label"]}
+    print(f"\n{preset.name}: {preset.description}")
+    print(f"text tokens in the prompt: {text_tokens}; FLOPs with FlopCounterMode on the meta device (no weights)\n")
+    print(flops_table(results, ref))
+    if timing:
+        llm = backbone.llm
+        settings.update(device=str(device), weights=backbone.weights, batch=args.batch, threads=threads,
+                        warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                        attn_implementation=getattr(llm.config, "_attn_implementation", None),
+                        torch=torch.__version__,
+                        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+        how = results[0]["timing"]["peak_memory_method"]
+        print(f"\nTiming on {device}{' (' + settings['gpu'] + ')' if settings['gpu'] else ''}, {dtype}, "
+              f"{backbone.weights} weights, batch {args.batch}, {threads} CPU threads, median of {args.repeats} "
+              f"after {args.warmup} warm-up (ms); speedup and ideal versus {ref['label']}; peak memory: {how}\n")
+        print(timing_table(results, ref))
+    lines = summary_lines(results, ref)
+    if lines:
+        print()
+        print("\n".join(lines))
+
+    out = {"preset": preset.summary(), "settings": settings, "rows": results}
+    path = Path(args.json)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(f"\nwrote {path}")
+    if args.plot:
+        where = (f"timing on {device}, {dtype}, batch {args.batch}" if timing else "FLOPs only (meta device)")
+        plot(results, args.plot, f"{preset.name}: {where}")
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,165 @@
+"""compactvlm bench: FlopCounterMode FLOPs on the meta device (LLaVA-1.5-7B acceptance), timings of a tiny
+random-weight model through the CLI (JSON + PNG), and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compactvlm.cli import main
+from compactvlm.efficiency.flops import count_rows
+from compactvlm.efficiency.presets import resolve_model
+from compactvlm.errors import CompactVLMError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """An HF llava-style folder (config.json only): CLIP 32 px / patch 4 (8x8 = 64 patches) + a 4-layer Llama."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+                              patch_size=4, image_size=32, projection_dim=32)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=128, max_position_embeddings=512)
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    LlavaConfig(vision_config=vision, text_config=text).save_pretrained(folder)
+    return folder
+
+
+# ---- FLOPs: the LLaVA-1.5-7B acceptance, on meta --------------------------------------------------------------
+def test_llava_15_7b_vision_only_prefill_is_7_6_and_1_9_tflops(tmp_path, capsys):
+    out = tmp_path / "llava.json"
+    rc = main(["bench", "--model", "llava-1.5-7b", "--flops-only", "--threads", "1", "--json", str(out),
+               "--compressor", "stf:k=2,E=1", "mlp2x_gelu+fastv:budget=144,k=2"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["mlp2x_gelu", "stf:k=2,E=1", "mlp2x_gelu+fastv:budget=144,k=2"]  # reference added first
+    full, stf, fastv = (rows[k]["flops"] for k in rows)
+    assert (full["vision_tokens"], stf["vision_tokens"]) == (576, 144)
+    assert full["llm_vision_only"] / 1e12 == pytest.approx(7.63, abs=0.01)
+    assert stf["llm_vision_only"] / 1e12 == pytest.approx(1.88, abs=0.01)
+    assert "7.63" in table and "1.88" in table and "TFLOPs" in table
+    # the same encoder for both; the text tokens of the prompt cost extra prefill; STF's compressor is bigger
+    assert full["encoder"] == stf["encoder"] > 0.3e12
+    assert full["llm_prefill"] > full["llm_vision_only"] and full["text_tokens"] == 40
+    assert stf["compressor"] > full["compressor"] > 0
+    assert rows["stf:k=2,E=1"]["ratios"]["flops_ideal_speedup"] == pytest.approx(full["total"] / stf["total"])
+    # FastV: all 576 tokens in the prompt, (2*576 + 30*144)/32 = 171 equivalent tokens; its LLM cost lies
+    # between the 144- and 576-token plain models, near a plain model at 171 tokens
+    assert fastv["vision_tokens"] == 576 and fastv["equivalent_tokens"] == pytest.approx(171.0)
+    assert stf["llm_prefill"] < fastv["llm_prefill"] < full["llm_prefill"]
+    plain_171 = stf["llm_prefill"] + (full["llm_prefill"] - stf["llm_prefill"]) * (171 - 144) / (576 - 144)
+    assert fastv["llm_prefill"] == pytest.approx(plain_171, rel=0.05)
+    assert "equivalent tokens" in table
+    # KV cache measured from the meta prefill: 32 layers x (K, V) x 32 heads x 128 x 616 tokens x 2 bytes (bf16)
+    assert full["kv_cache_bytes"] == 32 * 2 * 4096 * (576 + 40) * 2
+
+
+def test_data_dependent_reduction_is_counted_with_a_cpu_vision_stage(tiny_folder):
+    preset = resolve_model(str(tiny_folder))
+    full, vz = count_rows(preset, ["mlp2x_gelu", "mlp2x_gelu+visionzip:budget=16"], text_tokens=8)
+    assert vz.vision_counted_on == "cpu" and full.vision_counted_on == "meta"
+    assert vz.encoder == full.encoder  # the CPU copy is counted like meta (math SDPA, same blocks)
+    assert vz.vision_tokens == 16 and vz.llm_prefill < full.llm_prefill
+
+
+# ---- timings of a tiny random-weight model through the CLI ----------------------------------------------------
+def test_tiny_random_model_timing_writes_json_and_png(tiny_folder, tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = main(["bench", "--model", str(tiny_folder), "--random-weights", "--threads", "1", "--batch", "2",
+               "--warmup", "1", "--repeats", "3", "--decode-tokens", "3", "--text-tokens", "12",
+               "--compressor", "stf:k=2,E=1", "--compressor", "mlp2x_gelu+fastv:budget=16,k=2",
+               "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "TTFT" in text and "speedup" in text and "% of TTFT" in text
+    data = json.loads(out.read_text())
+    assert data["settings"]["threads"] == 1 and data["settings"]["attn_implementation"] == "sdpa"
+    rows = {r["label"]: r for r in data["rows"]}
+    assert list(rows) == ["mlp2x_gelu", "stf:k=2,E=1", "mlp2x_gelu+fastv:budget=16,k=2"]
+    for label, r in rows.items():
+        t, f, q = r["timing"], r["flops"], r["ratios"]
+        tt = t["ttft_ms"]
+        assert len(tt["samples"]) == 3 and 0 < tt["min"] <= tt["median"] <= tt["max"]
+        parts = t["encode_ms"] + t["compress_ms"] + t["llm_ms"]
+        assert parts == pytest.approx(tt["median"], rel=0.5)  # medians of the parts of the same runs
+        assert t["encode_ms"] > 0 and t["llm_ms"] > 0
+        assert t["batch"] == 2 and t["prompt_tokens"] == 12 + f["vision_tokens"]
+        # the cache of the timed prefill holds what the meta count says, for the whole batch
+        assert t["kv_cache_bytes"] == 2 * f["kv_cache_bytes"]
+        assert t["peak_memory_bytes"] > 0
+        assert q["ttft_speedup"] == pytest.approx(rows["mlp2x_gelu"]["timing"]["ttft_ms"]["median"] / tt["median"])
+        assert q["measured_over_ideal"] == pytest.approx(q["ttft_speedup"] / q["flops_ideal_speedup"])
+        assert 0 <= q["compressor_share_of_ttft"] < 1
+    # 4 layers x (K, V) x 2 KV heads x head_dim 8 x tokens x 4 bytes (float32): 76 prompt tokens, 28 after STF;
+    # FastV keeps all 76 in its first 2 layers and 12 text + 16 vision tokens in the other 2
+    per_token_layer = 2 * 2 * 8 * 4
+    assert rows["mlp2x_gelu"]["flops"]["kv_cache_bytes"] == 4 * per_token_layer * 76
+    assert rows["stf:k=2,E=1"]["flops"]["kv_cache_bytes"] == 4 * per_token_layer * 28
+    assert rows["mlp2x_gelu+fastv:budget=16,k=2"]["flops"]["kv_cache_bytes"] == per_token_layer * (2 * 76 + 2 * 28)
+    assert rows["mlp2x_gelu+fastv:budget=16,k=2"]["flops"]["equivalent_tokens"] == pytest.approx(40.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+# ---- bad inputs -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, problem, hint", [
+    (["--model", "no-such-preset"], "neither a preset nor a folder", "llava-1.5-7b"),
+    (["--compressor", "nope"], "unknown compressor 'nope'", "available"),
+    (["--compressor", "mlp2x_gelu+visionzip:budget=5000"], "budget=5000 exceeds the 64", "1..64"),
+    (["--compressor", "stf:k=3"], "k=3 does not divide the 8x8 patch grid", "divisors"),
+    (["--compressor", "mlp2x_gelu+"], "'+' but no reduction", "visionzip"),
+    (["--compressor", "mlp2x_gelu+fastv:budget=16,k=9"], "fastv k=9", "1..3"),
+    (["--batch", "0"], "--batch must be >= 1", None),
+])
+def test_bad_inputs_give_a_clear_error(tiny_folder, tmp_path, capsys, args, problem, hint):
+    argv = ["bench", "--flops-only", "--json", str(tmp_path / "x.json")]
+    if "--model" not in args:
+        argv += ["--model", str(tiny_folder)]
+    assert main(argv + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and problem in err and "Traceback" not in err
+    if hint:
+        assert hint in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_preset_without_offline_weights_asks_for_random_weights(tmp_path):
+    from argparse import Namespace
+
+    from compactvlm.commands import bench
+
+    args = Namespace(model="llava-1.5-7b", compressor=["stf:k=2,E=1"], batch=1, device="cpu", dtype="auto",
+                     random_weights=False, flops_only=False, threads=1, warmup=0, repeats=1, decode_tokens=0,
+                     text_tokens=40, question="q", json=str(tmp_path / "x.json"), plot=None)
+    with pytest.raises(CompactVLMError) as e:
+        bench.run(args)
+    assert "no real weights" in e.value.problem and "--random-weights" in e.value.fix
+
+
+def test_prefill_flops_of_a_real_model_match_counting_its_own_llm():
+    """The helper the demo/viz app reads (meta copy of the LLM) counts what the real LLM's prefill costs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from compactvlm.efficiency.flops import prefill_flops
+    from compactvlm.testing import tiny_vlm
+    from compactvlm.viz.app import prefill_flops as app_prefill_flops
+
+    model = tiny_vlm("stf", k=2, E=1)
+    ids = torch.tensor([model.prompt_ids("what is in the image")])
+    embeds = model.merge(ids, torch.zeros(1, model.num_image_tokens(), model.llm_dim))
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        model.llm(inputs_embeds=embeds, logits_to_keep=1)
+    assert prefill_flops(model, "what is in the image") == fc.get_total_flops() > 0
+    assert app_prefill_flops(model, "what is in the image") == fc.get_total_flops()
