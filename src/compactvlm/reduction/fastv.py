@@ -25,6 +25,8 @@ same LLM cost (N = all vision tokens, L = LLM layers).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import torch
@@ -54,6 +56,19 @@ def additive_mask(valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> 
     allowed = valid[:, None, None, :].bool() & (torch.arange(s, device=valid.device) <= q_pos[:, None])  # (B,1,Q,S)
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
+
+
+def _cache_kw(layer) -> str:
+    """The KV-cache keyword of an HF decoder layer: ``cache`` (transformers >= 5.2x) or the older
+    ``past_key_values`` (deprecated there, removed in 5.40)."""
+    return _cache_kw_of(type(layer))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kw_of(cls) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 @REDUCTIONS.register("fastv")
 class FastV(Reduction):
@@ -154,8 +169,8 @@ class FastV(Reduction):
                 pos, valid = torch.gather(pos, 1, keep), torch.gather(valid, 1, keep)
                 cos_sin = rotary(h, pos)
                 mask = additive_mask(valid, h.shape[1], h.dtype)  # (B, 1, T', T')
-            h = layer(h, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
-                      position_embeddings=cos_sin)
+            h = layer(h, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                      position_embeddings=cos_sin, **{_cache_kw(layer): cache})
         self.last_kept_positions = keep
         return norm(h), keep
 
@@ -188,8 +203,8 @@ class FastV(Reduction):
         m_kept = additive_mask(valid_kept, 1, embeds.dtype)  # (B, 1, 1, T' + t)
         h = embeds
         for i, layer in enumerate(layers):
-            h = layer(h, attention_mask=m_all if i < self.k else m_kept, position_ids=pos, past_key_values=cache,
-                      use_cache=True, position_embeddings=cos_sin)
+            h = layer(h, attention_mask=m_all if i < self.k else m_kept, position_ids=pos, use_cache=True,
+                      position_embeddings=cos_sin, **{_cache_kw(layer): cache})
         return lm_head(norm(h))
 
     @torch.inference_mode()
