@@ -163,3 +163,27 @@ def test_prefill_flops_of_a_real_model_match_counting_its_own_llm():
         model.llm(inputs_embeds=embeds, logits_to_keep=1)
     assert prefill_flops(model, "what is in the image") == fc.get_total_flops() > 0
     assert app_prefill_flops(model, "what is in the image") == fc.get_total_flops()
+
+
+def test_flop_counter_allows_autograd_grad_inside():
+    """MaskInversion optimises inside the forward (torch.autograd.grad); FlopCounterMode's module tracker breaks
+    that, our total-only counter does not, and counts the same matmul FLOPs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from compactvlm.efficiency.flops import flop_counter
+
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def step():
+        (g,) = torch.autograd.grad(lin(x).square().sum(), x)
+        return g
+
+    with pytest.raises(RuntimeError):
+        with FlopCounterMode(display=False):
+            step()
+    with flop_counter() as fc:
+        step()
+    # forward 4x8x8 matmul + the input-gradient matmul of the same size, 2 FLOPs per multiply-add
+    assert fc.get_total_flops() == 2 * (2 * 4 * 8 * 8)

@@ -6,7 +6,8 @@ the rows. A row is either trained (``compressor`` + ``params``) or evaluation-on
 (random / avgpool / visionzip / fastv). For each (row, seed) ``run_row`` trains (resuming an interrupted run),
 evaluates on the SceneQA test split (resuming an interrupted evaluation), measures TTFT (encode + compress +
 prefill + first-token logits, median of repeats, batch 1) and counts FLOPs of that same forward with
-``torch.utils.flop_counter.FlopCounterMode`` (vision = encoder + compressor; LLM = the rest), then writes
+``torch.utils.flop_counter.FlopCounterMode`` (``efficiency.flops.flop_counter``; vision = encoder + compressor;
+LLM = the rest), then writes
 ``results/<plan>/<row>/seed<S>.json``. ``write_report`` aggregates those files only: mean and 95% CI (Student t)
 over seeds per question family, PRT against the plan's reference row, plots of accuracy and TTFT versus tokens.
 Nothing in the report is typed by hand.
@@ -172,15 +173,16 @@ def measure_cost(model, image, question: str, repeats: int) -> dict:
     """TTFT (median ms, with min/max) and FLOPs of one batch-1 forward: encode + compress + prefill + first-token
     logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+
+    from .efficiency.flops import flop_counter
 
     ids, mask = model.pad_left([model.prompt_ids(question)])
     pix = model.processor([image])
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             model.forward(ids, mask, pix, logits_to_keep=1)
         total = fc.get_total_flops()
-        with FlopCounterMode(display=False) as fv:
+        with flop_counter() as fv:
             model.encode_images(pix)
         vision = fv.get_total_flops()
         times = []

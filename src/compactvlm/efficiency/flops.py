@@ -39,6 +39,35 @@ from .presets import Backbone, BenchSpec, Preset, build_backbone, build_vlm
 META = torch.device("meta")
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to the global total only."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class TotalFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` keeping only the global total. Its per-module ModuleTracker installs backward hooks that
+    make ``torch.autograd.grad`` inside the counted region fail (MaskInversion optimises inside the forward)."""
+
+    def __init__(self):
+        super().__init__(display=False)
+        self.mod_tracker = _GlobalOnly()
+
+
+@contextlib.contextmanager
+def flop_counter():
+    """Count the FLOPs of a block (2 per multiply-add): ``with flop_counter() as fc: ...; fc.get_total_flops()``.
+    SDPA is forced to its math path, made of matmuls FlopCounterMode counts (CPU's fused flash kernel is not)."""
+    with TotalFlopCounter() as fc, sdpa_kernel(SDPBackend.MATH):
+        yield fc
+
+
 @dataclass
 class RowFlops:
     label: str
@@ -110,7 +139,7 @@ def shape_only_pruning(reduction, image_mask: torch.Tensor):
 
 
 def _count(fn) -> tuple[int, Any]:
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+    with flop_counter() as fc:
         out = fn()
     return int(fc.get_total_flops()), out
 
@@ -126,7 +155,7 @@ def vision_flops(model, batch: int = 1) -> tuple[int, int, torch.Tensor]:
         pix = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
     spans: list[list[int]] = []
     # the math SDPA path is made of matmuls FlopCounterMode counts (CPU's fused flash kernel is not counted)
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+    with flop_counter() as fc:
         h1 = enc.register_forward_pre_hook(lambda m, a: spans.append([fc.get_total_flops(), fc.get_total_flops()]))
         h2 = enc.register_forward_hook(lambda m, a, o: spans[-1].__setitem__(1, fc.get_total_flops()))
         try:
