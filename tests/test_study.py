@@ -63,6 +63,12 @@ def test_study_run_and_report(plan_file, capsys):
     assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--quiet"]) == 0
     assert "already done" in capsys.readouterr().out
     assert (root / "results" / "stf" / "seed0.json").stat().st_mtime_ns == stamp
+    # --force re-measures the cost; with the checkpoint and every prediction reused, the run's wall time is kept
+    before = json.loads((root / "results" / "stf" / "seed0.json").read_text())
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--quiet"]) == 0
+    after = json.loads((root / "results" / "stf" / "seed0.json").read_text())
+    assert after["wall_seconds"] == before["wall_seconds"] and after["finished"] >= before["finished"]
+    assert after["metrics"] == before["metrics"]
 
     assert main(["study", "report", "--plan", str(plan_file)]) == 0
     md = (root / "docs" / "results.md").read_text()
