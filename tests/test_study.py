@@ -35,6 +35,7 @@ def plan_file(tmp_path_factory):
             {"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
             {"name": "stf", "group": "2", "compressor": "stf", "params": {"k": 2, "E": 1}},
             {"name": "rand-4", "group": "2", "from": "full", "reduce": "random", "budget": 4},
+            {"name": "fastv-4", "group": "2", "from": "full", "reduce": "fastv", "budget": 4, "reduce_params": {"k": 1}},
         ],
     }
     path = root / "plan.yaml"
@@ -73,6 +74,10 @@ def test_study_run_and_report(plan_file, capsys):
     assert main(["study", "report", "--plan", str(plan_file)]) == 0
     md = (root / "docs" / "results.md").read_text()
     assert "`full`" in md and "`stf`" in md and "`rand-4`" in md and "study run --plan" in md
+    assert "| `fastv-4` | 1 | 64→4 |" in md  # all 64 tokens in the prompt, 4 after LLM layer 1
+    fastv = json.loads((root / "results" / "fastv-4" / "seed0.json").read_text())
+    # its LLM FLOPs lie between the full-token model's and a plain 4-token model's
+    assert res["rand-4"]["cost"]["flops_llm"] < fastv["cost"]["flops_llm"] < res["full"]["cost"]["flops_llm"]
     summary = json.loads((root / "docs" / "results.json").read_text())
     assert summary["full"]["prt"][0] == pytest.approx(100.0)  # the reference retains all of itself
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000

@@ -297,8 +297,13 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         comps = [r["metrics"]["components"] for r in runs]
         fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
         prts = [prt(c, ref)["prt"] for c in comps] if ref else []
+        spec = runs[0]["row"]
+        # FastV keeps every vision token in the prompt and prunes to its budget after LLM layer K: plotted there
+        in_llm = spec.get("reduce") == "fastv"
         rows[name] = {
-            "seeds": [r["seed"] for r in runs], "tokens": runs[0]["vision_tokens"], "families": fams,
+            "seeds": [r["seed"] for r in runs], "families": fams,
+            "tokens": spec["budget"] if in_llm else runs[0]["vision_tokens"],
+            "tokens_label": (f"{runs[0]['vision_tokens']}→{spec['budget']}" if in_llm else str(runs[0]["vision_tokens"])),
             "overall": mean_ci([r["metrics"]["family_mean"] for r in runs]),
             "prt": mean_ci(prts) if prts else (None, None),
             "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
@@ -331,7 +336,8 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
              f"Hardware: {hw['cpus']} CPU cores ({hw['processor']}), {hw['torch_threads']} torch threads, no GPU. "
              f"Scores are in % (MME: its own 0–400 scale per family as summed acc + acc+); ± is the 95% CI over "
              f"seeds (Student t), shown only with ≥ 2 seeds. PRT: performance retained versus `{plan.reference}` "
-             f"(VisToG Eq. 6–7, mean over families of score / reference score).", ""]
+             f"(VisToG Eq. 6–7, mean over families of score / reference score). FastV rows (`256→B`) keep all "
+             f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that.", ""]
     missing = [r.name for r in plan.rows if r.name not in rows]
     if missing:
         lines += [f"**Not yet run** (rows in the plan without a result file): {', '.join(missing)}.", ""]
@@ -345,7 +351,7 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                   "|---|---:|---:|" + "---:|" * (len(fams) + 5)]
         for r in members:
             s = rows[r.name]
-            lines.append(f"| `{r.name}` | {len(s['seeds'])} | {s['tokens']} | "
+            lines.append(f"| `{r.name}` | {len(s['seeds'])} | {s['tokens_label']} | "
                          + " | ".join(_fmt(*s["families"][f]) for f in fams)
                          + f" | {_fmt(*s['overall'])} | {_fmt(*s['prt'])} | {s['llm_gflops']:.1f} | "
                          f"{s['ttft_ms']:.0f} | {_fmt(s['sec_per_step'], None, 2)} |")

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args, progress=not args.quiet)
     tokens = model.num_image_tokens()
     method = args.reduce or model.compressor.registry_name
-    run_info = {"name": args.name or f"{method}-{tokens}", "method": method, "vision_tokens": tokens,
+    # FastV keeps all tokens in the prompt and prunes to its budget inside the LLM
+    kept = args.budget if getattr(model.reduction, "in_llm", False) and args.budget else tokens
+    run_info = {"name": args.name or f"{method}-{kept}", "method": method, "vision_tokens": tokens,
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}
     kw = {"split": args.split} if args.split else {}
