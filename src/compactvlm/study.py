@@ -154,11 +154,16 @@ def _train_stats(run_dir: Path) -> dict:
     if not f.exists():
         return {}
     steps, curve, tps = [], [], []
+    segments: list[float] = []  # wall clock of each (resumed) segment of the run: its last logged time
     for line in f.read_text().splitlines():
         try:
             e = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if e.get("event") == "start":
+            segments.append(0.0)
+        if segments and e.get("time") is not None:
+            segments[-1] = max(segments[-1], float(e["time"]))
         if e.get("event") == "train":
             steps.append(e["sec_per_step"])
             tps.append(e["tokens_per_sec"])
@@ -166,7 +171,8 @@ def _train_stats(run_dir: Path) -> dict:
             curve.append([e["step"], e["val_loss"]])
     tail = steps[2:] or steps
     return {"steps": len(steps), "sec_per_step": statistics.median(tail) if tail else None,
-            "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve}
+            "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve,
+            "wall_seconds": sum(segments)}
 
 
 def measure_cost(model, image, question: str, repeats: int) -> dict:
@@ -313,7 +319,9 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
                              if any(r["train"].get("sec_per_step") for r in runs) else None),
             "train_steps": runs[0]["train"].get("steps"),
             "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
-            "wall_s": sum(sum(r["wall_seconds"].values()) for r in runs),
+            # evaluation, plus training (from the run's own log) for trained rows
+            "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
+                                                       if spec.get("from_") is None else 0.0) for r in runs),
             "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
         }
     return rows
@@ -337,7 +345,10 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
              f"Scores are in % (MME: its own 0–400 scale per family as summed acc + acc+); ± is the 95% CI over "
              f"seeds (Student t), shown only with ≥ 2 seeds. PRT: performance retained versus `{plan.reference}` "
              f"(VisToG Eq. 6–7, mean over families of score / reference score). FastV rows (`256→B`) keep all "
-             f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that.", ""]
+             f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that. TTFT here is measured once per run (batch 1, "
+             f"median of {plan.ttft_repeats}) under whatever else the machine was running then; for controlled ratios "
+             f"between methods use one `compactvlm bench` run (results/bench/). Train s/step is the median step time "
+             f"of each run under the same caveat.", ""]
     missing = [r.name for r in plan.rows if r.name not in rows]
     if missing:
         lines += [f"**Not yet run** (rows in the plan without a result file): {', '.join(missing)}.", ""]

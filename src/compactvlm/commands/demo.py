@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if chance:
         print("chance / majority per family: " + ", ".join(
             f"{k} {v['chance']:.0f}/{v['majority']:.0f}" for k, v in chance.items()))
+    per_family = json.loads((data / "manifest.json").read_text()).get("counts", {}).get("test", {}).get("per_family", {})
+    if per_family:
+        few = min(per_family.values())
+        print(f"note: as few as {few} questions per family here, so per-family differences of a few questions are "
+              f"noise; docs/results.md has the study on 321 questions (--images raises this demo's size).")
     out = work / "demo_results.json"
     out.write_text(json.dumps({r: {"tokens": v["tokens"], "components": v["metrics"]["components"],
                                    "family_mean": v["metrics"]["family_mean"], "cost": v["cost"]}
