@@ -95,6 +95,10 @@ def test_bad_plans_are_clear_errors(tmp_path, plan_file):
     with pytest.raises(CompactVLMError, match="reference 'nope'"):
         load_plan(tmp_path / "p.yaml")
     assert main(["study", "run", "--plan", str(plan_file), "--rows", "nosuchrow"]) == 2
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["study", "run", "--plan", str(plan_file), "--device", "cuda"]) == 2
 
 
 def test_mean_ci():

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     r.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
     r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result")
     r.add_argument("--keep-going", action="store_true", help="on a failing row, report it and go on")
+    r.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the plan's device")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
     rep = ssub.add_parser("report", help="write the results Markdown + plots from the result files")
@@ -46,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from ..study import load_plan, result_path, run_row
 
     plan = load_plan(args.plan)
+    if args.device:
+        plan.device = args.device
+    if plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CompactVLMError("--device cuda but torch sees no CUDA device", "run on a GPU machine or use --device cpu")
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else [r.name for r in plan.rows]
     for name in rows:
         plan.row(name)  # unknown names fail before any work
