@@ -12,7 +12,6 @@ from compactvlm.registry import REDUCTIONS
 from compactvlm.testing import random_images, tiny_vlm
 from compactvlm.viz import token_map, visualize
 from compactvlm.viz.draw import KEPT, MERGED, WINDOW, cell_size, legend_lines, render
-from compactvlm.viz.token_maps import encoder_features
 
 GRID = (8, 8)  # tiny_vlm: 32 px images, 4 px patches
 CELL = cell_size(GRID)
@@ -94,7 +93,7 @@ def test_visionzip_kept_and_merged_match_the_reduction(tmp_path):
     red = m.reduction
     img = random_images(1, 64, seed=5)[0]
     pix = m.processor([img])
-    feats = encoder_features(m, pix)
+    feats = m.encoder_features(pix)
     idx = feats.info.normalize_layer(-2)
     score, _ = red.scores(feats, idx)
     dom = set(score[0].topk(red.dominant).indices.tolist())
@@ -130,7 +129,7 @@ def test_vistog_groups_follow_token_assignment_and_trained_weights():
         torch.manual_seed(1)
         for p in m.compressor.grouping.parameters():
             p.add_(torch.randn_like(p))
-        want = m.compressor.token_assignment(encoder_features(m, pix))[0].numpy()
+        want = m.compressor.token_assignment(m.encoder_features(pix))[0].numpy()
     tmap = token_map(m, pix)
     assert tmap.kind == "groups" and tmap.num_groups == 6 and np.array_equal(tmap.groups, want)
     # on a uniform image two cells share a colour exactly when they share a group

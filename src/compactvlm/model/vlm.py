@@ -81,8 +81,9 @@ class CompactVLM(nn.Module):
         return self.llm.get_input_embeddings().embedding_dim
 
     # ---- vision side ----------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor, extra_state: dict | None = None) -> torch.Tensor:
-        """pixels (B, 3, S, S) -> vision tokens (B, M, D_llm)."""
+    def encoder_features(self, pixel_values: torch.Tensor, extra_state: dict | None = None):
+        """The encoder features the compressor / reduction read: their blocks, the compressor's extra tokens
+        (with its attention mode) and ``extra_state`` (pixels, the encoder, anything the caller adds)."""
         comp = self.compressor
         layers = list(comp.feature_layers())
         if self.reduction is not None:
@@ -92,6 +93,12 @@ class CompactVLM(nn.Module):
         feats.extra_state.update(pixel_values=pixel_values, encoder=self.encoder)
         if extra_state:
             feats.extra_state.update(extra_state)
+        return feats
+
+    def encode_images(self, pixel_values: torch.Tensor, extra_state: dict | None = None) -> torch.Tensor:
+        """pixels (B, 3, S, S) -> vision tokens (B, M, D_llm)."""
+        comp = self.compressor
+        feats = self.encoder_features(pixel_values, extra_state)
         if self.reduction is not None:
             out = self.reduction(feats, comp)
         else:

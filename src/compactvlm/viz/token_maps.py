@@ -83,19 +83,6 @@ def method_label(model) -> str:
     return label
 
 
-def encoder_features(model, pixel_values: torch.Tensor) -> VisionFeatures:
-    """The features ``CompactVLM.encode_images`` hands to the compressor / reduction (same blocks, same
-    extra tokens, same ``extra_state``)."""
-    comp = model.compressor
-    layers = list(comp.feature_layers())
-    if model.reduction is not None:
-        layers = sorted(set(layers) | set(model.reduction.feature_layers()))
-    feats = model.encoder(pixel_values, layers=layers, extra_tokens=comp.extra_tokens(),
-                          extra_attention=comp.extra_attention)
-    feats.extra_state.update(pixel_values=pixel_values, encoder=model.encoder)
-    return feats
-
-
 def _windows_k(obj, grid: tuple[int, int], num_tokens: int) -> tuple[int, int] | None:
     """(k, E) if ``obj`` looks like a k x k window method emitting (H/k)*(W/k)*E tokens."""
     k = getattr(obj, "k", None)
@@ -253,7 +240,7 @@ def _qformer_heat(comp, feats: VisionFeatures) -> np.ndarray | None:
 
 def _compressor_map(tm: TokenMap, model, pixel_values: torch.Tensor, feats: VisionFeatures | None = None) -> TokenMap:
     comp = model.compressor
-    feats = feats if feats is not None else encoder_features(model, pixel_values)
+    feats = feats if feats is not None else model.encoder_features(pixel_values)
     h, w = tm.grid
     kind = _compressor_kind(comp)
     name = getattr(comp, "registry_name", type(comp).__name__)
@@ -320,7 +307,7 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
         tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
         return tm
     if callable(getattr(red, "select", None)):
-        feats = encoder_features(model, pixel_values)
+        feats = model.encoder_features(pixel_values)
         try:
             return _patch_reduction_map(tm, red, model.compressor, feats)
         except Exception as e:  # noqa: BLE001
