@@ -29,7 +29,7 @@ def plan_file(tmp_path_factory):
         "name": "tiny", "data": {"dir": str(root / "data"), "seed": 0, "caption": 0, "train": 8, "val": 4, "test": 4},
         "train_config": str(root / "train.yaml"), "runs_dir": str(root / "runs"),
         "results_dir": str(root / "results"), "report": str(root / "docs" / "results.md"), "reference": "full",
-        "seeds": [0], "eval_batch_size": 4, "ttft_repeats": 2, "threads": 1,
+        "seeds": [0], "eval_batch_size": 4, "ttft_repeats": 2, "threads": 1, "notes": str(root / "notes.md"),
         "groups": {"1": "reference", "2": "compressed"},
         "rows": [
             {"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
@@ -38,6 +38,7 @@ def plan_file(tmp_path_factory):
             {"name": "fastv-4", "group": "2", "from": "full", "reduce": "fastv", "budget": 4, "reduce_params": {"k": 1}},
         ],
     }
+    (root / "notes.md").write_text("Hand-written reading: tiny random models learn nothing.")
     path = root / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
     return path
@@ -74,6 +75,7 @@ def test_study_run_and_report(plan_file, capsys):
     assert main(["study", "report", "--plan", str(plan_file)]) == 0
     md = (root / "docs" / "results.md").read_text()
     assert "`full`" in md and "`stf`" in md and "`rand-4`" in md and "study run --plan" in md
+    assert "## Reading these results\n\nHand-written reading: tiny random models learn nothing." in md
     assert "| `fastv-4` | 1 | 64→4 |" in md  # all 64 tokens in the prompt, 4 after LLM layer 1
     fastv = json.loads((root / "results" / "fastv-4" / "seed0.json").read_text())
     # its LLM FLOPs lie between the full-token model's and a plain 4-token model's

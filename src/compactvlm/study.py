@@ -69,6 +69,7 @@ class StudyPlan:
     runs_dir: str = "runs/study"
     results_dir: str = "results/study"
     report: str = "docs/results.md"
+    notes: str | None = None  # hand-written reading of the results (Markdown file), included in the report as is
     reference: str = "full-mlp2x"
     seeds: list[int] = field(default_factory=lambda: [0])
     eval_batch_size: int = 8
@@ -354,6 +355,8 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
              f"median of {plan.ttft_repeats}) under whatever else the machine was running then; for controlled ratios "
              f"between methods use one `compactvlm bench` run (results/bench/). Train s/step is the median step time "
              f"of each run under the same caveat.", ""]
+    if plan.notes and Path(plan.notes).exists():
+        lines += ["## Reading these results", "", Path(plan.notes).read_text().strip(), ""]
     missing = [r.name for r in plan.rows if r.name not in rows]
     if missing:
         lines += [f"**Not yet run** (rows in the plan without a result file): {', '.join(missing)}.", ""]
