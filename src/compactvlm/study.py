@@ -394,13 +394,27 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     return out
 
 
+def _series(plan: StudyPlan, row: StudyRow) -> str:
+    """The plot series a row belongs to: one line per method and variant, test-time variants apart."""
+    if row.reduce:
+        return f"{row.reduce} (training-free)"
+    src = plan.row(row.from_) if row.from_ else row
+    params = {**src.params, **(row.params if row.from_ else {})}
+    name = "mbtf+stf" if src.compressor == "stf" and params.get("mbtf") else str(src.compressor)
+    if params.get("attention") == "full":
+        name += " (full attention)"
+    if params.get("mask_source") == "given":
+        name += " (given masks)"
+    return name
+
+
 def _plots(plan: StudyPlan, rows: dict, out_md: Path) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    method = {r.name: (r.reduce or r.compressor or plan.row(r.from_).compressor) for r in plan.rows}
+    method = {r.name: _series(plan, r) for r in plan.rows}
     paths = []
     for key, ylabel, fname in (("overall", "SceneQA family mean (%)", "accuracy_vs_tokens"),
                                ("ttft_ms", "TTFT on CPU (ms)", "ttft_vs_tokens")):
