@@ -36,6 +36,9 @@ def plan_file(tmp_path_factory):
             {"name": "stf", "group": "2", "compressor": "stf", "params": {"k": 2, "E": 1}},
             {"name": "rand-4", "group": "2", "from": "full", "reduce": "random", "budget": 4},
             {"name": "fastv-4", "group": "2", "from": "full", "reduce": "fastv", "budget": 4, "reduce_params": {"k": 1}},
+            {"name": "objects", "group": "2", "compressor": "objects", "params": {"pool_grid": 2, "max_objects": 4}},
+            # evaluation-only: the same weights with SceneQA's own object masks (the `given` source), 1 + 4 + 2 tokens
+            {"name": "objects-given", "group": "2", "from": "objects", "params": {"mask_source": "given"}, "budget": 7},
         ],
     }
     (root / "notes.md").write_text("Hand-written reading: tiny random models learn nothing.")
@@ -53,6 +56,8 @@ def test_study_run_and_report(plan_file, capsys):
     assert res["rand-4"]["metrics"]["n"] > 0 and res["rand-4"]["metrics"]["missing"] == 0
     # the evaluation-only row used the reference's checkpoint; no second training run exists
     assert res["rand-4"]["row"]["from_"] == "full" and not (root / "runs" / "rand-4").exists()
+    given = json.loads((root / "results" / "objects-given" / "seed0.json").read_text())
+    assert given["vision_tokens"] == 7 and given["metrics"]["missing"] == 0 and given["cost"]["flops_vision"] > 0
     for r in res.values():
         c = r["cost"]
         assert c["ttft_ms"] > 0 and 0 < c["flops_vision"] < c["flops_total"]

@@ -177,7 +177,7 @@ def _train_stats(run_dir: Path) -> dict:
             "wall_seconds": sum(segments)}
 
 
-def measure_cost(model, image, question: str, repeats: int) -> dict:
+def measure_cost(model, image, question: str, repeats: int, extra_state: dict | None = None) -> dict:
     """TTFT (median ms, with min/max) and FLOPs of one batch-1 forward: encode + compress + prefill + first-token
     logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM."""
     import torch
@@ -189,15 +189,15 @@ def measure_cost(model, image, question: str, repeats: int) -> dict:
     ids, mask, pix = ids.to(dev), mask.to(dev), model.processor([image]).to(dev)
     with torch.inference_mode():
         with flop_counter() as fc:
-            model.forward(ids, mask, pix, logits_to_keep=1)
+            model.forward(ids, mask, pix, logits_to_keep=1, extra_state=extra_state)
         total = fc.get_total_flops()
         with flop_counter() as fv:
-            model.encode_images(pix)
+            model.encode_images(pix, extra_state)
         vision = fv.get_total_flops()
         times = []
         for _ in range(repeats + 1):
             t = time.perf_counter()
-            model.forward(ids, mask, pix, logits_to_keep=1)
+            model.forward(ids, mask, pix, logits_to_keep=1, extra_state=extra_state)
             times.append((time.perf_counter() - t) * 1e3)
     times = times[1:]  # the first run is warm-up
     return {"ttft_ms": statistics.median(times), "ttft_ms_min": min(times), "ttft_ms_max": max(times),
@@ -245,7 +245,13 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
                        batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress, run_info=run_info)
     t_eval = time.perf_counter() - t1
     first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
-    cost = measure_cost(model, load_image(data_dir / first["image"]), first["text"], plan.ttft_repeats)
+    extra = None
+    if getattr(model.compressor, "wants_given_masks", False):  # the `given` mask source: SceneQA's own masks
+        from .data.sceneqa.masks import object_masks
+
+        s = model.processor.size
+        extra = {"masks": [torch.from_numpy(object_masks(str(data_dir), first["image"], size=(s, s))[0])]}
+    cost = measure_cost(model, load_image(data_dir / first["image"]), first["text"], plan.ttft_repeats, extra)
     result = {
         "plan": plan.name, "row": asdict(row), "seed": seed, "vision_tokens": tokens,
         "equivalent_tokens_note": getattr(model.reduction, "note", None) if row.reduce == "fastv" else None,

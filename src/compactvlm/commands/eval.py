@@ -30,8 +30,7 @@ def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
     """EvalItems -> answers with the model; supplies SceneQA's object masks to mask sources that want them."""
     from ..data.images import load_image
 
-    wants_masks = getattr(model.compressor, "wants_given_masks", False) or (
-        getattr(getattr(model.compressor, "mask_source", None), "registry_name", "") == "given")
+    wants_masks = getattr(model.compressor, "wants_given_masks", False)
 
     def answer(items):
         images = [load_image(it.image_path) for it in items]

@@ -133,6 +133,11 @@ class ObjectTokens(Compressor):
     def num_full_tokens(self) -> int:
         return self.num_fixed_tokens + self.max_objects
 
+    @property
+    def wants_given_masks(self) -> bool:
+        """True when the masks come with the sample (``extra_state["masks"]``): callers must supply them."""
+        return self.source.registry_name == "given"
+
     def budget_range(self) -> tuple[int, int]:
         return self.num_fixed_tokens, self.num_full_tokens
 
