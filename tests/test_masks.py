@@ -14,6 +14,7 @@ from compactvlm.compressors.masks import (
 from compactvlm.compressors.masks.detector_sam import box_iou, greedy_nms
 from compactvlm.encoders.hf import HFVisionEncoder
 from compactvlm.errors import CompactVLMError
+from compactvlm.testing import tiny_dinov2
 from compactvlm.registry import MASK_SOURCES
 
 GRID = (8, 8)
@@ -22,12 +23,7 @@ PIX = (32, 32)
 
 @pytest.fixture(scope="module")
 def encoder() -> HFVisionEncoder:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                       patch_size=4, image_size=32)
-    return HFVisionEncoder(Dinov2Model(cfg).eval()).requires_grad_(False)
+    return HFVisionEncoder(tiny_dinov2()).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,14 @@ from compactvlm.compressors import create_compressor
 from compactvlm.compressors.object_embed import MaskInversion, soft_dice
 from compactvlm.encoders.hf import HFVisionEncoder
 from compactvlm.errors import CompactVLMError
+from compactvlm.testing import tiny_dinov2
 
 D = 24
 
 
 @pytest.fixture(scope="module")
 def encoder() -> HFVisionEncoder:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                       patch_size=4, image_size=32)
-    return HFVisionEncoder(Dinov2Model(cfg).eval()).requires_grad_(False)
+    return HFVisionEncoder(tiny_dinov2()).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
