@@ -87,8 +87,36 @@ def test_study_run_and_report(plan_file, capsys):
     assert res["rand-4"]["cost"]["flops_llm"] < fastv["cost"]["flops_llm"] < res["full"]["cost"]["flops_llm"]
     summary = json.loads((root / "docs" / "results.json").read_text())
     assert summary["full"]["prt"][0] == pytest.approx(100.0)  # the reference retains all of itself
+    # results carry every answer, and the report re-scores them: a paired test-image bootstrap against the reference
+    n_q = res["full"]["metrics"]["n"]
+    assert all(len(r["predictions"]) == n_q for r in res.values())
+    assert "Δ vs ref [95% CI, test images]" in md and "final val loss" in md
+    boot = summary["stf"]["bootstrap"]
+    assert boot["delta"][1] <= boot["delta"][0] <= boot["delta"][2] and boot["clusters"] == 4
+    assert summary["full"]["bootstrap"].get("delta") is None  # the reference is not compared with itself
+    assert (root / "results" / "stf" / "bootstrap.json").exists()  # cached; recomputed only when answers change
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
+
+
+def test_report_attaches_answers_of_older_results_only_when_they_rescore_the_same(plan_file, capsys):
+    root = plan_file.parent
+    if not (root / "results" / "rand-4" / "seed0.json").exists():
+        assert main(["study", "run", "--plan", str(plan_file), "--rows", "full,rand-4", "--quiet"]) == 0
+    f = root / "results" / "rand-4" / "seed0.json"
+    res = json.loads(f.read_text())
+    answers = res.pop("predictions")
+    f.write_text(json.dumps(res))  # a result written before results carried their answers
+    capsys.readouterr()
+    assert main(["study", "report", "--plan", str(plan_file)]) == 0
+    assert "attached the answers of 1 earlier result file" in capsys.readouterr().out
+    assert json.loads(f.read_text())["predictions"] == answers
+    # answers in the evaluation folder that do not give the stored score are refused, and nothing is written
+    res["metrics"]["family_mean"] += 1.0
+    f.write_text(json.dumps(res))
+    assert main(["study", "report", "--plan", str(plan_file)]) == 2
+    assert "are not from the same run" in capsys.readouterr().err
+    assert "predictions" not in json.loads(f.read_text())
 
 
 def test_bad_plans_are_clear_errors(tmp_path, plan_file):

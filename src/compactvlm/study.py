@@ -75,6 +75,7 @@ class StudyPlan:
     eval_batch_size: int = 8
     eval_limit: int | None = None
     ttft_repeats: int = 5
+    bootstrap: int = 1000  # draws of the test-image bootstrap in the report (0: leave it out)
     threads: int = 2
     device: str = "cpu"  # cpu | cuda (training, evaluation and the cost measurement)
     groups: dict[str, str] = field(default_factory=dict)  # group id -> title
@@ -257,6 +258,8 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         "equivalent_tokens_note": getattr(model.reduction, "note", None) if row.reduce == "fastv" else None,
         "metrics": {k: metrics[k] for k in ("components", "family_mean", "headline", "n", "missing", "split")},
         "cost": cost, "train": _train_stats(checkpoint_dir(plan, row, seed)),
+        # every answer, so the report can re-score (test-image bootstrap, paired differences) from results/ alone
+        "predictions": _read_predictions(out / "predictions.jsonl"),
         # a forced re-run that reused the checkpoint and every prediction keeps the wall time of the real run
         "wall_seconds": (previous["wall_seconds"] if previous and metrics.get("answered_now") == 0
                          and t_train < 60 else {"train_or_reuse": t_train, "eval": t_eval}),
@@ -271,6 +274,43 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(res)
     return res
+
+
+def _read_predictions(path: Path) -> dict[str, str]:
+    return {str(r["question_id"]): r["text"] for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def attach_predictions(plan: StudyPlan) -> list[Path]:
+    """Add the answers to result files written before results carried them (from the run's evaluation folder
+    under ``runs_dir``), after checking that re-scoring those answers gives exactly the stored metrics."""
+    from .evaluate.benchmarks.sceneqa import score_rows
+
+    rows = None
+    done = []
+    for f in sorted(Path(plan.results_dir).glob("*/seed*.json")):
+        res = json.loads(f.read_text())
+        if "predictions" in res:
+            continue
+        pred_file = Path(plan.runs_dir) / "eval" / res["row"]["name"] / f"s{res['seed']}" / "predictions.jsonl"
+        if not pred_file.exists():
+            continue
+        if rows is None:
+            rows = [json.loads(x) for x in (Path(plan.data.dir) / "test_answers.jsonl").read_text().splitlines() if x]
+        preds = _read_predictions(pred_file)
+        if any(str(r["question_id"]) not in preds for r in rows):
+            continue
+        again = score_rows(rows, [preds[str(r["question_id"])] for r in rows])
+        if abs(again["family_mean"] - res["metrics"]["family_mean"]) > 1e-9:
+            raise CompactVLMError(f"the answers in {pred_file} re-score to family mean {again['family_mean']:.3f}, "
+                                  f"but {f} says {res['metrics']['family_mean']:.3f}: they are not from the same run",
+                                  f"re-run it: compactvlm study run --plan <plan> --rows {res['row']['name']} "
+                                  f"--seeds {res['seed']} --force")
+        res["predictions"] = preds
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(f)
+        done.append(f)
+    return done
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
@@ -309,9 +349,11 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
     if ref_runs:
         comps = [r["metrics"]["components"] for r in ref_runs]
         ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
+    boots = _bootstraps(plan, results)
     rows = {}
     for name, runs in results.items():
         comps = [r["metrics"]["components"] for r in runs]
+        final_loss = [r["train"]["val_loss_curve"][-1][1] for r in runs if r["train"].get("val_loss_curve")]
         fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
         prts = [prt(c, ref)["prt"] for c in comps] if ref else []
         spec = runs[0]["row"]
@@ -330,6 +372,8 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
                              if any(r["train"].get("sec_per_step") for r in runs) else None),
             "train_steps": runs[0]["train"].get("steps"),
             "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
+            "final_val_loss": mean_ci(final_loss) if final_loss and runs[0]["row"].get("from_") is None else (None, None),
+            "bootstrap": boots.get(name),
             # evaluation, plus training (from the run's own log) for trained rows
             "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
                                                        if spec.get("from_") is None else 0.0) for r in runs),
@@ -338,7 +382,52 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
     return rows
 
 
+def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: the test-image bootstrap (``evaluate.bootstrap``) of its family mean and of its paired difference
+    to the reference over the seeds both have, cached next to the results (recomputed when any answer changes)."""
+    import hashlib
+
+    from .evaluate.bootstrap import bootstrap_sceneqa
+
+    if plan.bootstrap <= 0:
+        return {}
+    ref = {r["seed"]: r for r in results.get(plan.reference, []) if "predictions" in r}
+    answers = None
+    out = {}
+    for name, runs in results.items():
+        runs = [r for r in runs if "predictions" in r and (r["seed"] in ref or name == plan.reference)]
+        if not runs:
+            continue
+        preds = [r["predictions"] for r in runs]
+        refs = None if name == plan.reference else [ref[r["seed"]]["predictions"] for r in runs]
+        key = hashlib.sha256(json.dumps([preds, refs, plan.bootstrap], sort_keys=True).encode()).hexdigest()
+        cache = Path(plan.results_dir) / name / "bootstrap.json"
+        if cache.exists():
+            c = json.loads(cache.read_text())
+            if c.get("key") == key:
+                out[name] = c["result"]
+                continue
+        if answers is None:
+            d = ensure_data(plan, progress=False)
+            answers = [json.loads(x) for x in (d / "test_answers.jsonl").read_text().splitlines() if x]
+        res = bootstrap_sceneqa(answers, preds, refs, n=plan.bootstrap, seed=0)
+        res["seeds"] = [r["seed"] for r in runs]
+        cache.write_text(json.dumps({"key": key, "result": res}, indent=1))
+        out[name] = res
+    return out
+
+
+def _fmt_delta(b: dict | None) -> str:
+    if not b or not b.get("delta"):
+        return "–"
+    d, lo, hi = b["delta"]
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
 def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os.PathLike | None = None) -> Path:
+    attached = attach_predictions(plan)
+    if attached:
+        print(f"[study] attached the answers of {len(attached)} earlier result file(s) from {plan.runs_dir}/eval")
     results = collect(plan)
     if not results:
         raise CompactVLMError(f"no study results under {plan.results_dir}",
@@ -349,13 +438,18 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     png_acc, png_ttft = _plots(plan, rows, out)
     fams = list(next(iter(results.values()))[0]["metrics"]["components"])
     hw = next(iter(results.values()))[0]["hardware"]
+    n_img = next((s["bootstrap"]["clusters"] for s in rows.values() if s.get("bootstrap")), "the")
     lines = [f"# Results: {plan.name}", "", plan.description.strip(), "",
              f"Generated by `compactvlm study report --plan {plan_path}` from the JSON files under "
              f"`{plan.results_dir}/` (one per row and seed, written by `compactvlm study run --plan {plan_path}`). "
              f"Hardware: {hw['cpus']} CPU cores ({hw['processor']}), {hw['torch_threads']} torch threads, "
              f"{('GPU ' + str(hw.get('gpu'))) if hw.get('device') == 'cuda' else 'no GPU'}. "
              f"Scores are in % (MME: its own 0–400 scale per family as summed acc + acc+); ± is the 95% CI over "
-             f"seeds (Student t), shown only with ≥ 2 seeds. PRT: performance retained versus `{plan.reference}` "
+             f"seeds (Student t), shown only with ≥ 2 seeds. Δ vs ref: the row's family mean minus the reference's, "
+             f"averaged over the seeds both have, with a 95% percentile CI from a paired cluster bootstrap over the "
+             f"{n_img} test images ({plan.bootstrap} draws; `compactvlm.evaluate.bootstrap`): it measures how much the "
+             f"gap depends on which questions were asked, not on the training seed. Final val loss: SceneQA validation "
+             f"loss at the last step, mean ± CI over seeds (trained rows). PRT: performance retained versus `{plan.reference}` "
              f"(VisToG Eq. 6–7, mean over families of score / reference score). FastV rows (`256→B`) keep all "
              f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that. TTFT here is measured once per run (batch 1, "
              f"median of {plan.ttft_repeats}) under whatever else the machine was running then; for controlled ratios "
@@ -372,13 +466,15 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             continue
         lines += [f"## {gid}. {title}", "",
                   "| row | seeds | vision tokens | " + " | ".join(f.split("/")[-1] for f in fams)
-                  + " | family mean | PRT % | LLM prefill GFLOPs | TTFT ms | train s/step |",
-                  "|---|---:|---:|" + "---:|" * (len(fams) + 5)]
+                  + " | family mean | Δ vs ref [95% CI, test images] | PRT % | final val loss | LLM prefill GFLOPs "
+                  "| TTFT ms | train s/step |",
+                  "|---|---:|---:|" + "---:|" * (len(fams) + 7)]
         for r in members:
             s = rows[r.name]
             lines.append(f"| `{r.name}` | {len(s['seeds'])} | {s['tokens_label']} | "
                          + " | ".join(_fmt(*s["families"][f]) for f in fams)
-                         + f" | {_fmt(*s['overall'])} | {_fmt(*s['prt'])} | {s['llm_gflops']:.1f} | "
+                         + f" | {_fmt(*s['overall'])} | {_fmt_delta(s['bootstrap'])} | {_fmt(*s['prt'])} | "
+                         f"{_fmt(*s['final_val_loss'], digits=3)} | {s['llm_gflops']:.1f} | "
                          f"{s['ttft_ms']:.0f} | {_fmt(s['sec_per_step'], None, 2)} |")
         notes = [f"- `{r.name}`: " + "; ".join(filter(None, [r.note, f"evaluates `{r.from_}`'s checkpoint"
                                                               if r.from_ else ""]))

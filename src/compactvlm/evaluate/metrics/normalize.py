@@ -16,6 +16,7 @@ files are already normalised); normalising both always gives the same result on 
 
 from __future__ import annotations
 
+import functools
 import re
 
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
@@ -77,6 +78,11 @@ def _words(text: str) -> str:
 
 def normalize_answer(answer: str) -> str:
     """Normalise one answer the way the VQA evaluation does (see the module docstring)."""
-    t = str(answer).lower().replace(",", "").replace("?", "").replace("'s", " 's")
+    return _normalize(str(answer))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a pure function of the string; re-scoring (bootstrap) repeats answers
+def _normalize(answer: str) -> str:
+    t = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's")
     t = t.replace("\n", " ").replace("\t", " ").strip()
     return _words(_punctuation(t))

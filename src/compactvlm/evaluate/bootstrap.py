@@ -1,0 +1,114 @@
+"""Test-set uncertainty of a SceneQA score: a cluster bootstrap over test images.
+
+Seeds measure how much a score moves with the training run; this measures how much it moves with *which
+questions* were asked. SceneQA's questions come in per-image groups (MME's yes/no pairs, circular
+multiple-choice rotations) and questions about one image are not independent, so we resample whole images
+with replacement (percentile bootstrap, Efron & Tibshirani ch. 13) and re-score every draw with the
+benchmark's own scorer (``score_rows``), so MME acc+ and circular accuracy stay correct.
+
+``paired``: the same draws score two runs' answers, giving a CI on their *difference* (row minus reference)
+and on PRT; this is much tighter than comparing two separate CIs because both runs answer the same questions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from ..errors import CompactVLMError
+from .benchmarks.sceneqa import score_rows
+
+
+def _percentile(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    i = q * (len(s) - 1)
+    lo, hi = int(i), min(int(i) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (i - lo)
+
+
+def _aligned(rows: Sequence[dict], preds: Mapping[str, str], what: str) -> list[str]:
+    missing = [r["question_id"] for r in rows if str(r["question_id"]) not in preds]
+    if missing:
+        raise CompactVLMError(f"{what} has no answer for {len(missing)} of {len(rows)} questions "
+                              f"(e.g. {missing[:3]})", "evaluate the run on the whole test split first")
+    return [str(preds[str(r["question_id"])]) for r in rows]
+
+
+def _prt(c: Mapping[str, float], ref: Mapping[str, float]) -> float | None:
+    used = [k for k in ref if ref[k] and k in c]
+    return 100.0 * sum(c[k] / ref[k] for k in used) / len(used) if used else None
+
+
+def resample_images(rows: Sequence[dict], by_image: Mapping[str, Sequence[int]],
+                    draw: Sequence[str]) -> tuple[list[dict], list[int]]:
+    """The answer records of the images in ``draw`` (repeats allowed) and their indices into ``rows``. Each copy
+    of a repeated image is its own cluster: its MME pair / circular group ids get the copy's position, so
+    acc+ and circular accuracy count it once per copy."""
+    out, idx = [], []
+    for j, img in enumerate(draw):
+        for i in by_image[img]:
+            r = dict(rows[i])
+            if "group" in r:
+                r["group"] = f"{r['group']}#{j}"
+            out.append(r)
+            idx.append(i)
+    return out, idx
+
+
+def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
+                      ref_preds: Sequence[Mapping[str, str]] | None = None, n: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """Percentile CIs for the family mean of a row (``rows``: SceneQA answer records; ``preds``: one
+    question_id -> answer mapping per training seed, averaged over seeds on every draw). With ``ref_preds``
+    (the reference's answers, same seeds in the same order), also the paired difference (row - reference)
+    and PRT vs the reference. Returns ``{"family_mean": [lo, hi], "delta": [point, lo, hi],
+    "prt": [point, lo, hi], "n": n, ...}``."""
+    if n < 10:
+        raise CompactVLMError(f"bootstrap needs at least 10 draws, got n={n}", "use e.g. n=1000")
+    if not 0.5 < level < 1.0:
+        raise CompactVLMError(f"level must be in (0.5, 1), got {level}", "use e.g. 0.95")
+    if not preds:
+        raise CompactVLMError("bootstrap_sceneqa got no run's answers", "pass one answer mapping per seed")
+    if ref_preds is not None and len(ref_preds) != len(preds):
+        raise CompactVLMError(f"{len(preds)} runs but {len(ref_preds)} reference runs",
+                              "pair each seed of the row with the same seed of the reference")
+    ps = [_aligned(rows, p, "the run") for p in preds]
+    qs = [_aligned(rows, q, "the reference") for q in ref_preds] if ref_preds is not None else None
+    by_image: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_image[r["image"]].append(i)
+    images = list(by_image)
+    rng = random.Random(seed)
+
+    def stats(rs: Sequence[dict], idx: Sequence[int]) -> tuple[float, float | None, float | None]:
+        """(family mean, delta, PRT) averaged over seeds, for the questions ``idx`` with records ``rs``."""
+        m, d, t = [], [], []
+        for k, p in enumerate(ps):
+            s = score_rows(rs, [p[i] for i in idx])
+            m.append(s["family_mean"])
+            if qs is not None:
+                s_ref = score_rows(rs, [qs[k][i] for i in idx])
+                d.append(s["family_mean"] - s_ref["family_mean"])
+                v = _prt(s["components"], s_ref["components"])
+                if v is not None:
+                    t.append(v)
+        avg = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        return avg(m), avg(d), (avg(t) if len(t) == len(ps) else None)
+
+    point = stats(rows, range(len(rows)))
+    means, deltas, prts = [], [], []
+    for _ in range(n):
+        m, d, t = stats(*resample_images(rows, by_image, rng.choices(images, k=len(images))))
+        means.append(m)
+        if d is not None:
+            deltas.append(d)
+        if t is not None:
+            prts.append(t)
+    a = (1.0 - level) / 2
+    out: dict = {"n": n, "level": level, "clusters": len(images), "unit": "test image", "seeds": len(ps),
+                 "family_mean": [point[0], _percentile(means, a), _percentile(means, 1 - a)]}
+    if qs is not None:
+        out["delta"] = [point[1], _percentile(deltas, a), _percentile(deltas, 1 - a)]
+        out["prt"] = [point[2], _percentile(prts, a), _percentile(prts, 1 - a)] if point[2] is not None and prts else None
+    return out
