@@ -83,7 +83,7 @@ class LlavaDataset(Dataset):
     def __init__(self, path: str | os.PathLike, tokenizer, num_image_tokens: int, processor: ImageProcessor,
                  image_root: str | os.PathLike | None = None, system_prompt: str | None = None,
                  max_samples: int | None = None, max_length: int | None = None, text_only: str = "error",
-                 check_images: bool = True):
+                 check_images: bool = True, given_masks: bool = False):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.tokenizer = tokenizer
@@ -107,8 +107,26 @@ class LlavaDataset(Dataset):
         if not records:
             raise CompactVLMError(f"{self.path} has no usable samples", "check the file and data.max_samples")
         self.records = records
+        self.given_masks = given_masks
         if check_images:
             self._check_images()
+        if given_masks:
+            self._check_masks()
+
+    def _check_masks(self) -> None:
+        """The ``given`` mask source trains on each image's own object masks: SceneQA's label maps (the only
+        dataset here that has them), found from the image path (``images/<split>/<n>.jpg``)."""
+        from .sceneqa.masks import scene_of
+
+        for r in self.records[:1] + self.records[-1:]:  # every scene file the records can need exists
+            try:
+                scene_of(self.root, r["image"])
+            except CompactVLMError as e:
+                raise CompactVLMError(
+                    f"the 'given' mask source needs the object masks of every training image, but for {r['image']!r}"
+                    f" of {self.path}: {e.problem}",
+                    "train on a SceneQA folder (`compactvlm data build sceneqa`, which writes masks/ and "
+                    "<split>_scenes.jsonl), or use model.compressor_params.mask_source=unsupervised") from None
 
     def _check_images(self) -> None:
         root = self.root.resolve()
@@ -158,12 +176,19 @@ class LlavaDataset(Dataset):
         ids, labels = self.tokenize(i)
         img = load_image(self.records[i]["image"], root=self.root)
         pix = self.processor([img])[0]  # (3, S, S)
-        return {"index": i, "input_ids": ids, "labels": labels, "pixel_values": pix}
+        item = {"index": i, "input_ids": ids, "labels": labels, "pixel_values": pix}
+        if self.given_masks:
+            from .sceneqa.masks import object_masks
+
+            s = pix.shape[-1]
+            item["masks"] = torch.from_numpy(object_masks(self.root, self.records[i]["image"], size=(s, s))[0])  # (K, S, S)
+        return item
 
 
 def collate_llava(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of samples: input_ids / attention_mask / labels / position_ids (B, T), pixel_values
-    (B, 3, S, S), index (B,) (the samples' dataset indices, used by the feature cache)."""
+    (B, 3, S, S), index (B,) (the samples' dataset indices, used by the feature cache), and masks (a list of B
+    object-mask tensors) when the dataset supplies them."""
     from ..model.vlm import collate_labels
 
     batch = collate_labels([(it["input_ids"], it["labels"]) for it in items], pad_id)
@@ -171,6 +196,8 @@ def collate_llava(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, tor
     batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T), padding repeats a valid index
     batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])  # (B, 3, S, S)
     batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    if "masks" in items[0]:
+        batch["masks"] = [it["masks"] for it in items]  # B x (K_i, S, S) bool: the `given` mask source's input
     return batch
 
 

@@ -37,17 +37,20 @@ class TrainingModel(nn.Module):
         llm = self.vlm.llm
         return llm.get_base_model() if is_peft(llm) else llm
 
-    def image_tokens(self, pixel_values: torch.Tensor | None, features: dict[int, torch.Tensor] | None):
+    def image_tokens(self, pixel_values: torch.Tensor | None, features: dict[int, torch.Tensor] | None,
+                     extra_state: dict | None = None):
         if features is not None:
-            return encode_from_features(self.vlm, features)
+            return encode_from_features(self.vlm, features, extra_state)
         if pixel_values is not None:
-            return self.vlm.encode_images(pixel_values)
+            return self.vlm.encode_images(pixel_values, extra_state)
         return None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                features: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds = self.vlm.merge(input_ids, self.image_tokens(pixel_values, features))  # (B, T, D)
+                features: dict[int, torch.Tensor] | None = None,
+                extra_state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # extra_state: per-sample inputs of the compressor besides the image, e.g. {"masks": [...]} (given masks)
+        embeds = self.vlm.merge(input_ids, self.image_tokens(pixel_values, features, extra_state))  # (B, T, D)
         target = labels[:, 1:]  # (B, T-1): the label of position t is predicted at t-1
         keep = target != IGNORE_INDEX  # (B, T-1)
         if self.logits == "labels":
@@ -63,11 +66,13 @@ class TrainingModel(nn.Module):
         return loss_sum, keep.sum()
 
 
-def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
+def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:
     """Cached encoder blocks -> compressor -> (B, M, D_llm), as ``CompactVLM.encode_images`` after the encoder."""
     enc = vlm.encoder
     feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=0, info=enc.info)
     feats.extra_state.update(encoder=enc)
+    if extra_state:
+        feats.extra_state.update(extra_state)
     comp = vlm.compressor
     return comp.check_output(comp(feats), feats)
 

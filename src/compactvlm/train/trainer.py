@@ -135,7 +135,7 @@ class Trainer:
         d = self.cfg.data
         common = dict(tokenizer=vlm.tokenizer, num_image_tokens=vlm.num_image_tokens(), processor=vlm.processor,
                       image_root=d.image_root, system_prompt=vlm.system_prompt, max_length=d.max_length,
-                      text_only=d.text_only)
+                      text_only=d.text_only, given_masks=bool(getattr(vlm.compressor, "wants_given_masks", False)))
         train = LlavaDataset(d.train, max_samples=d.max_samples, **common)
         val = LlavaDataset(d.val, max_samples=d.max_val_samples, **common) if d.val else None
         return train, val
@@ -266,6 +266,8 @@ class Trainer:
             x["features"] = cache.features(self.vlm, batch["index"], batch["pixel_values"], dev)
         else:
             x["pixel_values"] = batch["pixel_values"].to(dev)
+        if "masks" in batch:
+            x["extra_state"] = {"masks": [m.to(dev) for m in batch["masks"]]}
         return x
 
     def _reduce(self, values: list[float]) -> list[float]:
