@@ -195,12 +195,7 @@ def measure_cost(model, image, question: str, repeats: int, extra_state: dict | 
         with flop_counter() as fv:
             model.encode_images(pix, extra_state)
         vision = fv.get_total_flops()
-        times = []
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            model.forward(ids, mask, pix, logits_to_keep=1, extra_state=extra_state)
-            times.append((time.perf_counter() - t) * 1e3)
-    times = times[1:]  # the first run is warm-up
+    times = model.prefill_times(ids, mask, pix, repeats, extra_state)
     return {"ttft_ms": statistics.median(times), "ttft_ms_min": min(times), "ttft_ms_max": max(times),
             "prompt_tokens": int(ids.shape[1]), "flops_total": int(total), "flops_vision": int(vision),
             "flops_llm": int(total - vision), "threads": torch.get_num_threads()}

@@ -11,6 +11,7 @@ token count instead of the compressor.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -195,18 +196,24 @@ class CompactVLM(nn.Module):
                                 [len(s) for s in seqs], timings)
 
     @torch.inference_mode()
+    def prefill_times(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                      repeats: int = 3, extra_state: dict | None = None) -> list[float]:
+        """ms of each of ``repeats`` runs of encode + compress + LLM prefill (last position's logits only), after
+        one untimed warm-up run. For controlled comparisons between models use ``efficiency.timing`` (bench)."""
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 1):
+                t = time.perf_counter()
+                self.forward(input_ids, attention_mask, pixel_values, logits_to_keep=1, extra_state=extra_state)
+                times.append((time.perf_counter() - t) * 1e3)
+        return times[1:]  # the first run is warm-up
+
     def prefill_ms(self, images, question: str, repeats: int = 3) -> float:
         """Median ms of encode + compress + LLM prefill (last position's logits only)."""
-        seqs = [self.prompt_ids(question)] * len(images)
-        ids, mask = self.pad_left(seqs)
-        pix = self.processor(images)
-        times = []
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            self.forward(ids, mask, pix, logits_to_keep=1)
-            times.append((time.perf_counter() - t) * 1e3)
-        times = sorted(times[1:])
-        return times[len(times) // 2]
+        dev = next(self.llm.parameters()).device
+        ids, mask = self.pad_left([self.prompt_ids(question)] * len(images))
+        return statistics.median(self.prefill_times(ids.to(dev), mask.to(dev), self.processor(images).to(dev),
+                                                    repeats))
 
 
 def collate_labels(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
