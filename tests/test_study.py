@@ -175,3 +175,25 @@ def test_export_and_demo_on_exported_weights(plan_file, tmp_path, capsys, monkey
     saved = json.loads((tmp_path / "work" / "demo_results.json").read_text())
     assert saved["full-mlp2x"]["cost"]["flops_llm"] > saved["stf-k2e1"]["cost"]["flops_llm"]
     assert main(["demo", "--checkpoint-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+
+
+def test_train_stats_count_each_step_once(tmp_path):
+    from compactvlm.study import _train_stats
+
+    def ev(kind, step, t, **kw):
+        return json.dumps({"event": kind, "step": step, "time": t, **kw})
+
+    lines = [ev("start", 0, 0.0, resumed_from=None)]  # an attempt abandoned at step 2 (no checkpoint)
+    lines += [ev("train", s, 10.0 * s, sec_per_step=10.0, tokens_per_sec=1.0) for s in (1, 2)]
+    lines += [ev("eval", 0, 1.0, val_loss=9.0)]
+    lines += [ev("start", 0, 0.0, resumed_from=None), ev("eval", 0, 1.0, val_loss=5.0)]  # the run that counts
+    lines += [ev("train", s, 2.0 * s, sec_per_step=2.0, tokens_per_sec=3.0) for s in (1, 2, 3, 4)]
+    lines += [ev("eval", 4, 9.0, val_loss=2.0)]  # ... killed after step 4, resumed from its step-3 checkpoint
+    lines += [ev("start", 3, 0.0, resumed_from="ckpt/step3")]
+    lines += [ev("train", s, 4.0 * (s - 3), sec_per_step=4.0, tokens_per_sec=3.0) for s in (4, 5)]
+    lines += [ev("eval", 5, 9.0, val_loss=1.5)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    t = _train_stats(tmp_path)
+    assert t["steps"] == 5  # steps 1-3 of the counted run, then 4-5 after the resume
+    assert t["val_loss_curve"] == [[0, 5.0], [5, 1.5]]
+    assert t["sec_per_step"] == 4.0 and t["wall_seconds"] == 9.0 + 9.0

@@ -164,16 +164,24 @@ def _train_stats(run_dir: Path) -> dict:
         except json.JSONDecodeError:
             continue
         if e.get("event") == "start":
+            if e.get("resumed_from") is None:  # a fresh start: what an earlier, abandoned attempt logged is void
+                steps, curve, tps, segments = [], [], [], []
+            else:  # resumed at step S: steps after S that the killed segment logged are done again
+                s0 = int(e.get("step", 0))
+                keep = [i for i, (st, _) in enumerate(steps) if st <= s0]
+                steps, tps = [steps[i] for i in keep], [tps[i] for i in keep]
+                curve = [c for c in curve if c[0] <= s0]
             segments.append(0.0)
         if segments and e.get("time") is not None:
             segments[-1] = max(segments[-1], float(e["time"]))
         if e.get("event") == "train":
-            steps.append(e["sec_per_step"])
+            steps.append((int(e["step"]), e["sec_per_step"]))  # (step, seconds)
             tps.append(e["tokens_per_sec"])
         elif e.get("event") == "eval" and e.get("val_loss") is not None:
             curve.append([e["step"], e["val_loss"]])
-    tail = steps[2:] or steps
-    return {"steps": len(steps), "sec_per_step": statistics.median(tail) if tail else None,
+    secs = [sec for _, sec in steps]
+    tail = secs[2:] or secs
+    return {"steps": len(secs), "sec_per_step": statistics.median(tail) if tail else None,
             "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve,
             "wall_seconds": sum(segments)}
 
@@ -368,6 +376,8 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "train_steps": runs[0]["train"].get("steps"),
             "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
             "final_val_loss": mean_ci(final_loss) if final_loss and runs[0]["row"].get("from_") is None else (None, None),
+            "final_val_loss_by_seed": ({r["seed"]: r["train"]["val_loss_curve"][-1][1] for r in runs
+                                        if r["train"].get("val_loss_curve")} if runs[0]["row"].get("from_") is None else {}),
             "bootstrap": boots.get(name),
             # evaluation, plus training (from the run's own log) for trained rows
             "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
@@ -479,12 +489,22 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                   + ",".join(r.name for r in members) + "` then `compactvlm study report --plan " + str(plan_path)
                   + "`; wall time of these rows here: " + f"{sum(rows[r.name]['wall_s'] for r in members) / 60:.1f} min.",
                   ""]
+    ref_loss = rows.get(plan.reference, {}).get("final_val_loss_by_seed", {})
     lines += ["## Validation loss during training", "",
-              "| row | steps | val loss (step: loss) |", "|---|---:|---|"]
+              f"Final val loss per seed, and its difference to `{plan.reference}` paired by seed (same data order and "
+              "validation samples; mean ± 95% CI over the seeds both have, shown with ≥ 2).", "",
+              "| row | steps | final val loss by seed | Δ vs ref (paired) | val loss curve, first seed (step: loss) |",
+              "|---|---:|---|---:|---|"]
     for name, s in rows.items():
         if s["from"] is None and s["val_loss_curve"]:
             curve = ", ".join(f"{st}: {v:.3f}" for st, v in s["val_loss_curve"])
-            lines.append(f"| `{name}` | {s['train_steps']} | {curve} |")
+            by_seed = s["final_val_loss_by_seed"]
+            pairs = [v - ref_loss[k] for k, v in by_seed.items() if k in ref_loss]
+            delta = _fmt(*mean_ci(pairs), digits=3) if pairs and name != plan.reference else "–"
+            if pairs and name != plan.reference and not delta.startswith("-"):
+                delta = "+" + delta
+            seeds_txt = ", ".join(f"s{k}: {v:.3f}" for k, v in sorted(by_seed.items()))
+            lines.append(f"| `{name}` | {s['train_steps']} | {seeds_txt} | {delta} | {curve} |")
     lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", ""]
     out.write_text("\n".join(lines) + "\n")
     (out.parent / (out.stem + ".json")).write_text(json.dumps(rows, indent=1))
