@@ -216,7 +216,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     from .commands._common import apply_budget
     from .commands.eval import make_answer_fn
     from .data.images import load_image
-    from .evaluate.harness import evaluate
+    from .evaluate.harness import PREDICTIONS, evaluate, load_predictions
     from .model.checkpoint import load_pretrained
 
     row = plan.row(name)
@@ -262,7 +262,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         "metrics": {k: metrics[k] for k in ("components", "family_mean", "headline", "n", "missing", "split")},
         "cost": cost, "train": _train_stats(checkpoint_dir(plan, row, seed)),
         # every answer, so the report can re-score (test-image bootstrap, paired differences) from results/ alone
-        "predictions": _read_predictions(out / "predictions.jsonl"),
+        "predictions": load_predictions(out / PREDICTIONS),
         # a forced re-run that reused the checkpoint and every prediction keeps the wall time of the real run
         "wall_seconds": (previous["wall_seconds"] if previous and metrics.get("answered_now") == 0
                          and t_train < 60 else {"train_or_reuse": t_train, "eval": t_eval}),
@@ -279,14 +279,12 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     return res
 
 
-def _read_predictions(path: Path) -> dict[str, str]:
-    return {str(r["question_id"]): r["text"] for r in map(json.loads, path.read_text().splitlines()) if r}
-
-
 def attach_predictions(plan: StudyPlan) -> list[Path]:
     """Add the answers to result files written before results carried them (from the run's evaluation folder
     under ``runs_dir``), after checking that re-scoring those answers gives exactly the stored metrics."""
+    from .evaluate.benchmarks.base import read_jsonl
     from .evaluate.benchmarks.sceneqa import score_rows
+    from .evaluate.harness import PREDICTIONS, load_predictions
 
     rows = None
     done = []
@@ -294,12 +292,12 @@ def attach_predictions(plan: StudyPlan) -> list[Path]:
         res = json.loads(f.read_text())
         if "predictions" in res:
             continue
-        pred_file = Path(plan.runs_dir) / "eval" / res["row"]["name"] / f"s{res['seed']}" / "predictions.jsonl"
+        pred_file = Path(plan.runs_dir) / "eval" / res["row"]["name"] / f"s{res['seed']}" / PREDICTIONS
         if not pred_file.exists():
             continue
         if rows is None:
-            rows = [json.loads(x) for x in (Path(plan.data.dir) / "test_answers.jsonl").read_text().splitlines() if x]
-        preds = _read_predictions(pred_file)
+            rows = read_jsonl(Path(plan.data.dir) / "test_answers.jsonl")
+        preds = load_predictions(pred_file)
         if any(str(r["question_id"]) not in preds for r in rows):
             continue
         again = score_rows(rows, [preds[str(r["question_id"])] for r in rows])
@@ -392,6 +390,7 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
     to the reference over the seeds both have, cached next to the results (recomputed when any answer changes)."""
     import hashlib
 
+    from .evaluate.benchmarks.base import read_jsonl
     from .evaluate.bootstrap import bootstrap_sceneqa
 
     if plan.bootstrap <= 0:
@@ -414,7 +413,7 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
                 continue
         if answers is None:
             d = ensure_data(plan, progress=False)
-            answers = [json.loads(x) for x in (d / "test_answers.jsonl").read_text().splitlines() if x]
+            answers = read_jsonl(d / "test_answers.jsonl")
         res = bootstrap_sceneqa(answers, preds, refs, n=plan.bootstrap, seed=0)
         res["seeds"] = [r["seed"] for r in runs]
         cache.write_text(json.dumps({"key": key, "result": res}, indent=1))

@@ -16,15 +16,10 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ..errors import CompactVLMError
 from .benchmarks.sceneqa import score_rows
-
-
-def _percentile(xs: Sequence[float], q: float) -> float:
-    s = sorted(xs)
-    i = q * (len(s) - 1)
-    lo, hi = int(i), min(int(i) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (i - lo)
 
 
 def _aligned(rows: Sequence[dict], preds: Mapping[str, str], what: str) -> list[str]:
@@ -105,10 +100,14 @@ def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
             deltas.append(d)
         if t is not None:
             prts.append(t)
-    a = (1.0 - level) / 2
+    ends = [50.0 * (1.0 - level), 50.0 * (1.0 + level)]  # percentiles of the interval's ends (linear interpolation)
+
+    def ci(xs: list[float]) -> list[float]:
+        return [float(v) for v in np.percentile(xs, ends)]
+
     out: dict = {"n": n, "level": level, "clusters": len(images), "unit": "test image", "seeds": len(ps),
-                 "family_mean": [point[0], _percentile(means, a), _percentile(means, 1 - a)]}
+                 "family_mean": [point[0], *ci(means)]}
     if qs is not None:
-        out["delta"] = [point[1], _percentile(deltas, a), _percentile(deltas, 1 - a)]
-        out["prt"] = [point[2], _percentile(prts, a), _percentile(prts, 1 - a)] if point[2] is not None and prts else None
+        out["delta"] = [point[1], *ci(deltas)]
+        out["prt"] = [point[2], *ci(prts)] if point[2] is not None and prts else None
     return out

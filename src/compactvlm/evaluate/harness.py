@@ -23,7 +23,7 @@ METRICS = "metrics.json"
 RUN = "run.json"
 
 
-def _load_predictions(path: Path) -> dict[str, str]:
+def load_predictions(path: Path) -> dict[str, str]:
     """Answers already written; a torn last line (killed mid-write) is dropped and the file repaired."""
     done: dict[str, str] = {}
     good: list[str] = []
@@ -74,7 +74,7 @@ def evaluate(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
                     f"{out} holds predictions of another run ({before.get('benchmark')} on {before.get('data_dir')})",
                     "use a fresh --out folder, or resume=False to start over",
                 )
-        done = _load_predictions(pred_path)
+        done = load_predictions(pred_path)
     else:
         pred_path.write_text("", encoding="utf-8")
     write_json(run_path, identity)

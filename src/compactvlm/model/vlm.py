@@ -201,11 +201,10 @@ class CompactVLM(nn.Module):
         """ms of each of ``repeats`` runs of encode + compress + LLM prefill (last position's logits only), after
         one untimed warm-up run. For controlled comparisons between models use ``efficiency.timing`` (bench)."""
         times = []
-        with torch.inference_mode():
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                self.forward(input_ids, attention_mask, pixel_values, logits_to_keep=1, extra_state=extra_state)
-                times.append((time.perf_counter() - t) * 1e3)
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            self.forward(input_ids, attention_mask, pixel_values, logits_to_keep=1, extra_state=extra_state)
+            times.append((time.perf_counter() - t) * 1e3)
         return times[1:]  # the first run is warm-up
 
     def prefill_ms(self, images, question: str, repeats: int = 3) -> float:
