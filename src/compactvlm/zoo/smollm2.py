@@ -37,6 +37,23 @@ def is_cached() -> bool:
     return (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
 
 
+def publish(tmp: Path, target: Path) -> None:
+    """Move a finished conversion in ``tmp`` to ``target``, safely when several processes convert at once.
+
+    A complete copy that another process published meanwhile is kept (it may be loading from it right now; removing
+    it made a concurrent run fail reading a half-deleted tokenizer); only an incomplete leftover is replaced.
+    """
+    if is_cached():
+        return  # the caller removes tmp
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)  # incomplete leftover (e.g. written by an old version)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not is_cached():  # nobody else finished first: a real error
+            raise
+
+
 def convert_to_cache() -> Path:
     """Dequantise the GGUF once and write a plain HF folder atomically (temp dir + rename)."""
     import torch
@@ -59,9 +76,7 @@ def convert_to_cache() -> Path:
         try:
             plain.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            publish(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
