@@ -40,6 +40,7 @@ def plan_file(tmp_path_factory):
             # evaluation-only: the same weights with SceneQA's own object masks (the `given` source), 1 + 4 + 2 tokens
             {"name": "objects-given", "group": "2", "from": "objects", "params": {"mask_source": "given"}, "budget": 7},
         ],
+        "comparisons": [["stf", "full"], ["stf", "rand-4"], ["objects", "stf"]],
     }
     (root / "notes.md").write_text("Hand-written reading: tiny random models learn nothing.")
     path = root / "plan.yaml"
@@ -95,6 +96,18 @@ def test_study_run_and_report(plan_file, capsys):
     assert boot["delta"][1] <= boot["delta"][0] <= boot["delta"][2] and boot["clusters"] == 4
     assert summary["full"]["bootstrap"].get("delta") is None  # the reference is not compared with itself
     assert (root / "results" / "stf" / "bootstrap.json").exists()  # cached; recomputed only when answers change
+    # head-to-head contrasts: a - b paired by seed, the same numbers as the per-row bootstraps where b is the reference
+    comps = json.loads((root / "docs" / "results_comparisons.json").read_text())
+    assert [(c["a"], c["b"]) for c in comps] == [("stf", "full"), ("stf", "rand-4"), ("objects", "stf")]
+    assert comps[0]["delta"] == pytest.approx(boot["delta"]) and comps[0]["seeds"] == [0]
+    fam = {n: json.loads((root / "results" / n / "seed0.json").read_text())["metrics"]["family_mean"]
+           for n in ("stf", "rand-4", "objects")}
+    assert comps[1]["delta"][0] == pytest.approx(fam["stf"] - fam["rand-4"])
+    assert comps[1]["val_loss_delta"] == [None, None]  # rand-4 is evaluation-only: no loss of its own
+    loss = {n: summary[n]["final_val_loss_by_seed"]["0"] for n in ("objects", "stf")}
+    assert comps[2]["val_loss_delta"][0] == pytest.approx(loss["objects"] - loss["stf"])
+    assert "## Head-to-head comparisons" in md and "| `stf` | `rand-4` | 16 / 4 |" in md
+    assert (root / "results" / "stf" / "vs-rand-4.bootstrap.json").exists()
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
 
@@ -125,6 +138,10 @@ def test_bad_plans_are_clear_errors(tmp_path, plan_file):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(CompactVLMError, match="exactly one of"):
         load_plan(tmp_path / "p.yaml")
+    for comparison in (["stf", "nosuchrow"], ["stf", "stf"], ["stf"]):
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(dict(plan, comparisons=[comparison])))
+        with pytest.raises(CompactVLMError, match="must name two different rows"):
+            load_plan(tmp_path / "p.yaml")
     bad = dict(plan, reference="nope")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(CompactVLMError, match="reference 'nope'"):

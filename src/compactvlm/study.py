@@ -80,6 +80,9 @@ class StudyPlan:
     device: str = "cpu"  # cpu | cuda (training, evaluation and the cost measurement)
     groups: dict[str, str] = field(default_factory=dict)  # group id -> title
     rows: list[StudyRow] = field(default_factory=list)
+    # head-to-head contrasts [a, b] the papers claim (a beats / matches b): reported as a - b, paired by seed, with a
+    # test-image bootstrap CI, next to the paired difference in validation loss
+    comparisons: list[list[str]] = field(default_factory=list)
 
     def row(self, name: str) -> StudyRow:
         for r in self.rows:
@@ -100,6 +103,10 @@ class StudyPlan:
             if r.from_ is not None and not self.row(r.from_).trained:
                 raise CompactVLMError(f"study row {r.name!r} uses {r.from_!r}, which is not a trained row",
                                       "point `from` at a row with a compressor")
+        for c in self.comparisons:
+            if len(c) != 2 or c[0] == c[1] or not all(n in names for n in c):
+                raise CompactVLMError(f"study comparison {c!r} must name two different rows of the plan",
+                                      "write comparisons as [row_a, row_b] pairs, e.g. [stf-k2e1, avgpool-k2]")
         if self.reference not in names:
             raise CompactVLMError(f"study reference {self.reference!r} is not a row", "name a row as reference")
 
@@ -385,40 +392,81 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
     return rows
 
 
-def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per row: the test-image bootstrap (``evaluate.bootstrap``) of its family mean and of its paired difference
-    to the reference over the seeds both have, cached next to the results (recomputed when any answer changes)."""
-    import hashlib
+class _Bootstrapper:
+    """Test-image bootstraps (``evaluate.bootstrap``) of rows and of paired row-vs-row differences, cached in
+    ``<results_dir>/<row>/`` and recomputed only when any answer (or the number of draws) changes."""
 
-    from .evaluate.benchmarks.base import read_jsonl
-    from .evaluate.bootstrap import bootstrap_sceneqa
+    def __init__(self, plan: StudyPlan, results: dict[str, list[dict]]):
+        self.plan, self.results, self._answers = plan, results, None
 
-    if plan.bootstrap <= 0:
-        return {}
-    ref = {r["seed"]: r for r in results.get(plan.reference, []) if "predictions" in r}
-    answers = None
-    out = {}
-    for name, runs in results.items():
-        runs = [r for r in runs if "predictions" in r and (r["seed"] in ref or name == plan.reference)]
-        if not runs:
-            continue
-        preds = [r["predictions"] for r in runs]
-        refs = None if name == plan.reference else [ref[r["seed"]]["predictions"] for r in runs]
-        key = hashlib.sha256(json.dumps([preds, refs, plan.bootstrap], sort_keys=True).encode()).hexdigest()
-        cache = Path(plan.results_dir) / name / "bootstrap.json"
+    def runs(self, name: str) -> dict[int, dict]:
+        return {r["seed"]: r for r in self.results.get(name, []) if "predictions" in r}
+
+    def __call__(self, name: str, other: str | None, cache: Path) -> dict | None:
+        import hashlib
+
+        from .evaluate.benchmarks.base import read_jsonl
+        from .evaluate.bootstrap import bootstrap_sceneqa
+
+        mine, theirs = self.runs(name), (self.runs(other) if other else None)
+        seeds = sorted(s for s in mine if theirs is None or s in theirs)
+        if not seeds:
+            return None
+        preds = [mine[s]["predictions"] for s in seeds]
+        refs = [theirs[s]["predictions"] for s in seeds] if theirs is not None else None
+        key = hashlib.sha256(json.dumps([preds, refs, self.plan.bootstrap], sort_keys=True).encode()).hexdigest()
         if cache.exists():
             c = json.loads(cache.read_text())
             if c.get("key") == key:
-                out[name] = c["result"]
-                continue
-        if answers is None:
-            d = ensure_data(plan, progress=False)
-            answers = read_jsonl(d / "test_answers.jsonl")
-        res = bootstrap_sceneqa(answers, preds, refs, n=plan.bootstrap, seed=0)
-        res["seeds"] = [r["seed"] for r in runs]
+                return c["result"]
+        if self._answers is None:
+            self._answers = read_jsonl(ensure_data(self.plan, progress=False) / "test_answers.jsonl")
+        res = bootstrap_sceneqa(self._answers, preds, refs, n=self.plan.bootstrap, seed=0)
+        res["seeds"] = seeds
         cache.write_text(json.dumps({"key": key, "result": res}, indent=1))
-        out[name] = res
+        return res
+
+
+def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: the bootstrap of its family mean and of its paired difference to the reference over the seeds
+    both have."""
+    if plan.bootstrap <= 0:
+        return {}
+    boot = _Bootstrapper(plan, results)
+    out = {}
+    for name in results:
+        other = None if name == plan.reference else plan.reference
+        if other is not None and not boot.runs(other):
+            continue
+        res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json")
+        if res is not None:
+            out[name] = res
     return out
+
+
+def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict]) -> list[dict]:
+    """The plan's head-to-head comparisons [a, b]: a - b in family mean over the seeds both have, with its
+    test-image bootstrap CI, and the paired difference in final validation loss (both trained)."""
+    boot = _Bootstrapper(plan, results)
+    out = []
+    for a, b in plan.comparisons:
+        entry = {"a": a, "b": b, "seeds": [], "delta": None, "val_loss_delta": (None, None)}
+        if a in rows and b in rows:
+            if plan.bootstrap > 0:
+                res = boot(a, b, Path(plan.results_dir) / a / f"vs-{b}.bootstrap.json")
+                if res is not None:
+                    entry["seeds"], entry["delta"] = res["seeds"], res["delta"]
+            la, lb = rows[a]["final_val_loss_by_seed"], rows[b]["final_val_loss_by_seed"]
+            pairs = [la[k] - lb[k] for k in la if k in lb]
+            if pairs:
+                entry["val_loss_delta"] = mean_ci(pairs)
+                entry["val_loss_seeds"] = len(pairs)
+        out.append(entry)
+    return out
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
 
 
 def _fmt_delta(b: dict | None) -> str:
@@ -488,6 +536,28 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                   + ",".join(r.name for r in members) + "` then `compactvlm study report --plan " + str(plan_path)
                   + "`; wall time of these rows here: " + f"{sum(rows[r.name]['wall_s'] for r in members) / 60:.1f} min.",
                   ""]
+    comparisons = compare(plan, results, rows)
+    if comparisons:
+        lines += ["## Head-to-head comparisons", "",
+                  "The papers' direct claims (row a beats or matches row b), from the same result files. Δ a − b: "
+                  "family mean over the seeds both rows have, with a 95% CI from the paired test-image bootstrap; "
+                  "Δ val loss: final validation loss paired by seed (mean ± 95% CI over seeds; lower is better "
+                  "for a).", "",
+                  "| a | b | tokens a / b | family mean a / b | Δ a − b [95% CI, test images] | Δ val loss a − b |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for c in comparisons:
+            a, b = rows.get(c["a"]), rows.get(c["b"])
+            if a is None or b is None:
+                lines.append(f"| `{c['a']}` | `{c['b']}` | not yet run | | | |")
+                continue
+            vl = c["val_loss_delta"]
+            vl_txt = ("–" if vl[0] is None else
+                      ("+" if vl[0] >= 0 else "") + _fmt(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})")
+            n_seeds = f" ({_seeds(len(c['seeds']))})" if c["seeds"] else ""
+            lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
+                         f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
+                         f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} |")
+        lines += [""]
     ref_loss = rows.get(plan.reference, {}).get("final_val_loss_by_seed", {})
     lines += ["## Validation loss during training", "",
               f"Final val loss per seed, and its difference to `{plan.reference}` paired by seed (same data order and "
@@ -507,6 +577,7 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", ""]
     out.write_text("\n".join(lines) + "\n")
     (out.parent / (out.stem + ".json")).write_text(json.dumps(rows, indent=1))
+    (out.parent / (out.stem + "_comparisons.json")).write_text(json.dumps(comparisons, indent=1))
     return out
 
 
