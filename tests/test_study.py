@@ -108,6 +108,7 @@ def test_study_run_and_report(plan_file, capsys):
     assert comps[2]["val_loss_delta"][0] == pytest.approx(loss["objects"] - loss["stf"])
     assert "## Head-to-head comparisons" in md and "| `stf` | `rand-4` | 16 / 4 |" in md
     assert (root / "results" / "stf" / "vs-rand-4.bootstrap.json").exists()
+    assert summary["rand-4"]["retrained_source_seeds"] == []  # evaluated the very checkpoint behind full's result
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
 
@@ -214,3 +215,26 @@ def test_train_stats_count_each_step_once(tmp_path):
     assert t["steps"] == 5  # steps 1-3 of the counted run, then 4-5 after the resume
     assert t["val_loss_curve"] == [[0, 5.0], [5, 1.5]]
     assert t["sec_per_step"] == 4.0 and t["wall_seconds"] == 9.0 + 9.0
+
+
+def test_report_flags_evaluation_rows_of_a_retrained_source(plan_file, tmp_path):
+    """An evaluation-only row whose source checkpoint was trained again (and came out different) is flagged."""
+    root = plan_file.parent
+    if not (root / "results" / "fastv-4" / "seed0.json").exists():
+        assert main(["study", "run", "--plan", str(plan_file), "--rows", "full,fastv-4", "--quiet"]) == 0
+    plan = yaml.safe_load(plan_file.read_text())
+    res = tmp_path / "results"
+    for name in ("full", "fastv-4"):
+        (res / name).mkdir(parents=True)
+        (res / name / "seed0.json").write_text((root / "results" / name / "seed0.json").read_text())
+    f = res / "fastv-4" / "seed0.json"
+    r = json.loads(f.read_text())
+    r["train"]["val_loss_curve"][-1][1] += 0.05  # as if it had evaluated another training of `full`
+    f.write_text(json.dumps(r))
+    plan.update(rows=[row for row in plan["rows"] if row["name"] in ("full", "fastv-4")], results_dir=str(res),
+                report=str(tmp_path / "docs" / "results.md"), comparisons=[], bootstrap=0)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["study", "report", "--plan", str(tmp_path / "plan.yaml")]) == 0
+    summary = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert summary["fastv-4"]["retrained_source_seeds"] == [0]
+    assert "seed(s) 0 evaluate a retrained `full` checkpoint" in (tmp_path / "docs" / "results.md").read_text()

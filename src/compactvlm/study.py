@@ -388,8 +388,21 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
                                                        if spec.get("from_") is None else 0.0) for r in runs),
             "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
+            "retrained_source_seeds": _retrained_source_seeds(results, runs),
         }
     return rows
+
+
+def _retrained_source_seeds(results: dict[str, list[dict]], runs: list[dict]) -> list[int]:
+    """Seeds at which an evaluation-only row evaluated a checkpoint of its source row other than the one behind the
+    source's own result (its training curve differs: the source was trained again, e.g. in a fresh checkout, and did
+    not reproduce). Such seeds are not paired with the source's result."""
+    src = runs[0]["row"].get("from_")
+    if src is None:
+        return []
+    theirs = {r["seed"]: r["train"].get("val_loss_curve") for r in results.get(src, [])}
+    return [r["seed"] for r in runs
+            if r["seed"] in theirs and r["train"].get("val_loss_curve") != theirs[r["seed"]]]
 
 
 class _Bootstrapper:
@@ -528,8 +541,11 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                          + f" | {_fmt(*s['overall'])} | {_fmt_delta(s['bootstrap'])} | {_fmt(*s['prt'])} | "
                          f"{_fmt(*s['final_val_loss'], digits=3)} | {s['llm_gflops']:.1f} | "
                          f"{s['ttft_ms']:.0f} | {_fmt(s['sec_per_step'], None, 2)} |")
-        notes = [f"- `{r.name}`: " + "; ".join(filter(None, [r.note, f"evaluates `{r.from_}`'s checkpoint"
-                                                              if r.from_ else ""]))
+        notes = [f"- `{r.name}`: " + "; ".join(filter(None, [
+                     r.note, f"evaluates `{r.from_}`'s checkpoint" if r.from_ else "",
+                     (f"**seed(s) {', '.join(map(str, rows[r.name]['retrained_source_seeds']))} evaluate a retrained "
+                      f"`{r.from_}` checkpoint whose training did not reproduce `{r.from_}`'s result (different "
+                      "validation-loss curve): not paired with it**") if rows[r.name]["retrained_source_seeds"] else ""]))
                  for r in members if r.note or r.from_]
         lines += [""] + notes + ([""] if notes else [])
         lines += ["Reproduce: `compactvlm study run --plan " + str(plan_path) + " --rows "
