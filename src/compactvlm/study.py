@@ -449,8 +449,6 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
     out = {}
     for name in results:
         other = None if name == plan.reference else plan.reference
-        if other is not None and not boot.runs(other):
-            continue
         res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json")
         if res is not None:
             out[name] = res
@@ -469,13 +467,22 @@ def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dic
                 res = boot(a, b, Path(plan.results_dir) / a / f"vs-{b}.bootstrap.json")
                 if res is not None:
                     entry["seeds"], entry["delta"] = res["seeds"], res["delta"]
-            la, lb = rows[a]["final_val_loss_by_seed"], rows[b]["final_val_loss_by_seed"]
-            pairs = [la[k] - lb[k] for k in la if k in lb]
+            pairs = _paired_loss_deltas(rows[a], rows[b])
             if pairs:
                 entry["val_loss_delta"] = mean_ci(pairs)
                 entry["val_loss_seeds"] = len(pairs)
         out.append(entry)
     return out
+
+
+def _paired_loss_deltas(a: dict, b: dict) -> list[float]:
+    """Final validation loss of summarized row ``a`` minus row ``b``'s, at each seed both have."""
+    la, lb = a["final_val_loss_by_seed"], b["final_val_loss_by_seed"]
+    return [la[k] - lb[k] for k in la if k in lb]
+
+
+def _fmt_signed(m: float, ci: float | None = None, digits: int = 1) -> str:
+    return ("+" if m >= 0 else "") + _fmt(m, ci, digits)
 
 
 def _seeds(n: int) -> str:
@@ -567,14 +574,13 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                 lines.append(f"| `{c['a']}` | `{c['b']}` | not yet run | | | |")
                 continue
             vl = c["val_loss_delta"]
-            vl_txt = ("–" if vl[0] is None else
-                      ("+" if vl[0] >= 0 else "") + _fmt(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})")
+            vl_txt = "–" if vl[0] is None else _fmt_signed(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})"
             n_seeds = f" ({_seeds(len(c['seeds']))})" if c["seeds"] else ""
             lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
                          f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
                          f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} |")
         lines += [""]
-    ref_loss = rows.get(plan.reference, {}).get("final_val_loss_by_seed", {})
+    ref_row = rows.get(plan.reference)
     lines += ["## Validation loss during training", "",
               f"Final val loss per seed, and its difference to `{plan.reference}` paired by seed (same data order and "
               "validation samples; mean ± 95% CI over the seeds both have, shown with ≥ 2).", "",
@@ -584,10 +590,8 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
         if s["from"] is None and s["val_loss_curve"]:
             curve = ", ".join(f"{st}: {v:.3f}" for st, v in s["val_loss_curve"])
             by_seed = s["final_val_loss_by_seed"]
-            pairs = [v - ref_loss[k] for k, v in by_seed.items() if k in ref_loss]
-            delta = _fmt(*mean_ci(pairs), digits=3) if pairs and name != plan.reference else "–"
-            if pairs and name != plan.reference and not delta.startswith("-"):
-                delta = "+" + delta
+            pairs = _paired_loss_deltas(s, ref_row) if ref_row and name != plan.reference else []
+            delta = _fmt_signed(*mean_ci(pairs), digits=3) if pairs else "–"
             seeds_txt = ", ".join(f"s{k}: {v:.3f}" for k, v in sorted(by_seed.items()))
             lines.append(f"| `{name}` | {s['train_steps']} | {seeds_txt} | {delta} | {curve} |")
     lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", ""]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,3 +29,21 @@ def package_file(package: str, relpath: str) -> Path | None:
         if f.exists():
             return f
     return None
+
+
+def publish_dir(tmp: Path, target: Path, complete: Callable[[], bool]) -> None:
+    """Move a finished conversion in ``tmp`` to ``target``, safely when several processes convert at once.
+
+    A complete copy (``complete()``) that another process published meanwhile is kept: it may be loading from it
+    right now (deleting it made a concurrent run fail on a half-deleted tokenizer). Only an incomplete leftover is
+    replaced. The caller removes ``tmp`` afterwards.
+    """
+    if complete():
+        return
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)  # incomplete leftover (e.g. written by an old version)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not complete():  # nobody else finished first: a real error
+            raise

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CompactVLMError
-from .cache import cache_dir, package_file
+from .cache import cache_dir, package_file, publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,7 @@ def load_dinov2_small(cache: bool = True, progress: bool = True):
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "source.json").write_text(json.dumps(
             {"package": PACKAGE_PIN, "file": ONNX_RELPATH, "bytes": onnx_path.stat().st_size}, indent=1))
-        try:
-            os.rename(tmp, local)  # atomic on one filesystem
-        except OSError:
-            if not local.is_dir():  # nobody else finished first: a real error
-                raise
-            # another process cached it meanwhile; keep theirs
+        publish_dir(tmp, local, local.is_dir)  # atomic rename; a copy another process cached meanwhile is kept
     except OSError as e:
         log.warning("could not cache the converted DINOv2 at %s (%s); using it uncached", local, e)
     finally:

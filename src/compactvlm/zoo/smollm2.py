@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CompactVLMError
-from .cache import cache_dir, package_file
+from .cache import cache_dir, package_file, publish_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
@@ -37,23 +37,6 @@ def is_cached() -> bool:
     return (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
 
 
-def publish(tmp: Path, target: Path) -> None:
-    """Move a finished conversion in ``tmp`` to ``target``, safely when several processes convert at once.
-
-    A complete copy that another process published meanwhile is kept (it may be loading from it right now; removing
-    it made a concurrent run fail reading a half-deleted tokenizer); only an incomplete leftover is replaced.
-    """
-    if is_cached():
-        return  # the caller removes tmp
-    if target.exists():
-        shutil.rmtree(target, ignore_errors=True)  # incomplete leftover (e.g. written by an old version)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not is_cached():  # nobody else finished first: a real error
-            raise
-
-
 def convert_to_cache() -> Path:
     """Dequantise the GGUF once and write a plain HF folder atomically (temp dir + rename)."""
     import torch
@@ -76,7 +59,7 @@ def convert_to_cache() -> Path:
         try:
             plain.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            publish(tmp, target)
+            publish_dir(tmp, target, is_cached)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
