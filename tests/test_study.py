@@ -238,3 +238,32 @@ def test_report_flags_evaluation_rows_of_a_retrained_source(plan_file, tmp_path)
     summary = json.loads((tmp_path / "docs" / "results.json").read_text())
     assert summary["fastv-4"]["retrained_source_seeds"] == [0]
     assert "seed(s) 0 evaluate a retrained `full` checkpoint" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_concurrent_study_processes_build_the_data_once(tmp_path, plan_file):
+    """Two study processes on a fresh checkout: the second waits for the first's SceneQA build and reuses it (it
+    used to find the half-written folder and fail with "is not empty and holds no SceneQA build")."""
+    import subprocess
+    import sys
+    import time
+
+    from compactvlm.data.sceneqa import build_sceneqa
+    from compactvlm.study import data_build_lock
+
+    spec = yaml.safe_load(Path(plan_file).read_text())
+    spec["data"]["dir"] = str(tmp_path / "data")
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(spec))
+    d = tmp_path / "data"
+    code = ("from compactvlm.study import load_plan, ensure_data; "
+            f"print(ensure_data(load_plan({str(tmp_path / 'plan.yaml')!r}), progress=False))")
+    with data_build_lock(d):  # this test plays the first process, mid-build
+        other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        time.sleep(8)  # long enough for the other process to import and reach the lock
+        assert other.poll() is None, other.communicate()  # it waits instead of building or failing
+        assert not d.exists()
+        sizes = {k: spec["data"][k] for k in ("caption", "train", "val", "test")}
+        built = build_sceneqa(d, seed=0, progress=False, sizes=sizes)["built_at"]
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err
+    assert json.loads((d / "manifest.json").read_text())["built_at"] == built  # reused, not rebuilt

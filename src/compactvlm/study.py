@@ -131,14 +131,28 @@ def checkpoint_dir(plan: StudyPlan, row: StudyRow, seed: int) -> Path:
     return Path(plan.runs_dir) / name / f"s{seed}"
 
 
-def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
-    d = Path(plan.data.dir)
-    if not (d / "manifest.json").exists():
-        from .data.sceneqa import build_sceneqa
+def data_build_lock(d: Path):
+    """The inter-process lock that guards building the SceneQA folder ``d`` (a file next to it)."""
+    from filelock import FileLock
 
-        build_sceneqa(d, seed=plan.data.seed, progress=progress,
-                      sizes={"caption": plan.data.caption, "train": plan.data.train, "val": plan.data.val,
-                             "test": plan.data.test})
+    d.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(d.parent / f".{d.name}.build.lock"))
+
+
+def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
+    """Build the plan's SceneQA once. Safe when several study processes start at once on a fresh checkout: the
+    first builds under a lock next to the folder, the others wait for it and then reuse its build (without the lock
+    a second process found the half-written folder and failed with "is not empty and holds no SceneQA build")."""
+    d = Path(plan.data.dir)
+    if (d / "manifest.json").exists():
+        return d
+    with data_build_lock(d):
+        if not (d / "manifest.json").exists():  # another process may have built it while this one waited
+            from .data.sceneqa import build_sceneqa
+
+            build_sceneqa(d, seed=plan.data.seed, progress=progress,
+                          sizes={"caption": plan.data.caption, "train": plan.data.train, "val": plan.data.val,
+                                 "test": plan.data.test})
     return d
 
 
