@@ -20,6 +20,12 @@ def add_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--name", default=None, help="run name stored with the metrics (default: method + tokens)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--control", choices=["shuffled", "blank"], default=None,
+                   help="a blind control: answer every question with another question's image (shuffled: a fixed "
+                        "permutation of the images without fixed points) or a blank image")
+    p.add_argument("--with-controls", action="store_true",
+                   help="also run the shuffled and blank controls (into OUT/control-shuffled, OUT/control-blank) and "
+                        "print real vs control per family with paired bootstrap CIs (OUT/blind_gap.json)")
     from ._common import add_model_args
 
     add_model_args(p)
@@ -57,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CompactVLMError(f"--batch-size must be >= 1, got {args.batch_size}", "use e.g. 8")
+    if args.control and args.with_controls:
+        raise CompactVLMError("--control and --with-controls exclude each other",
+                              "use --with-controls for real + both controls, or --control NAME for one control run")
+    if args.with_controls and args.benchmark not in ("sceneqa", "sceneqa-val"):
+        raise CompactVLMError("--with-controls prints per-family CIs for SceneQA only",
+                              "run the controls of other benchmarks one by one with --control shuffled|blank")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = model_from_args(args, progress=not args.quiet)
@@ -68,9 +80,15 @@ def run(args: argparse.Namespace) -> int:
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}
     kw = {"split": args.split} if args.split else {}
-    metrics = evaluate(args.benchmark, args.data, make_answer_fn(model, args.data, args.max_new_tokens), args.out,
-                       batch_size=args.batch_size, resume=not args.no_resume, limit=args.limit,
-                       progress=not args.quiet, run_info=run_info, **kw)
+    if args.control:
+        run_info["name"] += f"-control-{args.control}"
+    if (args.control or args.with_controls) and getattr(model.compressor, "wants_given_masks", False):
+        raise CompactVLMError("blind controls are not defined for a compressor that reads the given object masks "
+                              "(the masks would still show where the objects are)", "evaluate it without a control")
+    answer = make_answer_fn(model, args.data, args.max_new_tokens)
+    metrics = evaluate(args.benchmark, args.data, answer, args.out, batch_size=args.batch_size,
+                       resume=not args.no_resume, limit=args.limit, progress=not args.quiet, run_info=run_info,
+                       control=args.control, **kw)
     from ..evaluate.report import results_table
 
     try:
@@ -78,4 +96,32 @@ def run(args: argparse.Namespace) -> int:
     except Exception:  # noqa: BLE001 - the table is a convenience; the JSON is the result
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=1))
     print(f"vision tokens: {tokens}  metrics: {args.out}/metrics.json")
+    if args.with_controls:
+        print(blind_controls(args, answer, run_info, kw))
     return 0
+
+
+def blind_controls(args: argparse.Namespace, answer, run_info: dict, kw: dict) -> str:
+    """Run the shuffled and blank controls next to the finished real run and return the per-family table."""
+    from pathlib import Path
+
+    from ..evaluate.benchmarks.base import write_json
+    from ..evaluate.controls import blind_gap, format_blind_table
+    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
+
+    out = Path(args.out)
+    preds = {}
+    for c in ("shuffled", "blank"):
+        evaluate(args.benchmark, args.data, answer, out / f"control-{c}", batch_size=args.batch_size,
+                 resume=not args.no_resume, limit=args.limit, progress=not args.quiet,
+                 run_info={**run_info, "name": run_info["name"] + f"-control-{c}"}, control=c, **kw)
+        preds[c] = load_predictions(out / f"control-{c}" / PREDICTIONS)
+    from ..evaluate.benchmarks.base import get_benchmark
+
+    reader = get_benchmark(args.benchmark, args.data, **kw)
+    items = reader.items()[: args.limit] if args.limit else reader.items()
+    rows = [it.meta for it in items]
+    gap = blind_gap(rows, load_predictions(out / PREDICTIONS), preds)
+    write_json(out / "blind_gap.json", gap)
+    return ("blind controls (real minus control; 95% CI: paired bootstrap over test images; the model sees on a "
+            "family where real - shuffled is above 0)\n" + format_blind_table(gap) + f"\nwritten: {out}/blind_gap.json")

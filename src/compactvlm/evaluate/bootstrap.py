@@ -111,3 +111,44 @@ def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
         out["delta"] = [point[1], *ci(deltas)]
         out["prt"] = [point[2], *ci(prts)] if point[2] is not None and prts else None
     return out
+
+
+def paired_family_deltas(rows: Sequence[dict], preds: Mapping[str, str], other: Mapping[str, str], n: int = 1000,
+                         seed: int = 0, level: float = 0.95) -> dict:
+    """Per SceneQA family (and the family mean): ``preds`` minus ``other`` on the same questions (e.g. real
+    images minus a blind control), with a paired percentile CI from the test-image cluster bootstrap. Returns
+    ``{"families": {family: {"a", "b", "delta": [point, lo, hi]}}, "family_mean": {...}, "n", "level",
+    "clusters"}``; headlines on the 0-100 scale (MME as a percentage of its maximum)."""
+    from .benchmarks.sceneqa import percent_headline
+
+    if n < 10:
+        raise CompactVLMError(f"bootstrap needs at least 10 draws, got n={n}", "use e.g. n=1000")
+    a, b = _aligned(rows, preds, "the run"), _aligned(rows, other, "the control")
+    by_image: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_image[r["image"]].append(i)
+    images = list(by_image)
+
+    def scores(rs: Sequence[dict], idx: Sequence[int]) -> tuple[dict[str, float], dict[str, float]]:
+        out = []
+        for p in (a, b):
+            s = score_rows(rs, [p[i] for i in idx])
+            fam = {f: percent_headline(f, v) for f, v in s["families"].items()}
+            fam["family_mean"] = s["family_mean"]
+            out.append(fam)
+        return out[0], out[1]
+
+    pa, pb = scores(rows, range(len(rows)))
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = defaultdict(list)
+    for _ in range(n):
+        da, db = scores(*resample_images(rows, by_image, rng.choices(images, k=len(images))))
+        for k in da:
+            if k in db:
+                draws[k].append(da[k] - db[k])
+    ends = [50.0 * (1.0 - level), 50.0 * (1.0 + level)]
+    res = {k: {"a": pa[k], "b": pb[k], "delta": [pa[k] - pb[k], *[float(v) for v in np.percentile(draws[k], ends)]]}
+           for k in pa}
+    mean = res.pop("family_mean")
+    return {"families": res, "family_mean": mean, "n": n, "level": level, "clusters": len(images),
+            "unit": "test image"}

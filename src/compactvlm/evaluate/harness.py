@@ -46,12 +46,17 @@ def load_predictions(path: Path) -> dict[str, str]:
 def evaluate(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
              answer_fn: Callable[[list[EvalItem]], Sequence[str]], out_dir: str | os.PathLike,
              batch_size: int = 8, resume: bool = True, limit: int | None = None, progress: bool = True,
-             run_info: dict[str, Any] | None = None, **reader_kwargs: Any) -> dict:
+             run_info: dict[str, Any] | None = None, control: str | None = None, **reader_kwargs: Any) -> dict:
     """Answer every question of ``benchmark`` (a name, or a reader instance) with ``answer_fn`` in
     batches of ``batch_size``, then score. ``limit``: only the first N questions. ``run_info``
     (e.g. ``{"name": "stf-64", "method": "stf", "vision_tokens": 64}``) is stored with the metrics for
     reports and PRT. Extra keyword arguments go to the reader (e.g. ``split="val"`` for SceneQA).
-    Returns the metrics dict (also written to ``out_dir/metrics.json``)."""
+    ``control``: ``shuffled`` or ``blank`` answers every question with its image replaced (a blind control, see
+    ``evaluate.controls``); scoring is unchanged. Returns the metrics dict (also written to
+    ``out_dir/metrics.json``)."""
+    from .controls import apply_control, check_control
+
+    check_control(control)
     if batch_size < 1:
         raise CompactVLMError(f"batch_size must be >= 1, got {batch_size}", "use e.g. batch_size=8")
     if limit is not None and limit < 1:
@@ -61,17 +66,19 @@ def evaluate(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
     if limit is not None:
         items = items[:limit]
     out = Path(out_dir).expanduser()
+    asked = apply_control(items, control, out)
     out.mkdir(parents=True, exist_ok=True)
     pred_path, run_path = out / PREDICTIONS, out / RUN
     identity = {"benchmark": reader.name, "data_dir": str(reader.data_dir),
-                **({"split": reader.split} if hasattr(reader, "split") else {})}
+                **({"split": reader.split} if hasattr(reader, "split") else {}), "control": control}
     done: dict[str, str] = {}
     if resume and pred_path.exists():
         if run_path.exists():
             before = json.loads(run_path.read_text(encoding="utf-8"))
             if {k: before.get(k) for k in identity} != identity:
                 raise CompactVLMError(
-                    f"{out} holds predictions of another run ({before.get('benchmark')} on {before.get('data_dir')})",
+                    f"{out} holds predictions of another run ({before.get('benchmark')} on {before.get('data_dir')}, "
+                    f"control {before.get('control')})",
                     "use a fresh --out folder, or resume=False to start over",
                 )
         done = load_predictions(pred_path)
@@ -79,7 +86,7 @@ def evaluate(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
         pred_path.write_text("", encoding="utf-8")
     write_json(run_path, identity)
 
-    todo = [it for it in items if it.key not in done]
+    todo = [it for it in asked if it.key not in done]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=reader.name, unit="q", disable=not progress)
@@ -105,7 +112,7 @@ def evaluate(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
     exports = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in reader.export(items, preds, out)]
     metrics.update(benchmark=reader.name, n_items=len(items), limit=limit, run=run_info or {},
                    predictions=PREDICTIONS, exports=exports,
-                   answer_seconds=round(seconds, 3), answered_now=len(todo))
+                   answer_seconds=round(seconds, 3), answered_now=len(todo), control=control)
     if hasattr(reader, "split"):
         metrics.setdefault("split", reader.split)
     write_json(out / METRICS, metrics)

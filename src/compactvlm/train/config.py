@@ -146,6 +146,15 @@ class EvalConfig:
     at_start: bool = True
     at_end: bool = True
     per_device_batch_size: int | None = None  # default: optim.per_device_batch_size
+    # blindness gauge: each validation pass also computes the loss with every sample's image replaced by another
+    # sample's image ("shuffled", a fixed permutation without fixed points) and by a blank image ("blank")
+    controls: list[str] = field(default_factory=lambda: ["shuffled", "blank"])
+
+    def validate(self) -> None:
+        bad = [c for c in self.controls if c not in ("shuffled", "blank")]
+        if bad or len(set(self.controls)) != len(self.controls):
+            raise CompactVLMError(f"eval.controls must be distinct entries of [shuffled, blank], got {self.controls}",
+                                  "write e.g. eval.controls=[shuffled,blank] or eval.controls=[] to switch them off")
 
 
 @dataclass

@@ -41,6 +41,30 @@ class NonFiniteLoss(CompactVLMError):
     pass
 
 
+#: feature-cache key of the blank control image (dataset indices are >= 0)
+BLANK_INDEX = -1
+#: a validation-loss gap (shuffled minus real images, nats per answer token) below this reads as "blind"
+BLIND_GAP = 0.02
+
+
+def format_gauge(g: dict[str, float]) -> str:
+    parts = [f"{c} {g[f'val_loss_{c}']:.4f} ({g[f'gap_{c}']:+.4f})" for c in ("shuffled", "blank")
+             if f"val_loss_{c}" in g]
+    if "image_token_norm" in g:
+        parts.append(f"image-token norm {g['image_token_norm']:.1f} vs text {g['text_embed_norm']:.1f}")
+    return ("; " + ", ".join(parts)) if parts else ""
+
+
+def gauge_summary(real: float, g: dict[str, float]) -> str:
+    """One line for the end of training: the last validation pass with real / shuffled / blank images."""
+    gap = g.get("gap_shuffled")
+    if gap is None:
+        return "blindness gauge: no shuffled-image control (eval.controls off or too few validation samples)"
+    verdict = ("the model does not use the image (shuffled-image gap below "
+               f"{BLIND_GAP}): it answers from the text alone" if gap < BLIND_GAP else "the model uses the image")
+    return f"blindness gauge: val loss real {real:.4f}{format_gauge(g)}; {verdict}"
+
+
 def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes. ``callbacks`` may define ``on_step_end(trainer, step,
     metrics)``, called on every process after each optimiser step (and after its checkpoint, if any)."""
@@ -213,6 +237,7 @@ class Trainer:
         self.train_params = [p for p in self.model.parameters() if p.requires_grad]
         self.step = 0
         self.val_losses: list[tuple[int, float]] = []
+        self.val_controls: list[tuple[int, dict[str, float]]] = []
         if resume is not None:
             self._resume(resume)
         self.sampler.start_step = self.step
@@ -252,6 +277,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.val_losses = [tuple(v) for v in state.get("metrics", {}).get("val_losses", [])]
+        self.val_controls = [tuple(v) for v in state.get("metrics", {}).get("val_controls", [])]
         rngs = state.get("rng", [])
         rank = self.accelerator.process_index
         if rank < len(rngs):
@@ -309,8 +335,44 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss, "grad_norm": gnorm, "tokens": n_tok, "label_tokens": n_lab, "finite": 1.0}
 
+    def _control_inputs(self, b: dict, control: str, cache) -> dict | None:
+        """The batch's model inputs with each image replaced: ``shuffled`` by the image of the validation sample
+        ``(i + N//2) mod N`` (a fixed permutation without fixed points), ``blank`` by a uniform image of the
+        processor's mean colour (all zeros after normalisation). None if the control cannot be formed."""
+        x = self._inputs(b, None if cache is None else cache)
+        idx = [int(i) for i in b["index"]]
+        n = len(self.val_ds)
+        dev = self.accelerator.device
+        if control == "shuffled":
+            if n < 2:
+                return None
+            other = [(i + n // 2) % n for i in idx]
+            need_items = cache is None or not all(j in cache.store for j in other) or "masks" in b
+            items = [self.val_ds[j] for j in other] if need_items else []
+            pix = torch.stack([it["pixel_values"] for it in items]) if items else b["pixel_values"]  # (B, 3, S, S)
+            if cache is not None:
+                x["features"] = cache.features(self.vlm, torch.tensor(other), pix, dev)
+            else:
+                x["pixel_values"] = pix.to(dev)
+            if "masks" in b:  # a given-mask compressor: the masks travel with their image
+                x["extra_state"] = {"masks": [it["masks"].to(dev) for it in items]}
+            return x
+        if control == "blank":
+            if "masks" in b:
+                return None  # the given masks would still tell where the objects are
+            pix = torch.zeros_like(b["pixel_values"])  # (B, 3, S, S): the mean colour, normalised
+            if cache is not None:
+                x["features"] = cache.features(self.vlm, torch.full((len(idx),), BLANK_INDEX), pix, dev)
+            else:
+                x["pixel_values"] = pix.to(dev)
+            return x
+        raise ValueError(control)
+
     @torch.no_grad()
-    def evaluate(self) -> float | None:
+    def evaluate(self, control: str | None = None) -> float | None:
+        """Mean validation loss per answer token; with ``control`` (``shuffled`` / ``blank``) the same samples
+        with their images replaced (see ``_control_inputs``): the blindness gauge. None when there is no
+        validation set or the control cannot be formed for this model."""
         from ..data.llava import collate_llava
 
         if self.val_ds is None:
@@ -327,7 +389,10 @@ class Trainer:
                                              generator=torch.Generator())  # leaves the global RNG alone
         s = n = 0.0
         for b in loader:
-            x = self._inputs(b, self.val_cache)
+            x = self._inputs(b, self.val_cache) if control is None else self._control_inputs(b, control, self.val_cache)
+            if x is None:
+                tm.train(was)
+                return None
             with acc.autocast():
                 ls, cnt = tm(**x)
             s += float(ls)
@@ -335,6 +400,28 @@ class Trainer:
         tm.train(was)
         s, n = self._reduce([s, n])
         return s / max(n, 1.0)
+
+    @torch.no_grad()
+    def token_norms(self) -> dict[str, float] | None:
+        """Mean L2 norm of the vision tokens the LLM receives and of the text-token embeddings, on the first
+        validation batch (vision tokens far larger than text embeddings are a known way to drown the text)."""
+        from ..data.llava import collate_llava
+        from ..model.prompting import IMAGE_TOKEN_ID
+
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return None
+        tm = self.accelerator.unwrap_model(self.model)
+        per = self.cfg.eval.per_device_batch_size or self.cfg.optim.per_device_batch_size
+        b = collate_llava([self.val_ds[i] for i in range(min(per, len(self.val_ds)))],
+                          pad_id=self.vlm.tokenizer.pad_token_id)
+        x = self._inputs(b, self.val_cache)
+        with self.accelerator.autocast():
+            img = tm.image_tokens(x.get("pixel_values"), x.get("features"), x.get("extra_state"))  # (B, M, D)
+        ids = x["input_ids"]
+        text = (ids != IMAGE_TOKEN_ID) & x["attention_mask"].bool()  # (B, T)
+        emb = self.vlm.llm.get_input_embeddings()(ids[text])  # (N, D)
+        return {"image_token_norm": float(img.float().norm(dim=-1).mean()),
+                "text_embed_norm": float(emb.float().norm(dim=-1).mean())}
 
     def _rng_states(self) -> list[dict]:
         from accelerate.utils import gather_object
@@ -355,7 +442,7 @@ class Trainer:
             save_checkpoint(acc.unwrap_model(self.model).vlm, path, step=self.step, train_config=to_plain(self.cfg),
                             optimizer=self.optimizer, scheduler=self.scheduler, param_names=self.param_names,
                             rng_states=rngs, position={"epoch": epoch, "step_in_epoch": pos},
-                            metrics={**metrics, "val_losses": self.val_losses},
+                            metrics={**metrics, "val_losses": self.val_losses, "val_controls": self.val_controls},
                             save_frozen=self.cfg.checkpoint.save_frozen)
             prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
             self.logger.log("checkpoint", self.step, path=str(path))
@@ -372,7 +459,8 @@ class Trainer:
         if self.main:
             save_pretrained(self.accelerator.unwrap_model(self.model).vlm, final,
                             save_llm=self.cfg.checkpoint.save_frozen, trainable_only=True, state_dict=full,
-                            extra={"train": to_plain(self.cfg), "step": self.step, "val_losses": self.val_losses})
+                            extra={"train": to_plain(self.cfg), "step": self.step, "val_losses": self.val_losses,
+                                   "val_controls": self.val_controls})
         self.accelerator.wait_for_everyone()
         return final
 
@@ -381,8 +469,16 @@ class Trainer:
         v = self.evaluate()
         if v is not None:
             self.val_losses.append((self.step, v))
-            self.logger.log("eval", self.step, val_loss=v, seconds=round(time.perf_counter() - t, 3))
-            self.logger.info(f"step {self.step}: val loss {v:.4f}")
+            gauge: dict[str, float] = {}
+            for c in self.cfg.eval.controls:
+                cv = self.evaluate(c)
+                if cv is not None:
+                    gauge[f"val_loss_{c}"] = cv
+                    gauge[f"gap_{c}"] = cv - v
+            gauge.update(self.token_norms() or {})
+            self.val_controls.append((self.step, gauge))
+            self.logger.log("eval", self.step, val_loss=v, **gauge, seconds=round(time.perf_counter() - t, 3))
+            self.logger.info(f"step {self.step}: val loss {v:.4f}" + format_gauge(gauge))
         return v
 
     # ---- loop ----------------------------------------------------------------------------------------
@@ -440,8 +536,11 @@ class Trainer:
             if cfg.eval.at_end and (not self.val_losses or self.val_losses[-1][0] != self.step):
                 self._eval_and_log()
             final = self.save_final()
-            self.logger.log("end", self.step, final=str(final), val_losses=self.val_losses)
+            self.logger.log("end", self.step, final=str(final), val_losses=self.val_losses,
+                            val_controls=self.val_controls)
             self.logger.info(f"done: {self.step} steps; model in {final}")
+            if self.val_controls:
+                self.logger.info(gauge_summary(self.val_losses[-1][1], self.val_controls[-1][1]))
             return TrainResult(self.out, final, self.step, list(self.val_losses), last)
         finally:
             self.logger.close()
