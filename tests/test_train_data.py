@@ -110,6 +110,25 @@ def test_loss_ignores_padding(data):
     torch.testing.assert_close(tm(**x)[0], tm(**pad)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_feature_cache_blocks_keep_every_sample(monkeypatch):
+    """Samples spread over several preallocated blocks come back exactly, in any order, and each is encoded once."""
+    model = tiny_vlm("stf", k=2, E=1)
+    monkeypatch.setattr(FeatureCache, "CHUNK", 2)
+    layers = [model.encoder.info.normalize_layer(l) for l in model.compressor.feature_layers()]
+    cache = FeatureCache(layers)
+    pix = torch.randn(5, 3, 32, 32)
+    want = model.encoder(pix, layers=layers).hidden
+    calls = []
+    orig = model.encoder.forward
+    model.encoder.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+    cache.features(model, torch.tensor([0, 1, 2]), pix[:3], torch.device("cpu"))
+    cache.features(model, torch.tensor([3, 4]), pix[3:], torch.device("cpu"))
+    got = cache.features(model, torch.tensor([4, 0, 3]), torch.zeros(3, 3, 32, 32), torch.device("cpu"))
+    assert len(calls) == 2 and len(cache) == 5 and len(cache.blocks[layers[0]]) == 3
+    for l in layers:
+        torch.testing.assert_close(got[l], want[l][[4, 0, 3]])
+
+
 def test_feature_cache_same_loss_and_validity(data):
     model = tiny_vlm("stf", k=2, E=1)
     b = _batch(model, data)

@@ -92,25 +92,51 @@ def check_cacheable(vlm: nn.Module) -> str | None:
 
 
 class FeatureCache:
-    """Encoder features per sample index (CPU tensors), filled on first use."""
+    """Encoder features per sample index (CPU tensors), filled on first use.
+
+    Features are copied into preallocated blocks of ``CHUNK`` samples (one large allocation per block) instead of
+    one small tensor per sample: thousands of small long-lived tensors interleaved with each step's large transient
+    activations fragment the C heap, and a process caching 5,800 DINOv2-S images grew by ~2.9 MB per image instead
+    of the 0.4 MB the features take."""
+
+    CHUNK = 256
 
     def __init__(self, layers: list[int]):
         self.layers = sorted(layers)
-        self.store: dict[int, dict[int, torch.Tensor]] = {}
+        self.slot: dict[int, int] = {}  # sample index -> row in the blocks
+        self.blocks: dict[int, list[torch.Tensor]] = {}  # layer -> blocks of (CHUNK, S, C)
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.slot)
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.slot
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in self.store.values() for t in d.values())
+        return sum(b.numel() * b.element_size() for bs in self.blocks.values() for b in bs)
+
+    def _put(self, i: int, feats: dict[int, torch.Tensor]) -> None:
+        row = len(self.slot)
+        k, r = divmod(row, self.CHUNK)
+        for l, t in feats.items():
+            bs = self.blocks.setdefault(l, [])
+            if k == len(bs):
+                bs.append(torch.empty((self.CHUNK, *t.shape), dtype=t.dtype))  # (CHUNK, S, C)
+            bs[k][r].copy_(t)
+        self.slot[i] = row
+
+    def _get(self, i: int, l: int) -> torch.Tensor:
+        k, r = divmod(self.slot[i], self.CHUNK)
+        return self.blocks[l][k][r]
 
     @torch.no_grad()
     def features(self, vlm: nn.Module, index: torch.Tensor, pixel_values: torch.Tensor,
                  device: torch.device) -> dict[int, torch.Tensor]:
         idx = [int(i) for i in index]
-        if not all(i in self.store for i in idx):
+        if not all(i in self.slot for i in idx):
             enc = vlm.encoder
             feats = enc(pixel_values.to(device), layers=self.layers)
             for j, i in enumerate(idx):
-                self.store[i] = {l: feats.hidden[l][j].detach().to("cpu", copy=True) for l in feats.hidden}
-        return {l: torch.stack([self.store[i][l] for i in idx]).to(device) for l in self.store[idx[0]]}  # (B, S, C)
+                if i not in self.slot:
+                    self._put(i, {l: feats.hidden[l][j].detach().cpu() for l in feats.hidden})
+        return {l: torch.stack([self._get(i, l) for i in idx]).to(device) for l in self.blocks}  # (B, S, C)

@@ -347,7 +347,7 @@ class Trainer:
             if n < 2:
                 return None
             other = [(i + n // 2) % n for i in idx]
-            need_items = cache is None or not all(j in cache.store for j in other) or "masks" in b
+            need_items = cache is None or not all(j in cache for j in other) or "masks" in b
             items = [self.val_ds[j] for j in other] if need_items else []
             pix = torch.stack([it["pixel_values"] for it in items]) if items else b["pixel_values"]  # (B, 3, S, S)
             if cache is not None:

@@ -29,8 +29,8 @@ EVAL_SPLITS = ("val", "test")
 SPLIT_CODE = {"caption": 0, "train": 1, "val": 2, "test": 3}
 DEFAULT_SIZES = {"caption": 2000, "train": 5000, "val": 250, "test": 1000}
 VERSION = 1
-OUR_FILES = ("manifest.json", "caption.json", "train.json", "val.json", "val_questions.jsonl", "val_answers.jsonl",
-             "test_questions.jsonl", "test_answers.jsonl", *(f"{s}_scenes.jsonl" for s in SPLITS))
+OUR_FILES = ("manifest.json", "caption.json", "caption_val.json", "train.json", "val.json", "val_questions.jsonl",
+             "val_answers.jsonl", "test_questions.jsonl", "test_answers.jsonl", *(f"{s}_scenes.jsonl" for s in SPLITS))
 
 _STATE: dict = {}  # per-process: pools, backgrounds, options (filled by _init)
 
@@ -82,8 +82,8 @@ def make_image(task: tuple[str, int]) -> dict:
     lab.save(st["out"] / mask_rel, compress_level=1)
     rec = {"split": split, "index": index, "image": image_rel, "mask": mask_rel, "family": family, "qas": qas,
            "scene": {"image": image_rel, "mask": mask_rel, **scene_dict(scene, pool)}}
-    if split == "caption":
-        from .sources import BACKGROUND_PHRASES
+    if split in ("caption", "val"):  # val images also get a caption (caption_val.json: stage 1's held-out loss);
+        from .sources import BACKGROUND_PHRASES  # drawn last, so the val questions are those of earlier builds
 
         rec["prompt"] = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
         rec["caption"] = caption(scene, BACKGROUND_PHRASES[scene.background])
@@ -212,6 +212,10 @@ def _write_outputs(out: Path, records: dict[str, list[dict]], sizes: dict[str, i
             put("val.json", _dumps([{"id": q["question_id"], "image": q["image"],
                                      "conversations": _conversation([(q["text"], a["answer"])])}
                                     for q, a in zip(questions, answers)]))
+            # the val images' captions: held-out caption loss for stage 1 (caption.json's images are its training set)
+            put("caption_val.json", _dumps([{"id": f"caption-val-{r['index']:06d}", "image": r["image"],
+                                             "conversations": _conversation([(r["prompt"], r["caption"])])}
+                                            for r in records["val"]]))
     for split in SPLITS:
         if sizes[split]:
             put(f"{split}_scenes.jsonl", "".join(_dumps(r["scene"]) + "\n" for r in records[split]))

@@ -254,21 +254,30 @@ ASK = {"existence": existence, "counting": counting, "attribute": attribute, "sp
 
 
 # ------------------------------------------------------------------------------------------- caption
+def place(o: Obj) -> str:
+    """Where an object is, in the words the spatial and multiple-choice questions use: 'at the top left', ...,
+    'at the top' / 'on the left' when it is near the vertical / horizontal midline, 'in the centre' near both."""
+    cx, cy = o.center
+    mid = CANVAS / 2
+    v = "" if abs(cy - mid) < 16 else ("top" if cy < mid else "bottom")
+    h = "" if abs(cx - mid) < 16 else ("left" if cx < mid else "right")
+    if v and h:
+        return f"at the {v} {h}"
+    if v:
+        return f"at the {v}"
+    return f"on the {h}" if h else "in the centre"
+
+
 def caption(scene: Scene, phrase: str) -> str:
-    """'A bag, two red circles and a sign saying "taxi" on a photo of a cat.' (objects left to right)."""
-    groups: dict[str, int] = {}
+    """A dense caption: every object, left to right, with its colour or sign word and its place, e.g. 'A bag at
+    the top left, a red circle at the bottom right and a sign saying "taxi" on the left, on a photo of a cat.'
+    (Since 2026-12-02; earlier builds grouped identical objects without places: 'A bag, two red circles and a
+    sign saying "taxi" on a photo of a cat.')"""
+    parts = []
     for o in sorted(scene.objects, key=lambda o: (o.center[0], o.id)):
         key = (o.name if o.kind == "item" else f"{o.colour} {o.name}" if o.kind == "shape"
                else f'sign saying "{o.word}"')
-        groups[key] = groups.get(key, 0) + 1
-    parts = []
-    for key, n in groups.items():
-        if n == 1:
-            noun = _phrase(key) if key in ITEMS else key
-            parts.append(("an " if noun[0] in "aeiou" else "a ") + noun)
-        else:
-            words = key.split(" ")
-            noun = _plural(key) if key in ITEMS else " ".join(words[:-1] + [_plural(words[-1])])
-            parts.append(f"{NUMBER_WORDS.get(n, str(n))} {noun}")
+        noun = _phrase(key) if key in ITEMS else key
+        parts.append(("an " if noun[0] in "aeiou" else "a ") + noun + " " + place(o))
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{listed[0].upper()}{listed[1:]} on a photo of {phrase}."
+    return f"{listed[0].upper()}{listed[1:]}, on a photo of {phrase}."
