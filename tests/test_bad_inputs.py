@@ -201,7 +201,7 @@ def _(tmp, env):
     return lambda: dataset(env, p)
 
 
-@case("dataset image path escapes the root (../)", r"image path '../../etc/passwd' of record r1 escapes the image root")
+@case("dataset image path escapes the root (../)", r"image path '../../etc/passwd' of record r1 escapes the data root")
 def _(tmp, env):
     p = llava_json(tmp, [rec(0), rec(1, image="../../etc/passwd")])
     return lambda: dataset(env, p)

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over instead of resuming (needed when --out holds another model's answers)")
     p.add_argument("--name", default=None, help="run name stored with the metrics (default: method + tokens)")
     p.add_argument("--quiet", action="store_true")
     from ._common import add_model_args
@@ -28,12 +29,14 @@ def add_parser(sub) -> None:
 
 def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
     """EvalItems -> answers with the model; supplies SceneQA's object masks to mask sources that want them."""
+    from pathlib import Path
+
     from ..data.images import load_image
 
     wants_masks = getattr(model.compressor, "wants_given_masks", False)
 
     def answer(items):
-        images = [load_image(it.image_path) for it in items]
+        images = [load_image(Path.cwd() / it.image_path, root=data_dir) for it in items]  # never outside --data
         extra = None
         if wants_masks:
             from ..data.sceneqa.masks import object_masks
@@ -49,14 +52,47 @@ def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..errors import CompactVLMError
-    from ..evaluate.harness import evaluate
-    from ._common import model_from_args
 
     if args.batch_size < 1:
         raise CompactVLMError(f"--batch-size must be >= 1, got {args.batch_size}", "use e.g. 8")
+    if args.threads is not None and args.threads < 1:
+        raise CompactVLMError(f"--threads must be >= 1, got {args.threads}", "leave it out for torch's default")
+    if args.max_new_tokens < 1:
+        raise CompactVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "use e.g. 12")
+    # the benchmark, its images and the output folder are checked before the (slow) model load
+    from ..evaluate.benchmarks.base import get_benchmark
+    from ..evaluate.harness import hold_run, run_identity
+
+    reader = get_benchmark(args.benchmark, args.data, **({"split": args.split} if args.split else {}))
+    reader.check_image_paths(reader.items())
+    producer = eval_producer(args)
+    with hold_run(args.out, run_identity(reader, producer), resume=not args.no_resume):
+        return _run(args, reader, producer)
+
+
+def eval_producer(args: argparse.Namespace) -> dict:
+    """What produces the answers, as run.json records it (a resume with another producer is refused)."""
+    from pathlib import Path
+
+    from ..errors import CompactVLMError
+    from ..model.manifest import folder_digest
+    from ._common import compressor_params
+
+    ck = args.checkpoint
+    if ck and not Path(ck).is_dir():
+        raise CompactVLMError(f"checkpoint folder not found: {ck}", "pass a folder written by `compactvlm train`")
+    return {"checkpoint_digest": folder_digest(ck) if ck else None, "encoder": args.encoder, "llm": args.llm,
+            "compressor": args.compressor, "compressor_params": compressor_params(args), "reduce": args.reduce,
+            "budget": args.budget, "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens}}
+
+
+def _run(args: argparse.Namespace, reader, producer: dict) -> int:
+    import torch
+
+    from ..evaluate.harness import evaluate
+    from ._common import model_from_args
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model = model_from_args(args, progress=not args.quiet)
@@ -67,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
     run_info = {"name": args.name or f"{method}-{kept}", "method": method, "vision_tokens": tokens,
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}
-    kw = {"split": args.split} if args.split else {}
-    metrics = evaluate(args.benchmark, args.data, make_answer_fn(model, args.data, args.max_new_tokens), args.out,
+    metrics = evaluate(reader, args.data, make_answer_fn(model, args.data, args.max_new_tokens), args.out,
                        batch_size=args.batch_size, resume=not args.no_resume, limit=args.limit,
-                       progress=not args.quiet, run_info=run_info, **kw)
+                       progress=not args.quiet, run_info=run_info, producer=producer)
     from ..evaluate.report import results_table
 
     try:
