@@ -64,8 +64,24 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.benchmarks.base import get_benchmark
     from ..evaluate.harness import hold_run, run_identity
 
+    if args.device != "cpu":
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CompactVLMError(f"--device {args.device} but this torch has no usable CUDA GPU",
+                                  "use --device cpu (the default), or install a CUDA build of torch")
     reader = get_benchmark(args.benchmark, args.data, **({"split": args.split} if args.split else {}))
-    reader.check_image_paths(reader.items())
+    items = reader.items()
+    reader.check_image_paths(items)
+    from ..data.llava import control_tokens
+
+    for it in items:
+        found = control_tokens(it.prompt)
+        if found or it.prompt.count("<image>") > 1:
+            raise CompactVLMError(f"question {it.question_id!r} of {args.data} contains control text "
+                                  f"{', '.join(found) or '<image> twice'}",
+                                  "remove chat-template markers from the benchmark's questions (they would be read "
+                                  "as turn markers, not text)")
     producer = eval_producer(args)
     with hold_run(args.out, run_identity(reader, producer), resume=not args.no_resume):
         return _run(args, reader, producer)

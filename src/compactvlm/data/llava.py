@@ -32,6 +32,9 @@ from .images import ImageProcessor, load_image
 def read_llava_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a LLaVA JSON/JSONL file, with each record's structure checked."""
     p = Path(path)
+    if not p.exists() and p.is_symlink():
+        raise CompactVLMError(f"training data file {p} is a symlink to a missing place or a symlink loop "
+                              f"({os.readlink(p)})", "point it at the LLaVA-format JSON file, or use the file's real path")
     if not p.exists():
         raise CompactVLMError(f"training data file not found: {p}",
                               "pass a LLaVA-format JSON (e.g. from `compactvlm data build sceneqa --out DIR`)")

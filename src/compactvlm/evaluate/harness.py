@@ -97,7 +97,11 @@ def _check_identity(out: Path, identity: dict) -> None:
         raise CompactVLMError(f"{out} holds predictions written without a record of the model that produced them",
                               fix)
     if old != new:
-        diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new))
+        def show(v: Any) -> str:
+            t = repr(v)
+            return t if len(t) <= 40 else t[:36] + "...'"
+
+        diff = [f"{k}: {show(old.get(k))} there, {show(new.get(k))} here" for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)]
         raise CompactVLMError(f"{out} holds predictions of another model ({'; '.join(diff[:4])})", fix)
 
