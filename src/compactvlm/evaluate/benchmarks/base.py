@@ -97,8 +97,7 @@ class Benchmark:
             try:
                 items = self.load_items()
             except UnicodeDecodeError as e:
-                raise CompactVLMError(f"{self.name}: a file in {self.data_dir} is not UTF-8 text ({e.reason} at offset "
-                                      f"{e.start})", "re-save the benchmark files as UTF-8, or re-download them") from None
+                raise CompactVLMError(f"{self.name}: a file in {self.data_dir} is not UTF-8 text ({e.reason})", "re-save the benchmark files as UTF-8, or re-download them") from None
             except (KeyError, TypeError, AttributeError, IndexError) as e:  # a row without a field the reader needs
                 what = f"missing {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
                 raise CompactVLMError(
