@@ -799,6 +799,17 @@ def _(tmp, env):
     return lambda: train(cfg)
 
 
+@case("train into a run whose final/ holds the user's files", r"checkpoint .*final holds files compactvlm did not "
+      r"write \(my_eval.csv\)")
+def _(tmp, env):
+    from compactvlm.train import train
+
+    train(env.train_cfg(tmp, ["optim.max_steps=1"]))
+    (tmp / "run" / "final" / "my_eval.csv").write_text("a,b\n1,2\n")
+    cfg = env.train_cfg(tmp, ["optim.max_steps=1", "resume=never"])
+    return lambda: train(cfg)
+
+
 @case("resume=never into a run that has checkpoints", r"already holds checkpoints and resume=never")
 def _(tmp, env):
     from compactvlm.train import train

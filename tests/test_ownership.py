@@ -205,8 +205,9 @@ def test_temp_folders_of_a_killed_write_are_removed_and_only_those(tmp_path, stf
     (users / "keep.txt").write_text("keep\n")
     other = Path(tempfile.mkdtemp(prefix=".other.", dir=parent))
     write_marker(other, "checkpoint")
+    empty = Path(tempfile.mkdtemp(prefix=".ck.", dir=parent))  # killed before its marker was written
     removed = clean_stale_writes(parent, ["ck"])
-    assert removed == [stale] and not stale.exists()
+    assert sorted(removed) == sorted([stale, empty]) and not stale.exists() and not empty.exists()
     assert (users / "keep.txt").exists() and other.exists() and (ck / "compactvlm.json").exists()
     # killed between the two renames: NAME is gone, .NAME.old is the previous folder and comes back
     os.replace(ck, parent / ".ck.old")

@@ -223,7 +223,8 @@ def clean_stale_writes(parent: str | os.PathLike, names: Sequence[str] | None = 
         m = _TEMP.match(p.name)
         if not m or (names is not None and m["name"] not in names) or not p.is_dir() or p.is_symlink():
             continue
-        if marker_kind(p) != "checkpoint" and not (m["tag"] == "old" and _is_checkpoint(p)):
+        empty = m["tag"] != "old" and not any(p.iterdir())  # killed before the marker: holds nothing
+        if not empty and marker_kind(p) != "checkpoint" and not (m["tag"] == "old" and _is_checkpoint(p)):
             continue  # not provably ours: left alone
         target = root / m["name"]
         if m["tag"] == "old" and not target.exists():

@@ -117,6 +117,9 @@ class Trainer:
                                        or (out / "final" / CONFIG_NAME).is_file())
             if kind not in (None, "training-run") or (kind is None and not legacy):
                 raise refuse_foreign(out, "training-run", "output_dir", kind)
+            from ..model.checkpoint import check_replaceable
+
+            check_replaceable(out / "final", "output_dir")  # found now, not when the run ends
         out.mkdir(parents=True, exist_ok=True)
         if marker_kind(out) is None:
             write_marker(out, "training-run")
