@@ -124,3 +124,8 @@ def test_escapes_are_refused_the_same_way_for_both(tmp_path):
             resolve_in_root(bad, tmp_path / "data")
     with pytest.raises(CompactVLMError, match="escapes the data root"):
         load_image("../secret.png", root=tmp_path / "data")
+    # a data folder named with '..' (eval --data ../sq) and paths under it are fine
+    _img(tmp_path / "data" / "images" / "a.png")
+    sub = tmp_path / "data" / "images"
+    assert resolve_in_root(sub / ".." / "images" / "a.png", sub / ".." ) == (tmp_path / "data" / "images" / "a.png")
+    assert resolve_in_root("images/../images/a.png", tmp_path / "data").name == "a.png"

@@ -9,9 +9,10 @@ uniformly dark 16-bit image stays dark): 16-bit (``I;16*``) and 32-bit integer (
 ``MIN_SIDE`` pixels or larger than ``MAX_PIXELS`` are refused with a message, before decoding the pixels
 (decompression-bomb guard).
 
-Image paths of a dataset or benchmark follow one rule (``resolve_in_root``): relative paths (or absolute ones
-spelling a place) inside the data folder, without ``..``; symlinks inside the folder (a linked ``images/``)
-are followed, and a message about a missing file or a loop names the symlink involved.
+Image paths of a dataset or benchmark follow one rule (``resolve_in_root``): relative paths (or absolute ones)
+that spell a place inside the data folder (``..`` is applied to the text of the path, never through a
+symlink); symlinks inside the folder (a linked ``images/``) are followed, and a message about a missing file or
+a loop names the symlink involved.
 """
 
 from __future__ import annotations
@@ -72,17 +73,14 @@ def resolve_in_root(path: str | os.PathLike, root: str | os.PathLike, where: str
     root_p = Path(os.path.abspath(Path(root).expanduser()))
     p = Path(path)
     escape = CompactVLMError(f"image path {str(path)!r}{where} escapes the data root {str(root_p)!r}",
-                             "image paths in a dataset must be relative paths inside its folder (no '..', no "
-                             "absolute paths elsewhere); link outside folders in with a symlink inside it")
-    if ".." in p.parts:
-        raise escape
-    if p.is_absolute():
-        try:
-            rel = p.relative_to(root_p)
-        except ValueError:
-            raise escape from None
-    else:
-        rel = p
+                             "image paths in a dataset must be relative paths inside its folder (no '..' out of "
+                             "it, no absolute paths elsewhere); link outside folders in with a symlink inside it")
+    # '..' is resolved on the text of the path (never through a symlink), so the file read is the one checked
+    spelled = Path(os.path.abspath(p if p.is_absolute() else root_p / p))
+    try:
+        rel = spelled.relative_to(root_p)
+    except ValueError:
+        raise escape from None
     full = root_p / rel
     links = _symlinks(root_p, rel)
     via = f" (via symlink {', '.join(links)})" if links else ""
