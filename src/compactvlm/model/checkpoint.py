@@ -7,6 +7,11 @@ default when the key is absent), ``partial`` (only the weights that were trained
 config's LLM) or ``lora`` (peft adapter weights with their LoRA settings; loading merges them unless asked not
 to). ``encoder.safetensors`` (``encoder_weights.kind: partial``) appears only when encoder weights were trained.
 Training checkpoints add their optimiser/scheduler/RNG state through ``write_extra`` (see ``train.state``).
+
+Every folder written here carries the ``checkpoint`` marker (``model.manifest.MARKER_NAME``, written first into
+the temp folder). ``save_pretrained`` replaces an existing folder only when it is a checkpoint (marked, or an
+older folder with this format's ``compactvlm.json``) holding only the files its manifest lists; anything else
+is refused (``check_replaceable``). ``clean_stale_writes`` removes the marked temp folders a killed write left.
 """
 
 from __future__ import annotations
