@@ -886,6 +886,18 @@ def _(tmp, env):
     return action
 
 
+@case("eval resumed after the benchmark folder was rebuilt with other questions",
+      r"holds predictions for other questions: the benchmark files in .* changed")
+def _(tmp, env):
+    from compactvlm.evaluate.harness import evaluate
+
+    d = mini_sceneqa(tmp)
+    evaluate("sceneqa", d, yes, tmp / "out", progress=False)
+    q = d / "test_questions.jsonl"
+    q.write_text(q.read_text().replace("What colour is it?", "How many shapes are there?"))
+    return lambda: evaluate("sceneqa", d, yes, tmp / "out", progress=False)
+
+
 @case("second eval process into the same --out", r"another process is writing to .*out")
 def _(tmp, env):
     from filelock import FileLock

@@ -65,8 +65,13 @@ def _missing_final_newline(path: Path) -> bool:
 
 def run_identity(reader: Benchmark, producer: dict | None = None) -> dict:
     """What ``run.json`` records: benchmark, data folder, split and (when given) the producer."""
+    import hashlib
+
+    h = hashlib.sha256()  # the questions themselves: a folder rebuilt with other questions is another run
+    for it in reader.items():
+        h.update(json.dumps([it.key, it.prompt, it.image_path and Path(it.image_path).name], ensure_ascii=False).encode())
     ident = {"benchmark": reader.name, "data_dir": str(reader.data_dir),
-             **({"split": reader.split} if hasattr(reader, "split") else {})}
+             **({"split": reader.split} if hasattr(reader, "split") else {}), "questions_sha256": h.hexdigest()}
     if producer is not None:
         ident["producer"] = json.loads(json.dumps(producer, default=str))  # as it reads back from JSON
     return ident
@@ -85,11 +90,14 @@ def _check_identity(out: Path, identity: dict) -> None:
             before = None
     if not isinstance(before, dict):
         raise CompactVLMError(f"{out} holds predictions but no readable {RUN} saying what produced them", fix)
-    base = {k: v for k, v in identity.items() if k != "producer"}
+    base = {k: v for k, v in identity.items() if k not in ("producer", "questions_sha256")}
     if {k: before.get(k) for k in base} != base:
         raise CompactVLMError(
             f"{out} holds predictions of another run ({before.get('benchmark')} on {before.get('data_dir')}"
             + (f", split {before.get('split')}" if before.get("split") else "") + ")", fix)
+    if before.get("questions_sha256", identity["questions_sha256"]) != identity["questions_sha256"]:  # older: absent
+        raise CompactVLMError(f"{out} holds predictions for other questions: the benchmark files in "
+                              f"{identity['data_dir']} changed since (rebuilt or edited)", fix)
     if "producer" not in identity:
         return
     old, new = before.get("producer"), identity["producer"]
