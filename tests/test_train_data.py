@@ -145,6 +145,9 @@ def test_feature_cache_same_loss_and_validity(data):
     assert check_cacheable(model) is None
     vis = tiny_vlm("vistog", tokens=4, grouping=True)
     assert "adds tokens" in check_cacheable(vis)
+    # declared on the compressor (via its mask source), not guessed: detector + SAM read the pixels
+    assert "reads the image" in check_cacheable(tiny_vlm("objects", mask_source="detector_sam"))
+    assert check_cacheable(tiny_vlm("objects")) is None
     for p in model.encoder.parameters():
         p.requires_grad_(True)
     assert "encoder is trained" in check_cacheable(model)

@@ -271,7 +271,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     t_eval = time.perf_counter() - t1
     first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
     extra = None
-    if getattr(model.compressor, "wants_given_masks", False):  # the `given` mask source: SceneQA's own masks
+    if model.compressor.wants_given_masks:  # the `given` mask source: SceneQA's own masks
         from .data.sceneqa.masks import object_masks
 
         s = model.processor.size

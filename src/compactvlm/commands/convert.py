@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("src", help="source checkpoint folder")
     p.add_argument("--from", dest="layout", required=True, choices=["llava-hf", "llava", "llava-stf"],
                    help="layout of SRC")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or a compact folder compactvlm wrote (replaced atomically); any "
+                        "other folder is refused")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="dtype of the written weights (auto: as stored in SRC)")
     p.add_argument("--vision-tower", default=None,
@@ -40,11 +41,22 @@ def run(args: argparse.Namespace) -> int:
     from ..interop import convert
     from ..model.checkpoint import CONFIG_NAME
 
+    from ..model.checkpoint import check_replaceable, clean_stale_writes
+
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
         raise CompactVLMError(f"source folder {src} not found", "pass the checkpoint folder as SRC")
-    if src.resolve() == out.resolve():
+    rs, ro = src.resolve(), out.resolve()
+    if rs == ro:
         raise CompactVLMError("--out is the source folder", "write the compact folder somewhere else")
+    if ro in rs.parents:
+        raise CompactVLMError(f"--out {out} is a parent folder of the source {src}; replacing it would delete the "
+                              "source", "write the compact folder somewhere else (a new folder beside the source)")
+    if rs in ro.parents:
+        raise CompactVLMError(f"--out {out} is inside the source folder {src}",
+                              "write the compact folder somewhere else (a new folder beside the source)")
+    check_replaceable(out, "--out")  # before the (slow) load: never replace what compactvlm did not write
+    clean_stale_writes(out.parent, [out.name])  # temp folders of a killed earlier convert into --out
     with torch.no_grad():
         path = convert(args.layout, src, out, dtype=args.dtype, vision_tower=args.vision_tower,
                        projector=args.projector, model_base=args.model_base)

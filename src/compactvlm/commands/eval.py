@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over instead of resuming (needed when --out holds another model's answers)")
     p.add_argument("--name", default=None, help="run name stored with the metrics (default: method + tokens)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--control", choices=["shuffled", "blank"], default=None,
@@ -34,12 +35,14 @@ def add_parser(sub) -> None:
 
 def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
     """EvalItems -> answers with the model; supplies SceneQA's object masks to mask sources that want them."""
+    from pathlib import Path
+
     from ..data.images import load_image
 
-    wants_masks = getattr(model.compressor, "wants_given_masks", False)
+    wants_masks = model.compressor.wants_given_masks
 
     def answer(items):
-        images = [load_image(it.image_path) for it in items]
+        images = [load_image(Path.cwd() / it.image_path, root=data_dir) for it in items]  # never outside --data
         extra = None
         if wants_masks:
             from ..data.sceneqa.masks import object_masks
@@ -55,20 +58,69 @@ def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..errors import CompactVLMError
-    from ..evaluate.harness import evaluate
-    from ._common import model_from_args
 
     if args.batch_size < 1:
         raise CompactVLMError(f"--batch-size must be >= 1, got {args.batch_size}", "use e.g. 8")
+    if args.threads is not None and args.threads < 1:
+        raise CompactVLMError(f"--threads must be >= 1, got {args.threads}", "leave it out for torch's default")
+    if args.max_new_tokens < 1:
+        raise CompactVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "use e.g. 12")
     if args.control and args.with_controls:
         raise CompactVLMError("--control and --with-controls exclude each other",
                               "use --with-controls for real + both controls, or --control NAME for one control run")
     if args.with_controls and args.benchmark not in ("sceneqa", "sceneqa-val"):
         raise CompactVLMError("--with-controls prints per-family CIs for SceneQA only",
                               "run the controls of other benchmarks one by one with --control shuffled|blank")
+    # the benchmark, its images and the output folder are checked before the (slow) model load
+    from ..evaluate.benchmarks.base import get_benchmark
+    from ..evaluate.harness import hold_run, run_identity
+
+    if args.device != "cpu":
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CompactVLMError(f"--device {args.device} but this torch has no usable CUDA GPU",
+                                  "use --device cpu (the default), or install a CUDA build of torch")
+    reader = get_benchmark(args.benchmark, args.data, **({"split": args.split} if args.split else {}))
+    items = reader.items()
+    reader.check_image_paths(items)
+    from ..data.llava import control_tokens
+
+    for it in items:
+        found = control_tokens(it.prompt)
+        if found or it.prompt.count("<image>") > 1:
+            raise CompactVLMError(f"question {it.question_id!r} of {args.data} contains control text "
+                                  f"{', '.join(found) or '<image> twice'}",
+                                  "remove chat-template markers from the benchmark's questions (they would be read "
+                                  "as turn markers, not text)")
+    producer = eval_producer(args)
+    with hold_run(args.out, run_identity(reader, producer, args.control), resume=not args.no_resume):
+        return _run(args, reader, producer)
+
+
+def eval_producer(args: argparse.Namespace) -> dict:
+    """What produces the answers, as run.json records it (a resume with another producer is refused)."""
+    from pathlib import Path
+
+    from ..errors import CompactVLMError
+    from ..model.manifest import folder_digest
+    from ._common import compressor_params
+
+    ck = args.checkpoint
+    if ck and not Path(ck).is_dir():
+        raise CompactVLMError(f"checkpoint folder not found: {ck}", "pass a folder written by `compactvlm train`")
+    return {"checkpoint_digest": folder_digest(ck) if ck else None, "encoder": args.encoder, "llm": args.llm,
+            "compressor": args.compressor, "compressor_params": compressor_params(args), "reduce": args.reduce,
+            "budget": args.budget, "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens}}
+
+
+def _run(args: argparse.Namespace, reader, producer: dict) -> int:
+    import torch
+
+    from ..evaluate.harness import evaluate
+    from ._common import model_from_args
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model = model_from_args(args, progress=not args.quiet)
@@ -79,16 +131,15 @@ def run(args: argparse.Namespace) -> int:
     run_info = {"name": args.name or f"{method}-{kept}", "method": method, "vision_tokens": tokens,
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}
-    kw = {"split": args.split} if args.split else {}
     if args.control:
         run_info["name"] += f"-control-{args.control}"
-    if (args.control or args.with_controls) and getattr(model.compressor, "wants_given_masks", False):
+    if (args.control or args.with_controls) and model.compressor.wants_given_masks:
         raise CompactVLMError("blind controls are not defined for a compressor that reads the given object masks "
                               "(the masks would still show where the objects are)", "evaluate it without a control")
     answer = make_answer_fn(model, args.data, args.max_new_tokens)
-    metrics = evaluate(args.benchmark, args.data, answer, args.out, batch_size=args.batch_size,
-                       resume=not args.no_resume, limit=args.limit, progress=not args.quiet, run_info=run_info,
-                       control=args.control, **kw)
+    metrics = evaluate(reader, args.data, answer, args.out, batch_size=args.batch_size, resume=not args.no_resume,
+                       limit=args.limit, progress=not args.quiet, run_info=run_info, producer=producer,
+                       control=args.control)
     from ..evaluate.report import results_table
 
     try:
@@ -97,11 +148,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=1))
     print(f"vision tokens: {tokens}  metrics: {args.out}/metrics.json")
     if args.with_controls:
-        print(blind_controls(args, answer, run_info, kw))
+        print(blind_controls(args, reader, answer, run_info, producer))
     return 0
 
 
-def blind_controls(args: argparse.Namespace, answer, run_info: dict, kw: dict) -> str:
+def blind_controls(args: argparse.Namespace, reader, answer, run_info: dict, producer: dict) -> str:
     """Run the shuffled and blank controls next to the finished real run and return the per-family table."""
     from pathlib import Path
 
@@ -112,16 +163,12 @@ def blind_controls(args: argparse.Namespace, answer, run_info: dict, kw: dict) -
     out = Path(args.out)
     preds = {}
     for c in ("shuffled", "blank"):
-        evaluate(args.benchmark, args.data, answer, out / f"control-{c}", batch_size=args.batch_size,
+        evaluate(reader, args.data, answer, out / f"control-{c}", batch_size=args.batch_size,
                  resume=not args.no_resume, limit=args.limit, progress=not args.quiet,
-                 run_info={**run_info, "name": run_info["name"] + f"-control-{c}"}, control=c, **kw)
+                 run_info={**run_info, "name": run_info["name"] + f"-control-{c}"}, producer=producer, control=c)
         preds[c] = load_predictions(out / f"control-{c}" / PREDICTIONS)
-    from ..evaluate.benchmarks.base import get_benchmark
-
-    reader = get_benchmark(args.benchmark, args.data, **kw)
     items = reader.items()[: args.limit] if args.limit else reader.items()
-    rows = [it.meta for it in items]
-    gap = blind_gap(rows, load_predictions(out / PREDICTIONS), preds)
+    gap = blind_gap([it.meta for it in items], load_predictions(out / PREDICTIONS), preds)
     write_json(out / "blind_gap.json", gap)
     return ("blind controls (real minus control; 95% CI: paired bootstrap over test images; the model sees on a "
             "family where real - shuffled is above 0)\n" + format_blind_table(gap) + f"\nwritten: {out}/blind_gap.json")

@@ -25,6 +25,16 @@ class Compressor(nn.Module):
     training_free: bool = False
     #: attention between image tokens and ``extra_tokens`` inside the encoder ("isolated" | "full").
     extra_attention: str = "isolated"
+    #: False for compressors that read the image itself (not only encoder features): training cannot cache
+    #: frozen-encoder features for them (``train.objective.check_cacheable``).
+    cacheable_features: bool = True
+
+    @property
+    def wants_given_masks(self) -> bool:
+        """True when the compressor reads per-image object masks supplied with the data (``extra_state['masks']``,
+        SceneQA's label maps), e.g. Mask-LLaVA's ``given`` mask source. Training loads them; blind controls
+        are refused (the masks would still show where the objects are)."""
+        return False
 
     def __init__(self, enc: EncoderInfo, llm_dim: int):
         super().__init__()

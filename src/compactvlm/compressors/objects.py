@@ -134,6 +134,11 @@ class ObjectTokens(Compressor):
         return self.num_fixed_tokens + self.max_objects
 
     @property
+    def cacheable_features(self) -> bool:  # type: ignore[override]
+        """A mask source that reads the pixels (detector + SAM) needs the image at every step."""
+        return not self.source.reads_pixels
+
+    @property
     def wants_given_masks(self) -> bool:
         """True when the masks come with the sample (``extra_state["masks"]``): callers must supply them."""
         return self.source.registry_name == "given"

@@ -32,10 +32,22 @@ from .images import ImageProcessor, load_image
 def read_llava_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a LLaVA JSON/JSONL file, with each record's structure checked."""
     p = Path(path)
+    if not p.exists() and p.is_symlink():
+        raise CompactVLMError(f"training data file {p} is a symlink to a missing place or a symlink loop "
+                              f"({os.readlink(p)})", "point it at the LLaVA-format JSON file, or use the file's real path")
     if not p.exists():
         raise CompactVLMError(f"training data file not found: {p}",
                               "pass a LLaVA-format JSON (e.g. from `compactvlm data build sceneqa --out DIR`)")
-    text = p.read_text(encoding="utf-8")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CompactVLMError(f"cannot read training data file {p}: {e.strerror or e}",
+                              "check the path (a symlink loop or a folder is not a data file)") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CompactVLMError(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                              "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in > out)") from None
     try:
         if p.suffix == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -71,6 +83,29 @@ def _check_conversation(conv: list, where: str) -> None:
     n_img = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in msgs)
     if n_img > 1:
         raise CompactVLMError(f"{where}: conversation has {n_img} <image> placeholders", "use at most one image per sample")
+    for k, m in enumerate(msgs):
+        if m["role"] == "assistant" and IMAGE_PLACEHOLDER in m["content"]:
+            raise CompactVLMError(f"{where}: turn {k} (an answer) contains the control text <image>",
+                                  "put <image> only in a human turn; write the word differently in answers")
+        found = control_tokens(m["content"])
+        if found:
+            raise CompactVLMError(f"{where}: turn {k} contains chat-template control text {', '.join(found)}",
+                                  "remove it from the data: the chat template adds the turn markers itself")
+
+
+#: chat-template control text that must not appear inside user text (it would be read as a turn marker)
+CONTROL_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|end_of_text|>",
+                   "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<s>", "</s>")
+
+
+def control_tokens(text: str) -> list[str]:
+    """The chat-template control markers (``<|im_start|>`` ...) found in ``text``; ``<image>`` is handled by the
+    callers (it is the placeholder, allowed once in a question)."""
+    import re
+
+    found = {m for m in CONTROL_MARKERS if m in text}
+    found |= set(re.findall(r"<\|[A-Za-z0-9_]+\|>", text))
+    return sorted(found)
 
 
 class LlavaDataset(Dataset):
@@ -129,15 +164,20 @@ class LlavaDataset(Dataset):
                     "<split>_scenes.jsonl), or use model.compressor_params.mask_source=unsupervised") from None
 
     def _check_images(self) -> None:
-        root = self.root.resolve()
+        """The image-root rule of ``images.resolve_in_root`` (the same for evaluation): relative paths inside
+        the root, symlinks inside it followed."""
+        from .images import resolve_in_root
+
+        root = Path(os.path.abspath(self.root))
         missing = []
         for r in self.records:
-            p = (root / r["image"]).resolve()
-            if root != p and root not in p.parents:
-                raise CompactVLMError(f"image path {r['image']!r} of record {r.get('id', '?')} escapes the image root {root}",
-                                      "image paths must be relative paths inside data.image_root")
-            if not p.is_file():
-                missing.append(r["image"])
+            try:
+                resolve_in_root(r["image"], root, where=f" of record {r.get('id', '?')}")
+            except CompactVLMError as e:
+                if e.problem.startswith("image file not found") and "symlink" not in e.problem:
+                    missing.append(r["image"])
+                    continue
+                raise CompactVLMError(f"{e.problem} (in {self.path})", e.fix) from None
         if missing:
             raise CompactVLMError(
                 f"{len(missing)} of {len(self.records)} images of {self.path} are missing under {root} "

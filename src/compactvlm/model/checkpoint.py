@@ -7,6 +7,11 @@ default when the key is absent), ``partial`` (only the weights that were trained
 config's LLM) or ``lora`` (peft adapter weights with their LoRA settings; loading merges them unless asked not
 to). ``encoder.safetensors`` (``encoder_weights.kind: partial``) appears only when encoder weights were trained.
 Training checkpoints add their optimiser/scheduler/RNG state through ``write_extra`` (see ``train.state``).
+
+Every folder written here carries the ``checkpoint`` marker (``model.manifest.MARKER_NAME``, written first into
+the temp folder). ``save_pretrained`` replaces an existing folder only when it is a checkpoint (marked, or an
+older folder with this format's ``compactvlm.json``) holding only the files its manifest lists; anything else
+is refused (``check_replaceable``). ``clean_stale_writes`` removes the marked temp folders a killed write left.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -26,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..config import from_dict
 from ..errors import CompactVLMError
 from .build import ModelConfig, build_model
-from .manifest import verify_manifest, write_manifest
+from .manifest import MANIFEST_NAME, MARKER_NAME, marker_kind, refuse_foreign, verify_manifest, write_manifest, write_marker
 
 CONFIG_NAME = "compactvlm.json"
 COMPRESSOR_WEIGHTS = "compressor.safetensors"
@@ -106,9 +112,11 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
     caller (sharded training: FSDP / DeepSpeed ZeRO-3), used instead of the modules' own tensors.
     """
     out = Path(out_dir)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        write_marker(tmp, "checkpoint")  # first: a killed write leaves a temp folder provably ours (cleaned later)
         cfg = dict(model.config_dict)
         cfg["compressor"] = model.compressor.registry_name
         cfg["compressor_params"] = dict(model.compressor.params)
@@ -135,7 +143,10 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
         write_manifest(tmp)  # last: sizes + SHA-256 of every file, checked on load
         if out.exists():
             old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            if old.exists():
+                if not _is_checkpoint(old):
+                    raise refuse_foreign(old, "checkpoint", "the output folder")
+                shutil.rmtree(old)
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -151,6 +162,82 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# files a checkpoint folder may hold (folders written before manifests and markers existed)
+_CHECKPOINT_NAMES = {CONFIG_NAME, COMPRESSOR_WEIGHTS, LLM_WEIGHTS, ENCODER_WEIGHTS, MANIFEST_NAME, MARKER_NAME,
+                     "preprocessor_config.json", "tokenizer", "encoder", "llm", "optimizer.safetensors",
+                     "training_state.json", "provenance.json"}
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    kind = marker_kind(folder)
+    if kind is not None:
+        return kind == "checkpoint"
+    try:  # written before markers existed: a compactvlm.json of this format
+        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and isinstance(meta.get("model"), dict)
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Files of a checkpoint folder that it did not write: not in its manifest (or, without a manifest, not
+    among the names a checkpoint has)."""
+    try:
+        listed = set(json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return sorted(p.name for p in folder.iterdir() if p.name not in _CHECKPOINT_NAMES)
+    listed |= {MANIFEST_NAME, MARKER_NAME}
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed)
+
+
+def check_replaceable(out: Path, option: str = "the output folder") -> None:
+    """Refuse to replace ``out`` unless it is missing, empty, or a compactvlm checkpoint holding only its own
+    files (a photo folder, a notes file, another model's folder are never deleted)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise CompactVLMError(f"{out} exists and is {'a symlink' if out.is_symlink() else 'a file'}, not a "
+                              "checkpoint folder; nothing was changed", f"choose a new folder for {option}")
+    if not any(out.iterdir()):
+        return
+    if not _is_checkpoint(out):
+        raise refuse_foreign(out, "checkpoint", option)
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise CompactVLMError(f"checkpoint {out} holds files compactvlm did not write ({shown}); replacing it "
+                              "would delete them, so nothing was changed",
+                              f"move those files out of {out}, or choose a new folder for {option}")
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>old|[a-z0-9_]{8})$")
+
+
+def clean_stale_writes(parent: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
+    """Remove the temp folders a killed ``save_pretrained`` left in ``parent`` (``.NAME.xxxxxxxx``, marked as
+    compactvlm checkpoints; only for ``names`` if given). A ``.NAME.old`` whose ``NAME`` is gone (killed between
+    the two renames) is the previous folder and is renamed back instead. Returns the folders removed."""
+    root = Path(parent)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for p in sorted(root.iterdir()):
+        m = _TEMP.match(p.name)
+        if not m or (names is not None and m["name"] not in names) or not p.is_dir() or p.is_symlink():
+            continue
+        empty = m["tag"] != "old" and not any(p.iterdir())  # killed before the marker: holds nothing
+        if not empty and marker_kind(p) != "checkpoint" and not (m["tag"] == "old" and _is_checkpoint(p)):
+            continue  # not provably ours: left alone
+        target = root / m["name"]
+        if m["tag"] == "old" and not target.exists():
+            os.replace(p, target)
+            continue
+        shutil.rmtree(p)
+        removed.append(p)
+    return removed
 
 
 def read_config(ckpt: str | os.PathLike) -> tuple[ModelConfig, dict]:

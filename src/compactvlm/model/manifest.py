@@ -87,6 +87,9 @@ def verify_manifest(folder: str | os.PathLike) -> bool:
         files = data["files"]
         if not isinstance(files, dict):
             raise TypeError("files is not a mapping")
+        for rel, want in files.items():
+            if not isinstance(want, dict) or not isinstance(want.get("size"), int) or not isinstance(want.get("sha256"), str):
+                raise TypeError(f"entry {rel!r} is not {{size, sha256}}")
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise _damaged(root, f"{MANIFEST_NAME} is unreadable ({e})") from None
     for rel, want in files.items():
@@ -101,3 +104,86 @@ def verify_manifest(folder: str | os.PathLike) -> bool:
         if digest != want["sha256"]:
             raise _damaged(root, f"file {rel} is corrupted (its SHA-256 does not match {MANIFEST_NAME})")
     return True
+
+
+# ---- ownership markers ---------------------------------------------------------------------------------
+#: the marker file every folder compactvlm creates carries: {"compactvlm_artifact": KIND, "version": N, ...}
+MARKER_NAME = ".compactvlm-artifact.json"
+MARKER_VERSION = 1
+ARTIFACT_KINDS = ("sceneqa-build", "checkpoint", "eval-run", "training-run")
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of ``folder`` (None when it has none or it is unreadable)."""
+    p = Path(folder) / MARKER_NAME
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("compactvlm_artifact") in ARTIFACT_KINDS else None
+
+
+def marker_kind(folder: str | os.PathLike) -> str | None:
+    m = read_marker(folder)
+    return m["compactvlm_artifact"] if m else None
+
+
+def write_marker(folder: str | os.PathLike, kind: str, **info) -> Path:
+    """Mark ``folder`` as a compactvlm ``kind`` artifact (commands replace or delete only what they marked)."""
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    from .. import __version__
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / MARKER_NAME
+    tmp = root / (MARKER_NAME + ".tmp")
+    tmp.write_text(json.dumps({"compactvlm_artifact": kind, "version": MARKER_VERSION, "compactvlm": __version__,
+                               **info}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+_KIND_WORDS = {"sceneqa-build": "a SceneQA build", "checkpoint": "a compactvlm checkpoint",
+               "eval-run": "an evaluation output folder", "training-run": "a training output folder"}
+
+
+def describe_kind(kind: str | None) -> str:
+    return _KIND_WORDS.get(kind or "", "no compactvlm artifact")
+
+
+def folder_listing(folder: Path, limit: int = 5) -> str:
+    """A few entries of ``folder`` for messages: 'a.jpg, notes/, ... (+3 more)'."""
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    except OSError:
+        return "?"
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def refuse_foreign(folder: Path, want: str, option: str, found: str | None = None) -> CompactVLMError:
+    """The error for a folder in the way that compactvlm cannot prove it wrote as a ``want`` artifact."""
+    kind = found if found is not None else marker_kind(folder)
+    what = (f"holds {describe_kind(kind)}, not {describe_kind(want)}" if kind
+            else f"is not empty and was not written by compactvlm as {describe_kind(want)} (no {MARKER_NAME})")
+    return CompactVLMError(
+        f"{folder} {what}; it holds {folder_listing(folder)}. Nothing was changed",
+        f"choose a new or empty folder for {option}: compactvlm only replaces folders it marked as its own")
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """A short identity of a model folder for records of what produced an output: the SHA-256 of its
+    ``manifest.json`` (which hashes every file), or, for a folder without one, of its file names, sizes and
+    modification times (cheap for multi-GB foreign checkpoints)."""
+    root = Path(folder)
+    mf = root / MANIFEST_NAME
+    h = hashlib.sha256()
+    if mf.is_file():
+        h.update(b"manifest\0" + mf.read_bytes())
+    else:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

@@ -128,6 +128,19 @@ class OptimConfig:
             raise CompactVLMError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}", "use 0.03")
         if self.epochs < 1 and self.max_steps < 1:
             raise CompactVLMError("optim.epochs and optim.max_steps are both < 1", "set optim.epochs=1 or optim.max_steps=N")
+        if not math.isfinite(self.lr):
+            raise CompactVLMError(f"optim.lr must be a finite number, got {self.lr}", "use e.g. 1e-3")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise CompactVLMError(f"optim.eps must be > 0, got {self.eps}", "use 1e-8 (AdamW's default)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise CompactVLMError(f"optim.weight_decay must be >= 0, got {self.weight_decay}",
+                                  "use 0 (the papers) or a small positive value such as 0.01")
+        if not math.isfinite(self.max_grad_norm):
+            raise CompactVLMError(f"optim.max_grad_norm must be a finite number, got {self.max_grad_norm}",
+                                  "use 1.0, or 0 for no clipping")
+        if self.epochs < 0 or self.max_steps < 0:
+            raise CompactVLMError(f"optim.epochs and optim.max_steps must be >= 0, got {self.epochs} and "
+                                  f"{self.max_steps}", "use e.g. optim.epochs=1 or optim.max_steps=100")
 
 
 @dataclass
@@ -156,6 +169,13 @@ class EvalConfig:
             raise CompactVLMError(f"eval.controls must be distinct entries of [shuffled, blank], got {self.controls}",
                                   "write e.g. eval.controls=[shuffled,blank] or eval.controls=[] to switch them off")
 
+    def validate(self) -> None:
+        if self.every_steps < 0:
+            raise CompactVLMError(f"eval.every_steps must be >= 0, got {self.every_steps}", "use 0 (start/end only) or N")
+        if self.per_device_batch_size is not None and self.per_device_batch_size < 1:
+            raise CompactVLMError(f"eval.per_device_batch_size must be >= 1 (or null), got {self.per_device_batch_size}",
+                                  "use e.g. 16, or null for optim.per_device_batch_size")
+
 
 @dataclass
 class LoggingConfig:
@@ -163,12 +183,22 @@ class LoggingConfig:
     progress: bool = True  # tqdm bar with loss / lr / tok/s
     tensorboard: bool = False  # needs the `tensorboard` package
 
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise CompactVLMError(f"logging.every_steps must be >= 1, got {self.every_steps}",
+                                  "use 1 to log every optimiser step, or N to log every N-th")
+
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0  # 0: only the final model
     keep_last: int = 2
     save_frozen: bool = False  # also store frozen LLM weights (default: only trainable parts)
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 0:
+            raise CompactVLMError(f"checkpoint.every_steps and checkpoint.keep_last must be >= 0, got "
+                                  f"{self.every_steps} and {self.keep_last}", "use e.g. every_steps=500 keep_last=2")
 
 
 @dataclass
@@ -190,18 +220,48 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads per process
     resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | never | path of a checkpoint
+    # config keys that may differ from the checkpoint a run resumes from (e.g. optim.lr after a NaN loss)
+    allow_config_change: list[str] | str | None = None
 
     def validate(self) -> None:
         if self.init.from_ is None and self.init.new_modules:
             raise CompactVLMError("init.new_modules is set but init.from is not", "set init.from to the stage-1 checkpoint")
+        if self.threads is not None and self.threads < 1:
+            raise CompactVLMError(f"threads must be >= 1 (or null), got {self.threads}", "use e.g. threads=4, or null")
+        if self.seed < 0:
+            raise CompactVLMError(f"seed must be >= 0, got {self.seed}", "use e.g. seed=0")
+        if not self.output_dir or not str(self.output_dir).strip():
+            raise CompactVLMError("output_dir is empty", "set output_dir=runs/NAME")
+        acc = self.allow_config_change
+        keys = [] if acc is None else [acc] if isinstance(acc, str) else list(acc)
+        keys = [k.strip() for part in keys for k in str(part).split(",") if k.strip()]
+        bad = [k for k in keys if not changeable_on_resume(k)]
+        if bad:
+            raise CompactVLMError(
+                f"allow_config_change: {', '.join(bad)} cannot change when a run resumes",
+                f"only {', '.join(CHANGEABLE_ON_RESUME)} and stage.modules.<name>.lr may differ from the checkpoint; "
+                "start a new run (new output_dir) for other changes")
+        self.allow_config_change = keys
 
     def warmup_steps(self, total_steps: int) -> int:
         return math.ceil(self.optim.warmup_ratio * total_steps)
 
 
+#: keys ``allow_config_change`` may name (a resumed run applies their new values to the optimiser)
+CHANGEABLE_ON_RESUME = ("optim.lr", "optim.eps", "optim.weight_decay", "optim.betas", "optim.max_grad_norm",
+                        "precision")
+
+
+def changeable_on_resume(key: str) -> bool:
+    parts = key.split(".")
+    return key in CHANGEABLE_ON_RESUME or (len(parts) == 4 and parts[:2] == ["stage", "modules"] and parts[3] == "lr")
+
+
+
+
 #: keys that may change between a checkpoint and its resumption
 RESUME_FREE_KEYS = ("resume", "output_dir", "logging", "threads", "device", "data.num_workers", "eval",
-                    "checkpoint.keep_last")
+                    "checkpoint.keep_last", "allow_config_change")
 
 
 def to_plain(cfg: TrainConfig) -> dict[str, Any]:

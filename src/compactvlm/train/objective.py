@@ -84,7 +84,7 @@ def check_cacheable(vlm: nn.Module) -> str | None:
     comp = vlm.compressor
     if comp.extra_tokens() is not None:
         return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
-    if not getattr(comp, "cacheable_features", True):
+    if not comp.cacheable_features:
         return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
     if getattr(vlm, "reduction", None) is not None:
         return "a test-time reduction is set"

@@ -8,7 +8,8 @@
         training_state.json      step, data position, param-group settings, scheduler, RNG of every process
 
 The folder is written to a temporary name and renamed into place, so a run killed while saving leaves the
-previous checkpoint intact and no half-written one. No pickle: tensors go through safetensors, the rest JSON.
+previous checkpoint intact and no half-written one (its hidden temp folder, ``.step-N.xxxxxxxx``, is removed
+when the run starts again). No pickle: tensors go through safetensors, the rest JSON.
 """
 
 from __future__ import annotations

@@ -116,6 +116,53 @@ class Trainer:
         return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                            gradient_accumulation_steps=self.grad_accum)
 
+    def _claim_output(self, create: bool = False) -> None:
+        """Make sure ``output_dir`` is ours (missing, empty, marked as a training run, or a run written before
+        markers existed), hold its lock (``.compactvlm.lock``: a second process fails at once) and remove the temp
+        folders of a checkpoint write that was killed. Without ``create`` a missing folder is left for later (a
+        run that fails its input checks creates nothing)."""
+        from filelock import FileLock, Timeout
+
+        from ..model.checkpoint import CONFIG_NAME, clean_stale_writes
+        from ..model.manifest import marker_kind, refuse_foreign, write_marker
+        from .state import CHECKPOINTS, list_checkpoints
+
+        out = self.out
+        if getattr(self, "_lock", None) is not None:
+            return
+        if out.exists() and not out.is_dir():
+            raise CompactVLMError(f"output_dir {out} is a file, not a folder; nothing was changed",
+                                  "set output_dir to a new folder (or a previous run's folder to resume it)")
+        if not out.exists() and not create:
+            return
+        if out.is_dir() and any(out.iterdir()):
+            kind = marker_kind(out)
+            legacy = kind is None and ((out / "train_config.yaml").is_file() or bool(list_checkpoints(out))
+                                       or (out / "final" / CONFIG_NAME).is_file())
+            if kind not in (None, "training-run") or (kind is None and not legacy):
+                raise refuse_foreign(out, "training-run", "output_dir", kind)
+            from ..model.checkpoint import check_replaceable
+
+            check_replaceable(out / "final", "output_dir")  # found now, not when the run ends
+        out.mkdir(parents=True, exist_ok=True)
+        if marker_kind(out) is None:
+            write_marker(out, "training-run")
+        lock = FileLock(str(out / ".compactvlm.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise CompactVLMError(f"another training process is writing to {out} (it holds {out / '.compactvlm.lock'})",
+                                  "wait for it to finish, or train into another output_dir") from None
+        self._lock = lock
+        for d in clean_stale_writes(out / CHECKPOINTS) + clean_stale_writes(out, ["final"]):
+            self.log_lines.append(f"removed {d.name}, left by a checkpoint write that was interrupted")
+
+    def _release_output(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
     def _resume_path(self) -> Path | None:
         from .state import latest_checkpoint, list_checkpoints
 
@@ -159,7 +206,7 @@ class Trainer:
         d = self.cfg.data
         common = dict(tokenizer=vlm.tokenizer, num_image_tokens=vlm.num_image_tokens(), processor=vlm.processor,
                       image_root=d.image_root, system_prompt=vlm.system_prompt, max_length=d.max_length,
-                      text_only=d.text_only, given_masks=bool(getattr(vlm.compressor, "wants_given_masks", False)))
+                      text_only=d.text_only, given_masks=vlm.compressor.wants_given_masks)
         train = LlavaDataset(d.train, max_samples=d.max_samples, **common)
         val = LlavaDataset(d.val, max_samples=d.max_val_samples, **common) if d.val else None
         return train, val
@@ -186,6 +233,8 @@ class Trainer:
             raise CompactVLMError(
                 f"resumable checkpoints are implemented for single-process and DDP runs, not {acc.distributed_type.value}",
                 "set checkpoint.every_steps=0 (the final model is still saved) or launch with a DDP accelerate config")
+        if self.main:
+            self._claim_output()  # a foreign folder is refused; a second run into it fails here, at once
         resume = self._resume_path()
         for key in ("train", "val"):  # before the (slow) model load
             f = getattr(cfg.data, key)
@@ -246,7 +295,7 @@ class Trainer:
         if self.main:
             import yaml
 
-            self.out.mkdir(parents=True, exist_ok=True)
+            self._claim_output(create=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
         for line in self.log_lines:
             self.logger.info(line)
@@ -264,17 +313,32 @@ class Trainer:
         from .state import join_optimizer_state, read_checkpoint_state, set_rng_state
 
         meta, state, tensors = read_checkpoint_state(path)
-        diff = config_differences(meta.get("train", {}), to_plain(self.cfg))
+        saved = meta.get("train", {})
+        diff = config_differences(saved, to_plain(self.cfg))
+        allowed = list(self.cfg.allow_config_change or [])
+        changed = [k for k in diff if k in allowed]
+        diff = [k for k in diff if k not in allowed]
         if diff:
+            from .config import changeable_on_resume
+
+            can = [k for k in diff if changeable_on_resume(k)]
             raise CompactVLMError(
                 f"checkpoint {path} was written with a different config ({', '.join(diff[:8])})",
-                "resume with the same config, or start a new run (new output_dir, or resume=never in an empty one)")
+                "resume with the same config, or start a new run (new output_dir, or resume=never in an empty one)"
+                + (f"; to resume with the new value on purpose add allow_config_change={','.join(can)}" if can else ""))
         if state["param_names"] != self.param_names:
             raise CompactVLMError(f"checkpoint {path} trains different parameters than this run",
                                   "resume with the stage it was written with")
         load_weights(self.vlm, path, merge_lora=False)
+        fresh = [dict(g) for g in self.optimizer.param_groups]  # this config's hyperparameters
         self.optimizer.load_state_dict(join_optimizer_state(tensors, state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
+        if changed:
+            self._apply_changed(changed, fresh)
+            flat_old = _flatten(saved)
+            flat_new = _flatten(to_plain(self.cfg))
+            self.log_lines.append("resumed with changed config (allow_config_change): " + ", ".join(
+                f"{k} {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed))
         self.step = int(state["step"])
         self.val_losses = [tuple(v) for v in state.get("metrics", {}).get("val_losses", [])]
         self.val_controls = [tuple(v) for v in state.get("metrics", {}).get("val_controls", [])]
@@ -283,6 +347,23 @@ class Trainer:
         if rank < len(rngs):
             set_rng_state(rngs[rank])
         self.log_lines.append(f"resumed from {path} at step {self.step}")
+
+    def _apply_changed(self, changed: list[str], fresh: list[dict]) -> None:
+        """Put this config's optimiser hyperparameters into the resumed optimiser and scheduler (learning rates:
+        the scheduler continues its schedule from the new base rates)."""
+        groups = self.optimizer.param_groups
+        if any(k.endswith(".lr") for k in changed):
+            bases = [f["lr"] for f in fresh]
+            self.scheduler.base_lrs = list(bases)
+            lambdas = getattr(self.scheduler, "lr_lambdas", None)
+            for i, g in enumerate(groups):
+                g["initial_lr"] = bases[i]
+                g["lr"] = bases[i] * (lambdas[i](self.scheduler.last_epoch) if lambdas else 1.0)
+            self.scheduler._last_lr = [g["lr"] for g in groups]
+        for key, field_ in (("optim.eps", "eps"), ("optim.weight_decay", "weight_decay"), ("optim.betas", "betas")):
+            if key in changed:
+                for g, f in zip(groups, fresh):
+                    g[field_] = f[field_]
 
     # ---- steps ---------------------------------------------------------------------------------------
     def _inputs(self, batch: dict, cache) -> dict:
@@ -485,7 +566,11 @@ class Trainer:
     def run(self) -> TrainResult:
         from ..data.llava import collate_llava
 
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self._release_output()
+            raise
         cfg = self.cfg
         try:
             if cfg.eval.at_start and self.step == 0:
@@ -508,8 +593,11 @@ class Trainer:
                     raise NonFiniteLoss(
                         f"loss or gradient became non-finite at step {self.step + 1} (loss {m['loss']}, grad norm "
                         f"{m['grad_norm']}); stopped without saving. Last good checkpoint: {good or 'none'}",
-                        "lower optim.lr, use precision=fp32 or a smaller optim.max_grad_norm, check the data; "
-                        "then resume=auto continues from the last good checkpoint")
+                        "lower the learning rate (or use precision=fp32, a smaller optim.max_grad_norm, check the "
+                        "data), then continue from the last good checkpoint with e.g. `optim.lr=NEW resume=auto "
+                        "allow_config_change=optim.lr`" if good else
+                        "lower optim.lr, use precision=fp32 or a smaller optim.max_grad_norm, check the data, and "
+                        "start again (no checkpoint was written yet: set checkpoint.every_steps to keep some)")
                 self.step += 1
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
@@ -544,3 +632,4 @@ class Trainer:
             return TrainResult(self.out, final, self.step, list(self.val_losses), last)
         finally:
             self.logger.close()
+            self._release_output()

@@ -32,6 +32,8 @@ class MaskSource:
     """Base class: ``__call__(feats, max_masks) -> list (length B) of bool (K_i, Hm, Wm)``."""
 
     registry_name: str = "?"
+    #: True when the source reads the image's pixels itself (not only encoder features)
+    reads_pixels: bool = False
 
     def feature_layers(self) -> list[int]:
         """Encoder blocks this source reads (merged into the compressor's ``feature_layers``)."""

@@ -75,6 +75,8 @@ def greedy_nms(boxes: torch.Tensor, iou: float, limit: int | None = None) -> tor
 
 @MASK_SOURCES.register("detector_sam")
 class DetectorSAMMasks(MaskSource):
+    reads_pixels = True  # the detector and SAM run on the image itself
+
     def __init__(self, detector_path: str | None = None, sam_path: str | None = None, detector=None, sam=None,
                  score_threshold: float = 0.3, nms_iou: float | None = 0.7, detector_size: int = 800,
                  detector_max_size: int = 1333, mask_threshold: float = 0.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CompactVLMError
+from ...model.manifest import MARKER_NAME, marker_kind, refuse_foreign, write_marker
 from . import sources
 from .questions import ASK, caption
 from .scene import Pool, render, sample_scene, scene_dict
@@ -100,14 +101,73 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+_OUR_IMAGE = re.compile(r"^\d{6}\.(jpg|png)$")
+
+
+def _legacy_build(out: Path) -> bool:
+    """A build written before markers existed: a SceneQA manifest and nothing but SceneQA's own files."""
+    try:
+        m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(m, dict) and m.get("name") == "sceneqa" and isinstance(m.get("files"), dict)
+            and "counts" in m):
+        return False
+    return not _foreign(out)
+
+
+def _foreign(out: Path) -> list[str]:
+    """Entries of ``out`` that a SceneQA build does not write (relative paths)."""
+    bad = []
+    for p in out.iterdir():
+        name = p.name
+        if name in (MARKER_NAME, MARKER_NAME + ".tmp") or (p.is_file() and (name in OUR_FILES or name.endswith(".tmp")
+                                                                           and name[:-4] in OUR_FILES)):
+            continue
+        if name in ("images", "masks") and p.is_dir() and not p.is_symlink():
+            for sp in p.iterdir():
+                if sp.name not in SPLITS or not sp.is_dir() or sp.is_symlink():
+                    bad.append(f"{name}/{sp.name}")
+                    continue
+                bad += [f"{name}/{sp.name}/{f.name}" for f in sp.iterdir()
+                        if not (_OUR_IMAGE.match(f.name) and f.is_file() and not f.is_symlink())]
+            continue
+        bad.append(name + ("/" if p.is_dir() else ""))
+    return sorted(bad)
+
+
 def _prepare(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        raise CompactVLMError(f"{out} is not empty and holds no SceneQA build",
-                              "choose a new or empty folder for --out (a previous SceneQA build is replaced)")
+    """Make ``out`` ready for a build: refuse anything that is not a SceneQA build (marked, or one written before
+    markers existed), then delete only SceneQA's own files (a killed build's half-written files included)."""
+    if out.exists() and not out.is_dir():
+        raise CompactVLMError(f"--out {out} is a file, not a folder", "choose a new or empty folder for --out")
+    if out.exists() and any(out.iterdir()):
+        kind = marker_kind(out)
+        if kind is not None and kind != "sceneqa-build":
+            raise refuse_foreign(out, "sceneqa-build", "--out", kind)
+        if kind is None and not _legacy_build(out):
+            raise refuse_foreign(out, "sceneqa-build", "--out")
+        foreign = _foreign(out)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+            raise CompactVLMError(
+                f"SceneQA build {out} also holds files SceneQA does not write ({shown}); nothing was changed",
+                "move those files out of the folder (a rebuild replaces only SceneQA's own files), or build into "
+                "a new folder")
+    write_marker(out, "sceneqa-build", state="building")
     for d in ("images", "masks"):
-        shutil.rmtree(out / d, ignore_errors=True)
+        for sp in SPLITS:
+            folder = out / d / sp
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    if _OUR_IMAGE.match(f.name):
+                        f.unlink()
+                folder.rmdir()
+        if (out / d).is_dir():
+            (out / d).rmdir()
     for f in OUR_FILES:
         (out / f).unlink(missing_ok=True)
+        (out / (f + ".tmp")).unlink(missing_ok=True)
 
 
 def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None,
@@ -130,7 +190,6 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
         raise CompactVLMError(f"turns must be >= 1, got {turns}", "use e.g. --turns 3")
     sizes = {k: int(sizes[k]) for k in SPLITS}
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     _prepare(out)
     for s in SPLITS:
         if sizes[s]:
@@ -163,6 +222,7 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
     manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
     manifest["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_text(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    write_marker(out, "sceneqa-build", state="complete", seed=seed)
     return manifest
 
 

@@ -54,16 +54,11 @@ class EvalItem:
 
     def load_image(self):
         """The image as an RGB PIL image."""
-        from PIL import Image
+        from ...data.images import load_image  # EXIF orientation, 16-bit/float modes, clear errors
 
         if not self.image_path:
             raise CompactVLMError(f"question {self.question_id!r} has no image", "skip text-only questions")
-        try:
-            with Image.open(self.image_path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise CompactVLMError(f"image not found: {self.image_path}",
-                                  "point --data at the benchmark folder with the images (see the reader's docstring)")
+        return load_image(self.image_path)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,8 +94,30 @@ class Benchmark:
     # -- shared ------------------------------------------------------------------------------------
     def items(self) -> list[EvalItem]:
         if self._items is None:
-            self._items = unique_ids(self.load_items())
+            try:
+                items = self.load_items()
+            except UnicodeDecodeError as e:
+                raise CompactVLMError(f"{self.name}: a file in {self.data_dir} is not UTF-8 text ({e.reason})", "re-save the benchmark files as UTF-8, or re-download them") from None
+            except (KeyError, TypeError, AttributeError, IndexError) as e:  # a row without a field the reader needs
+                what = f"missing {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+                raise CompactVLMError(
+                    f"{self.name}: the files in {self.data_dir} are incomplete or malformed ({what}; e.g. a question "
+                    "without its answer row, or a row without a field the benchmark needs)",
+                    "rebuild or re-download the benchmark folder so every question has its answer and every row "
+                    "its fields") from None
+            self._items = unique_ids(items)
         return self._items
+
+    def check_image_paths(self, items: Sequence[EvalItem]) -> None:
+        """The one image-root rule (``data.images.resolve_in_root``) for every item, before any model load:
+        images are read only from inside the data folder (or ``image_dir``); symlinks inside it are followed."""
+        from ...data.images import resolve_in_root
+
+        root = self.image_dir if self.image_dir is not None else self.data_dir
+        for it in items:
+            if it.image_path:
+                resolve_in_root(Path.cwd() / it.image_path, root, where=f" of question {it.question_id!r}")
+        return None
 
     def find(self, *candidates: str, what: str = "file") -> Path:
         """The first of ``candidates`` (relative to the data folder) that exists."""
@@ -155,22 +172,35 @@ def predictions_for(items: Sequence[EvalItem], predictions: Mapping[str, str] | 
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise CompactVLMError(f"{path}:{n} is not valid JSON ({e.msg})", "fix or re-download the file")
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise CompactVLMError(f"{path}:{n} is not valid JSON ({e.msg})", "fix or re-download the file")
     return rows
+
+
+def read_text(path: Path) -> str:
+    """A benchmark file as UTF-8 text, with a clear error for another encoding (or a folder / loop)."""
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise CompactVLMError(f"{path} is a folder, not a file", "lay the benchmark folder out as its reader expects") from None
+    except OSError as e:
+        raise CompactVLMError(f"cannot read {path}: {e.strerror or e}", "check the file and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CompactVLMError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+                              "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or re-download it") from None
 
 
 def read_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise CompactVLMError(f"{path} is not valid JSON ({e.msg})", "fix or re-download the file")
 
@@ -200,7 +230,16 @@ def get_benchmark(name: str, data_dir: str | Path, **kwargs: Any) -> Benchmark:
         close = difflib.get_close_matches(name, list(BENCHMARKS), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CompactVLMError(f"unknown benchmark {name!r}", f"{hint}available: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[name](data_dir=data_dir, **kwargs)
+    cls = BENCHMARKS[name]
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    bad = sorted(k for k in kwargs if k not in accepted)
+    if bad:
+        takes = sorted(n for n, c in BENCHMARKS.items() if all(k in inspect.signature(c.__init__).parameters for k in bad))
+        raise CompactVLMError(f"benchmark {name!r} has no {', '.join(bad)} option",
+                              f"leave it out (only {', '.join(takes) or 'no benchmark'} take it)")
+    return cls(data_dir=data_dir, **kwargs)
 
 
 def list_benchmarks() -> list[str]:
