@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/compactvlm demo
 
-# the lmms-eval plugin test, as its own step: lmms-eval's code (not its heavy dependencies: torchvision, wandb,
+# the lmms-eval plugin test and the scoring-rules check against lmms-eval's code, as their own step: lmms-eval's code (not its heavy dependencies: torchvision, wandb,
 # ...) in a side folder on PYTHONPATH, so the venv's torch stays as pinned
 LMMS_SITE := $(VENV)/lmms-eval-site
 $(LMMS_SITE)/.installed: $(VENV)/.installed
@@ -23,7 +23,7 @@ $(LMMS_SITE)/.installed: $(VENV)/.installed
 	touch $@
 
 test-lmms-eval: setup $(LMMS_SITE)/.installed
-	PYTHONPATH=$(LMMS_SITE) $(BIN)/python -m pytest -q tests/test_lmms_eval_plugin.py
+	PYTHONPATH=$(LMMS_SITE) $(BIN)/python -m pytest -q tests/test_lmms_eval_plugin.py tests/test_metric_references.py
 
 test: setup test-lmms-eval
 	$(BIN)/python -m pytest -q

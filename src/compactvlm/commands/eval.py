@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--name", default=None, help="run name stored with the metrics (default: method + tokens)")
+    p.add_argument("--rules", choices=("llava", "lmms-eval"), default="llava",
+                   help="scoring rules: llava (LLaVA's evaluation scripts, default) or lmms-eval (lmms-eval 0.7.3's "
+                        "tasks); recorded in metrics.json, see docs/metrics.md")
     p.add_argument("--quiet", action="store_true")
     from ._common import add_model_args
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}
     kw = {"split": args.split} if args.split else {}
+    kw["rules"] = args.rules
     metrics = evaluate(args.benchmark, args.data, make_answer_fn(model, args.data, args.max_new_tokens), args.out,
                        batch_size=args.batch_size, resume=not args.no_resume, limit=args.limit,
                        progress=not args.quiet, run_info=run_info, **kw)

@@ -2,7 +2,7 @@
 
 Rules ``llava`` (LLaVA's ``convert_gqa_for_eval.py`` + GQA's ``eval.py``): the (stripped) prediction with trailing
 periods removed, lower-cased, equals the answer. Rules ``lmms-eval`` (its ``gqa`` task: ``exact_match`` with
-``ignore_case`` and ``ignore_punctuation``): both lower-cased, every ASCII punctuation character deleted,
+``ignore_case`` and ``ignore_punctuation``): both lower-cased (numpy's one-to-one mapping), every ASCII punctuation character deleted,
 then compared as they are (inner and trailing spaces count).
 """
 
@@ -12,21 +12,28 @@ import string
 from collections import defaultdict
 from collections.abc import Sequence
 
+import numpy as np
+
 from .rules import check_rules
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
+def _lmms_clean(text: str) -> str:
+    # numpy's lower-casing, as lmms-eval's exact_match uses: one character for one ("İ" -> "i", not "i̇")
+    return str(np.char.lower(np.asarray(str(text)))).translate(_NO_PUNCTUATION)
+
+
 def gqa_clean(prediction: str, rules: str = "llava") -> str:
     """The prediction as the rule set compares it."""
     if check_rules(rules) == "lmms-eval":
-        return str(prediction).strip().lower().translate(_NO_PUNCTUATION)
+        return _lmms_clean(str(prediction).strip())
     return str(prediction).strip().rstrip(".").lower()
 
 
 def exact_match(prediction: str, answer: str, rules: str = "llava") -> bool:
     if check_rules(rules) == "lmms-eval":
-        return gqa_clean(prediction, rules) == str(answer).lower().translate(_NO_PUNCTUATION)
+        return gqa_clean(prediction, rules) == _lmms_clean(answer)
     return gqa_clean(prediction, rules) == str(answer).strip().lower()
 
 

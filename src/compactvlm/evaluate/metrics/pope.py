@@ -1,6 +1,6 @@
 """POPE: accuracy, precision, recall, F1 and yes-ratio of yes/no answers, in percent.
 
-Rules ``llava`` (LLaVA's ``eval_pope.py``): the answer's first sentence (up to the first ".") is read as "no"
+Rules ``llava`` (LLaVA's ``eval_pope.py``): the (stripped) answer's first sentence (up to the first ".") is read as "no"
 if, with commas removed and split on spaces, it contains the word ``No``, ``no`` or ``not``, and as "yes"
 otherwise (so ``NO`` and ``Nope`` are "yes"); a label is "no" iff it is exactly ``no``. The yes-ratio is the
 share of answers read as yes.
@@ -22,7 +22,7 @@ def pope_yes_no(text: str, rules: str = "llava") -> str:
     if check_rules(rules) == "lmms-eval":
         t = str(text).strip().lower()
         return t if t in ("yes", "no") else "other"
-    t = str(text)
+    t = str(text).strip()  # LLaVA's generation scripts strip what the model says
     if "." in t:
         t = t.split(".")[0]
     words = t.replace(",", "").split(" ")
