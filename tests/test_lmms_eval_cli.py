@@ -24,32 +24,11 @@ if not DEPS or not (Path(DEPS) / "datasets").is_dir():
 
 from compactvlm.evaluate.harness import evaluate  # noqa: E402
 from compactvlm.interop.lmms_eval_tasks import write_sceneqa_tasks  # noqa: E402
-from compactvlm.testing import random_images, tiny_vlm  # noqa: E402
+from compactvlm.testing import tiny_vlm  # noqa: E402
+from tiny_sceneqa import write_tiny_sceneqa  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-SHORT = "Answer the question using a single word or phrase."
-
-
-def _sceneqa(folder: Path) -> Path:
-    """A small SceneQA-format folder: existence (yes/no, two subsets) and counting (ten answers) questions."""
-    (folder / "images" / "test").mkdir(parents=True)
-    questions, answers = [], []
-    for i, img in enumerate(random_images(6, seed=21)):
-        path = f"images/test/{i:06d}.jpg"
-        img.save(folder / path)
-        fam = "existence" if i < 4 else "counting"
-        q = "Is there a shoe in the image?" if fam == "existence" else "How many circles are there in the image?"
-        ans = ("yes" if i % 2 else "no") if fam == "existence" else str(i)
-        qid = f"test-{i:06d}-0"
-        questions.append({"question_id": qid, "image": path, "text": f"{q}\n{SHORT}", "category": fam})
-        answers.append({"question_id": qid, "image": path, "family": fam, "question": q, "answer": ans,
-                        "subset": ("random" if i < 2 else "adversarial") if fam == "existence" else "counting",
-                        "answers": [ans] * (1 if fam == "existence" else 10),
-                        "metric": "pope" if fam == "existence" else "vqa_accuracy", "n_choices": 2})
-    for name, rows in (("test_questions.jsonl", questions), ("test_answers.jsonl", answers)):
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def _one_word_model():
@@ -73,7 +52,7 @@ def _one_word_model():
 def test_lmms_eval_cli_on_local_sceneqa_tasks(tmp_path):
     from compactvlm.data.images import load_image
 
-    data = _sceneqa(tmp_path / "sceneqa")
+    data = write_tiny_sceneqa(tmp_path / "sceneqa")
     tasks = write_sceneqa_tasks(data, tmp_path / "tasks", max_new_tokens=1)
     model = _one_word_model()
     folder = model.save_pretrained(tmp_path / "tiny")

@@ -106,3 +106,22 @@ def test_readers_score_and_record_their_rules():
     gqa = get_benchmark("gqa", FIX / "gqa", rules="lmms-eval")
     assert gqa.score(gqa.items(), {it.key: "x" for it in gqa.items()})["rules"] == "lmms-eval"
     assert get_benchmark("gqa", FIX / "gqa").rules == "llava"
+
+
+def test_eval_command_scores_with_the_chosen_rules(tmp_path):
+    import warnings
+
+    from compactvlm.cli import main
+    from compactvlm.testing import tiny_vlm
+    from tiny_sceneqa import write_tiny_sceneqa
+
+    data = write_tiny_sceneqa(tmp_path / "sceneqa")
+    ckpt = tiny_vlm("mlp2x_gelu", seed=7).save_pretrained(tmp_path / "tiny")
+    for rules in ("lmms-eval", "llava"):  # the second run rescores the saved answers (resume) with other rules
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["eval", "--benchmark", "sceneqa", "--data", str(data), "--checkpoint", str(ckpt),
+                         "--out", str(tmp_path / "ev"), "--max-new-tokens", "2", "--rules", rules, "--quiet"]) == 0
+        metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert metrics["rules"] == rules
+        assert ("all" in metrics["families"]["existence"]) == (rules == "lmms-eval")
