@@ -10,7 +10,7 @@ import sys
 
 from .errors import CompactVLMError
 
-ORDER = ["info", "ask", "data", "train", "eval", "bench", "study", "convert", "viz", "serve", "demo"]
+ORDER = ["info", "ask", "data", "train", "eval", "bench", "study", "convert", "export", "viz", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="llava/llava-stf: projector weights file (mm_projector.bin of the pretraining stage)")
     p.add_argument("--model-base", default=None,
                    help="llava/llava-stf: base LLM folder for a projector-only SRC (LLaVA's --model-base)")
+    p.add_argument("--tokenizer", default=None,
+                   help="folder with the LLM's tokenizer, for a SRC without tokenizer files (else: SRC, then "
+                        "--model-base; with none, the folder is written without a tokenizer and a warning)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
         raise CompactVLMError(f"source folder {src} not found", "pass the checkpoint folder as SRC")
+    if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
+        raise CompactVLMError(f"--tokenizer {args.tokenizer} is not a folder", "pass the folder of the LLM's tokenizer")
     rs, ro = src.resolve(), out.resolve()
     if rs == ro:
         raise CompactVLMError("--out is the source folder", "write the compact folder somewhere else")
@@ -59,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     clean_stale_writes(out.parent, [out.name])  # temp folders of a killed earlier convert into --out
     with torch.no_grad():
         path = convert(args.layout, src, out, dtype=args.dtype, vision_tower=args.vision_tower,
-                       projector=args.projector, model_base=args.model_base)
-    meta = json.loads((path / CONFIG_NAME).read_text())["model"]
-    print(f"wrote {path}: compressor {meta['compressor']} {meta['compressor_params']}, dtype {meta['dtype']}")
+                       projector=args.projector, model_base=args.model_base, tokenizer=args.tokenizer)
+    full = json.loads((path / CONFIG_NAME).read_text())
+    meta, origin = full["model"], full.get("converted_from", {})
+    print(f"wrote {path}: compressor {meta['compressor']} {meta['compressor_params']}, dtype {meta['dtype']}, "
+          f"image token id in input_ids: -200" + (f" or {origin['image_token_index']}"
+                                                  if origin.get("image_token_index") is not None else "")
+          + ("" if origin.get("has_tokenizer", True) else " (no tokenizer: forward on token ids only)"))
     return 0

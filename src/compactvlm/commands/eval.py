@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start over instead of resuming (needed when --out holds another model's answers)")
     p.add_argument("--name", default=None, help="run name stored with the metrics (default: method + tokens)")
+    p.add_argument("--rules", choices=("llava", "lmms-eval"), default="llava",
+                   help="scoring rules: llava (LLaVA's evaluation scripts, default) or lmms-eval (lmms-eval 0.7.3's "
+                        "tasks); recorded in metrics.json, see docs/metrics.md")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--control", choices=["shuffled", "blank"], default=None,
                    help="a blind control: answer every question with another question's image (shuffled: a fixed "
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise CompactVLMError(f"--device {args.device} but this torch has no usable CUDA GPU",
                                   "use --device cpu (the default), or install a CUDA build of torch")
-    reader = get_benchmark(args.benchmark, args.data, **({"split": args.split} if args.split else {}))
+    reader = get_benchmark(args.benchmark, args.data, rules=args.rules,
+                           **({"split": args.split} if args.split else {}))
     items = reader.items()
     reader.check_image_paths(items)
     from ..data.llava import control_tokens

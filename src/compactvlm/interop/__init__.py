@@ -1,11 +1,13 @@
 """Interoperability: read the checkpoints of other LLaVA code bases, write compact folders, plug into lmms-eval.
 
     compactvlm convert --from llava-hf|llava|llava-stf SRC --out DIR     # -> a self-contained compact folder
+    compactvlm export --to llava-hf COMPACT --out DIR                     # -> LlavaForConditionalGeneration
     model = load_model(path)          # a compact folder, or any of the three layouts read directly (detected)
 
 Layouts (one module each, documented there): ``llava-hf`` (transformers' LlavaForConditionalGeneration,
 ``llava_hf``), ``llava`` (the original LLaVA code's folders and ``mm_projector.bin``, ``llava_orig``) and
-``llava-stf`` (the LLaVA-STF fork, ``llava_stf``). The lmms-eval model plugin is ``lmms_eval_plugin``.
+``llava-stf`` (the LLaVA-STF fork, ``llava_stf``); ``export_llava_hf`` writes the other way. Image positions in
+``input_ids``: ``image_tokens``. The lmms-eval model plugin is ``lmms_eval_plugin``.
 """
 
 from __future__ import annotations
@@ -54,24 +56,36 @@ def read(layout: str, src, **kwargs):
 
 
 def load_model(path, layout: str | None = None, dtype: str | None = None, vision_tower=None, projector=None,
-               model_base=None, progress: bool = False, **kwargs):
+               model_base=None, progress: bool = False, tokenizer=None, **kwargs):
     """Load any supported folder: compact folders through ``load_pretrained`` (``kwargs``: its options), the
-    LLaVA layouts converted in memory (``vision_tower`` / ``projector`` / ``model_base``: see ``llava_orig``)."""
+    LLaVA layouts converted in memory (``vision_tower`` / ``projector`` / ``model_base`` / ``tokenizer``: see
+    ``llava_orig``). Folders of (or converted from) llava-hf / LLaVA accept their image token in ``input_ids``
+    (``image_tokens``)."""
     layout = layout or detect_layout(path)
     if layout == "compactvlm":
-        from ..model.checkpoint import load_pretrained
+        from ..model.checkpoint import CONFIG_NAME, load_pretrained
+        from . import common
+        from .image_tokens import accept_image_token
 
         if dtype is not None:
             kwargs["dtype"] = dtype
-        return load_pretrained(path, progress=progress, **kwargs)
+        if tokenizer is not None:
+            raise CompactVLMError("tokenizer= applies to llava-hf / LLaVA folders only",
+                                  "a compact folder uses its own tokenizer/ (re-convert with --tokenizer to change it)")
+        model = load_pretrained(path, progress=progress, **kwargs)
+        origin = common.read_json(Path(path) / CONFIG_NAME).get("converted_from") or {}
+        if "image_token_index" in origin:
+            accept_image_token(model, origin["image_token_index"])
+        return model
     if kwargs:
         raise CompactVLMError(f"options {sorted(kwargs)} apply to compact folders only",
                               f"convert the {layout} folder first (compactvlm convert) to use them")
-    return read(layout, path, dtype=dtype, vision_tower=vision_tower, projector=projector, model_base=model_base)
+    return read(layout, path, dtype=dtype, vision_tower=vision_tower, projector=projector, model_base=model_base,
+                tokenizer=tokenizer)
 
 
 def convert(layout: str, src, out, dtype: str | None = "auto", vision_tower=None, projector=None,
-            model_base=None) -> Path:
+            model_base=None, tokenizer=None) -> Path:
     """Write ``src`` (a ``layout`` folder) as a self-contained compact folder ``out``; ``dtype="auto"`` keeps the
     dtype the source stores its weights in."""
     from ..model.checkpoint import save_pretrained
@@ -81,9 +95,13 @@ def convert(layout: str, src, out, dtype: str | None = "auto", vision_tower=None
     src = Path(src)
     stored = mod.stored_dtype(src)
     dt = stored if dtype in (None, "auto") else common.dtype_name(dtype)
-    model = mod.read(src, dtype=dt, vision_tower=vision_tower, projector=projector, model_base=model_base)
+    model = mod.read(src, dtype=dt, vision_tower=vision_tower, projector=projector, model_base=model_base,
+                     tokenizer=tokenizer)
     extra = {"converted_from": {"layout": layout, "source": str(src.resolve()), "source_dtype": stored,
                                 "vision_tower": str(vision_tower) if vision_tower else None,
                                 "projector": str(projector) if projector else None,
-                                "model_base": str(model_base) if model_base else None}}
+                                "model_base": str(model_base) if model_base else None,
+                                "tokenizer": str(tokenizer) if tokenizer else None,
+                                "has_tokenizer": model.tokenizer is not None,
+                                "image_token_index": getattr(model, "image_token_index", None)}}
     return save_pretrained(model, out, extra=extra, embed=True)

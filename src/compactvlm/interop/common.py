@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -194,14 +195,41 @@ def build_vision(vision_config, sd: dict[str, torch.Tensor], source: str, attn: 
     return vision.eval()
 
 
+#: files of which at least one is in a folder that holds a tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+def has_tokenizer(folder) -> bool:
+    return folder is not None and any((Path(folder) / n).is_file() for n in TOKENIZER_FILES)
+
+
+def pick_tokenizer(explicit, candidates: Iterable, source: str, chat_template: str | None = LLAVA_V1_TEMPLATE):
+    """The tokenizer of ``explicit`` (``--tokenizer``: it must hold one), else of the first candidate folder that
+    holds tokenizer files (the checkpoint, then e.g. its base LLM folder); with none, a warning and ``None``: the
+    model then runs on token ids (``forward``) but cannot build prompts or generate."""
+    if explicit is not None:
+        if not has_tokenizer(explicit):
+            raise CompactVLMError(f"--tokenizer {explicit} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})",
+                                  "pass the folder of the LLM's tokenizer (e.g. the base LLM's folder)")
+        return load_tokenizer(Path(explicit), chat_template)
+    for folder in candidates:
+        if has_tokenizer(folder):
+            return load_tokenizer(Path(folder), chat_template)
+    warnings.warn(f"{source} has no tokenizer files: the model is read without a tokenizer (forward on token ids "
+                  "works; prompts, generation, ask and eval need one). Pass --tokenizer DIR (tokenizer= in Python) "
+                  "with the LLM's tokenizer to include it.", stacklevel=3)
+    return None
+
+
 def load_tokenizer(folder: Path, chat_template: str | None = LLAVA_V1_TEMPLATE):
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise CompactVLMError(f"no usable tokenizer in {folder}: {str(e).splitlines()[0]}",
-                              "the checkpoint folder must hold the tokenizer files it was trained with") from None
+    except (OSError, ValueError, TypeError) as e:
+        detail = " ".join(str(e).split())  # the whole message on one line (transformers' spans several)
+        raise CompactVLMError(f"no usable tokenizer in {folder}: {detail}",
+                              "pass a folder with complete tokenizer files (--tokenizer DIR)") from None
     if chat_template:
         tok.chat_template = chat_template
     if tok.pad_token_id is None:

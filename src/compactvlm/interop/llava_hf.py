@@ -2,7 +2,12 @@
 
 Source folder: ``config.json`` (``model_type: llava``, ``vision_config`` a CLIP vision config,
 ``text_config``, ``vision_feature_layer``, ``vision_feature_select_strategy``, ``projector_hidden_act``),
-``model*.safetensors`` (or ``pytorch_model*.bin``), tokenizer files, ``preprocessor_config.json``.
+``model*.safetensors`` (or ``pytorch_model*.bin``), ``preprocessor_config.json``, tokenizer files (optional:
+without them, and without ``tokenizer=``, the model is read with a warning and no tokenizer).
+
+Image token: ``image_token_index`` (``image_token_id``) of config.json is accepted in ``input_ids`` in place of
+compactvlm's -200 (``interop.image_tokens``), as a llava-hf processor writes it (one per vision token) or once
+per image.
 
 Weight names, three spellings (the hub's, transformers >= 4.52's in-memory one, and transformers 5's save):
     language_model.model.X  | model.language_model.X         -> LLM  model.X
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from . import common
+from .image_tokens import accept_image_token
 
 LAYOUT = "llava-hf"
 
@@ -50,7 +56,7 @@ def split_keys(sd: dict) -> tuple[dict, dict, dict]:
     return vision, proj, llm
 
 
-def read(src, dtype: str | None = None, vision_tower: str | None = None, **_):
+def read(src, dtype: str | None = None, vision_tower: str | None = None, tokenizer=None, **_):
     """The llava-hf folder ``src`` as an in-memory CompactVLM (``dtype`` None: float32)."""
     from transformers import AutoConfig
 
@@ -84,10 +90,12 @@ def read(src, dtype: str | None = None, vision_tower: str | None = None, **_):
     vision = common.build_vision(vcfg, vision_sd, source)
     llm = common.build_llm(cfg.text_config, llm_sd, dtype, source)
     comp_sd = {"proj." + k: v for k, v in proj_sd.items()}
-    tok = common.load_tokenizer(src)
+    tok = common.pick_tokenizer(tokenizer, [src], source)
     mean, std = common.processor_stats(src)
-    return common.assemble(vision, int(vcfg.image_size), mean, std, "mlp2x_gelu", {"layer": int(layer)},
-                           comp_sd, llm, tok, dtype, source, names=(str(src), str(src)))
+    model = common.assemble(vision, int(vcfg.image_size), mean, std, "mlp2x_gelu", {"layer": int(layer)},
+                            comp_sd, llm, tok, dtype, source, names=(str(src), str(src)))
+    index = raw.get("image_token_index", raw.get("image_token_id"))
+    return accept_image_token(model, int(index) if index is not None else None)
 
 
 def stored_dtype(src) -> str:

@@ -11,7 +11,10 @@ Source folder ``SRC`` (what LLaVA's training scripts write):
   (Linear D -> D; index 1 is the GELU), inside the LLM shards (finetuned model) or in ``mm_projector.bin``
   (pretraining stage; ``projector=`` names another file). A projector-only folder takes its LLM from
   ``model_base=`` (LLaVA's ``--model-base``, e.g. a Vicuna folder);
-- tokenizer files (in ``SRC``, else in ``model_base``).
+- tokenizer files (``tokenizer=`` / ``--tokenizer`` when given, else in ``SRC``, else in ``model_base``; with none,
+  the model is read without a tokenizer and a warning).
+Image positions: LLaVA's ``input_ids`` hold -200 once per image (``tokenizer_image_token``); that, and config.json's
+``image_token_index`` or the tokenizer's ``<image>`` token when there is one, are accepted (``interop.image_tokens``).
 Vision-tower weights saved in the shards (``model.vision_tower.vision_tower.*``) are used when present; the
 tower's config (and, otherwise, its weights) come from ``mm_vision_tower`` when that is a local folder, or from
 ``vision_tower=`` (a local CLIP folder; nothing is downloaded).
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from . import common
+from .image_tokens import accept_image_token
 
 LAYOUT = "llava"
 REQUIRED = ("mm_vision_tower", "mm_projector_type", "mm_vision_select_layer")
@@ -141,7 +145,7 @@ def _read_any(path: Path) -> dict:
     return common.read_weights([path])
 
 
-def vision_and_llm(parts: LlavaParts, dtype: str, source: str):
+def vision_and_llm(parts: LlavaParts, dtype: str, source: str, tokenizer=None, model_base=None):
     """(vision model, image size, mean, std, llm, tokenizer) of an original-LLaVA-style checkpoint."""
     from ..model.build import load_vision_model
 
@@ -154,11 +158,11 @@ def vision_and_llm(parts: LlavaParts, dtype: str, source: str):
                           "vision tower", source)
     mean, std = common.processor_stats(parts.tower_dir)
     llm = common.build_llm(parts.llm_config, parts.llm_sd, dtype, source)
-    tok = common.load_tokenizer(parts.tokenizer_dir)
+    tok = common.pick_tokenizer(tokenizer, [parts.tokenizer_dir, model_base], source)
     return vision.eval(), int(vision.config.image_size), mean, std, llm, tok
 
 
-def read(src, dtype: str | None = None, projector=None, vision_tower=None, model_base=None, **_):
+def read(src, dtype: str | None = None, projector=None, vision_tower=None, model_base=None, tokenizer=None, **_):
     """The original-LLaVA folder ``src`` as an in-memory CompactVLM (``dtype`` None: float32)."""
     src = Path(src)
     dtype = common.dtype_name(dtype)
@@ -170,7 +174,7 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
         raise CompactVLMError(f"mm_projector_type={ptype!r} is not supported",
                               "convert a LLaVA-1.5 checkpoint (mm_projector_type mlp2x_gelu)")
     source = f"{src} ({LAYOUT})"
-    vision, size, mean, std, llm, tok = vision_and_llm(parts, dtype, source)
+    vision, size, mean, std, llm, tok = vision_and_llm(parts, dtype, source, tokenizer, model_base)
     p = parts.projector
     extra = sorted(set(p) - {f"mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")})
     if extra:
@@ -178,8 +182,19 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
                               "mlp2x_gelu has mm_projector.0 and mm_projector.2 only")
     comp_sd = {f"proj.linear_{j}.{w}": p[f"mm_projector.{i}.{w}"]
                for i, j in ((0, 1), (2, 2)) for w in ("weight", "bias") if f"mm_projector.{i}.{w}" in p}
-    return common.assemble(vision, size, mean, std, "mlp2x_gelu", {"layer": int(parts.raw["mm_vision_select_layer"])},
-                           comp_sd, llm, tok, dtype, source, names=(str(parts.tower_dir), str(src)))
+    model = common.assemble(vision, size, mean, std, "mlp2x_gelu", {"layer": int(parts.raw["mm_vision_select_layer"])},
+                            comp_sd, llm, tok, dtype, source, names=(str(parts.tower_dir), str(src)))
+    return accept_image_token(model, llava_image_token(parts.raw, tok))
+
+
+def llava_image_token(raw: dict, tokenizer) -> int | None:
+    """The id an original-LLaVA folder may use for ``<image>`` besides LLaVA's -200: config.json's
+    ``image_token_index``, else the tokenizer's ``<image>`` token when it has one."""
+    if raw.get("image_token_index") is not None:
+        return int(raw["image_token_index"])
+    if tokenizer is not None and "<image>" in tokenizer.get_vocab():
+        return int(tokenizer.convert_tokens_to_ids("<image>"))
+    return None
 
 
 def stored_dtype(src) -> str:

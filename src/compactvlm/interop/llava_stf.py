@@ -40,7 +40,8 @@ import torch
 
 from ..errors import CompactVLMError
 from . import common
-from .llava_orig import read_parts, stored_dtype, vision_and_llm  # noqa: F401  (stored_dtype re-exported)
+from .image_tokens import accept_image_token
+from .llava_orig import llava_image_token, read_parts, stored_dtype, vision_and_llm  # noqa: F401  (stored_dtype re-exported)
 
 LAYOUT = "llava-stf"
 FIXED_BLOCKS = (21, 18, 15, 12, 9, 6, 3)
@@ -68,7 +69,7 @@ def compressor_params(select_layer: int, channels: int, hidden: int, mbtf_hidden
             "act_last": False, "hidden": int(hidden), "mbtf_hidden": int(mbtf_hidden)}
 
 
-def read(src, dtype: str | None = None, projector=None, vision_tower=None, model_base=None, **_):
+def read(src, dtype: str | None = None, projector=None, vision_tower=None, model_base=None, tokenizer=None, **_):
     """The LLaVA-STF folder ``src`` as an in-memory CompactVLM (``dtype`` None: float32)."""
     src = Path(src)
     dtype = common.dtype_name(dtype)
@@ -83,7 +84,7 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
                                       f"unexpected {unknown[:4]}" if unknown else ""])),
             "LLaVA-STF has mm_projector_crosslayer.{0,2} and mm_projector.{0,2}; for plain LLaVA use --from llava")
     source = f"{src} ({LAYOUT})"
-    vision, size, mean, std, llm, tok = vision_and_llm(parts, dtype, source)
+    vision, size, mean, std, llm, tok = vision_and_llm(parts, dtype, source, tokenizer, model_base)
     c = int(vision.config.hidden_size)
     blocks = int(vision.config.num_hidden_layers)
     if blocks < max(FIXED_BLOCKS):
@@ -97,5 +98,6 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
     comp_sd["conv2.weight"] = stf_columns_to_ours(p["mm_projector.0.weight"], c)
     params = compressor_params(parts.raw["mm_vision_select_layer"], c, hidden=p["mm_projector.0.weight"].shape[0],
                                mbtf_hidden=cl0.shape[0])
-    return common.assemble(vision, size, mean, std, "stf", params, comp_sd, llm, tok, dtype, source,
-                           names=(str(parts.tower_dir), str(src)))
+    model = common.assemble(vision, size, mean, std, "stf", params, comp_sd, llm, tok, dtype, source,
+                            names=(str(parts.tower_dir), str(src)))
+    return accept_image_token(model, llava_image_token(parts.raw, tok))

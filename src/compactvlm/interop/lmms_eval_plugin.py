@@ -9,6 +9,8 @@ callable returning a ``ModelManifest`` is one of the payloads it accepts. The cl
     pip install -e ".[lmms-eval]"
     lmms-eval --model compactvlm --model_args pretrained=DIR,budget=64,reduce=avgpool --tasks mme --batch_size 8
 
+SceneQA as local lmms-eval tasks (no hub): ``interop.lmms_eval_tasks.write_sceneqa_tasks`` (``--include_path``).
+
 Model arguments (``--model_args k=v,...``):
     pretrained      a compact folder, or a llava-hf / LLaVA / LLaVA-STF folder read directly (``interop.load_model``)
     budget, reduce  test-time token budget: the compressor's own (``objects``), or a training-free reduction

@@ -117,7 +117,14 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation:
                 f"use {DEFAULT_LLM!r} or the path of a downloaded HF causal-LM checkpoint",
             )
     check_model_folder(Path(path), "LLM")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tok = None  # a folder converted without a tokenizer (compactvlm convert warned): forward on token ids only
+    if any((Path(path) / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                               "vocab.json", "spiece.model")):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    else:
+        import warnings
+
+        warnings.warn(f"LLM folder {path} has no tokenizer: the model runs on token ids only", stacklevel=2)
     llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
                                                use_safetensors=True, trust_remote_code=False)
     return llm, tok

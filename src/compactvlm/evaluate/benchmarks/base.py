@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CompactVLMError
+from ..metrics.rules import DEFAULT_RULES, check_rules
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -70,6 +71,7 @@ class Benchmark:
 
     name: str = ""
     headline: str | None = None
+    rules: str = DEFAULT_RULES  # the scoring rule set (metrics.rules); get_benchmark(..., rules=) sets it
 
     def __init__(self, data_dir: str | Path, image_dir: str | Path | None = None):
         self.data_dir = Path(data_dir).expanduser()
@@ -231,6 +233,7 @@ def get_benchmark(name: str, data_dir: str | Path, **kwargs: Any) -> Benchmark:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CompactVLMError(f"unknown benchmark {name!r}", f"{hint}available: {', '.join(sorted(BENCHMARKS))}")
     cls = BENCHMARKS[name]
+    rules = check_rules(kwargs.pop("rules", None))
     import inspect
 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -239,7 +242,9 @@ def get_benchmark(name: str, data_dir: str | Path, **kwargs: Any) -> Benchmark:
         takes = sorted(n for n, c in BENCHMARKS.items() if all(k in inspect.signature(c.__init__).parameters for k in bad))
         raise CompactVLMError(f"benchmark {name!r} has no {', '.join(bad)} option",
                               f"leave it out (only {', '.join(takes) or 'no benchmark'} take it)")
-    return cls(data_dir=data_dir, **kwargs)
+    reader = cls(data_dir=data_dir, **kwargs)
+    reader.rules = rules
+    return reader
 
 
 def list_benchmarks() -> list[str]:
@@ -249,8 +254,11 @@ def list_benchmarks() -> list[str]:
     return sorted(BENCHMARKS)
 
 
-def with_headline(name: str | None, metrics: dict) -> dict:
-    """Add ``headline`` / ``headline_metric`` (the number tables and PRT use) to a score dict."""
+def with_headline(name: str | None, metrics: dict, rules: str | None = None) -> dict:
+    """Add ``headline`` / ``headline_metric`` (the number tables and PRT use) and the scoring ``rules`` to a
+    score dict."""
+    if rules is not None:
+        metrics["rules"] = rules
     metrics["headline_metric"] = name
     metrics["headline"] = _dig(metrics, name) if name else None
     return metrics

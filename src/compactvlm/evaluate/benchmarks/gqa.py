@@ -4,7 +4,8 @@
     gqa/data/testdev_balanced_questions.json      {qid: {"answer", "imageId", "question", "types", ...}}
     gqa/data/images/<imageId>.jpg
 
-Metric: exact match after LLaVA's conversion (trailing "." stripped, lower case); accuracy per
+Metric: exact match after LLaVA's conversion (trailing "." stripped, lower case; rules ``lmms-eval``: case and
+punctuation ignored, see ``metrics.gqa``); accuracy per
 structural type when the answers carry ``types``. ``export`` writes GQA's own predictions file.
 """
 
@@ -46,12 +47,12 @@ class GQA(Benchmark):
         preds, missing = predictions_for(items, predictions)
         have = [i for i, it in enumerate(items) if it.answers]
         groups = [items[i].meta.get("structural") or "all" for i in have]
-        out = gqa_score([preds[i] for i in have], [items[i].answers[0] for i in have], groups)
+        out = gqa_score([preds[i] for i in have], [items[i].answers[0] for i in have], groups, rules=self.rules)
         out["missing"] = missing
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)
 
     def export(self, items, predictions, out_dir: Path) -> list[Path]:
         preds, _ = predictions_for(items, predictions)
-        rows = [{"questionId": str(it.meta.get("original_question_id", it.question_id)), "prediction": gqa_clean(p)}
+        rows = [{"questionId": str(it.meta.get("original_question_id", it.question_id)), "prediction": gqa_clean(p, self.rules)}
                 for it, p in zip(items, preds)]
         return [write_json(Path(out_dir) / "testdev_balanced_predictions.json", rows)]

@@ -7,7 +7,7 @@ Like LLaVA's ``--all-rounds``, every question is asked once per circular shift o
 (question id ``index + shift * 1_000_000``, MMBench's convention); a TSV that already holds shifted
 copies (indices >= 1e6) is read as it is. Images are decoded once into ``<tsv stem>_images/``.
 Metric: CircularEval (headline) and first-pass accuracy, per category too, with option extraction
-from free text.
+from free text (``metrics.choice.mmbench_option``, by the rule set).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ...errors import CompactVLMError
-from ..metrics.choice import LETTERS, circular_accuracy, extract_option
+from ..metrics.choice import LETTERS, circular_accuracy, mmbench_option
 from .base import LETTER_ANSWER, Benchmark, EvalItem, predictions_for, register, with_headline
 
 CN_ANSWER = "请直接回答选项字母。"
@@ -93,12 +93,12 @@ class MMBench(Benchmark):
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
         have = [i for i, it in enumerate(items) if it.answers]
-        picked = [extract_option(preds[i], items[i].meta["options"]) for i in have]
+        picked = [mmbench_option(preds[i], items[i].meta["options"], self.rules) for i in have]
         out = circular_accuracy(picked, [items[i].answers[0] for i in have], [items[i].meta["group"] for i in have],
                                 [items[i].category for i in have])
         out["unparsed"] = sum(p is None for p in picked)
         out["missing"] = missing
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)
 
 
 @register("mmbench_cn")

@@ -62,9 +62,9 @@ class MME(Benchmark):
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
         out = mme_score(preds, [it.answers[0] for it in items], [it.category for it in items],
-                        [it.meta["image_key"] for it in items])
+                        [it.meta["image_key"] for it in items], rules=self.rules)
         out["missing"] = missing
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)
 
 
 NOT_CATEGORIES = {"answers", "eval_tool", "answers_upload", "images", "questions_answers_YN"}

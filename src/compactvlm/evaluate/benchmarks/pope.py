@@ -6,7 +6,7 @@
 
 Labels are matched to questions by (split, image, question text); where that fails, by position within
 the split, as LLaVA's ``eval_pope.py`` does. Metric: accuracy / precision / recall / F1 / yes-ratio per
-split with LLaVA's yes/no reading; headline: F1 averaged over the splits (what LLaVA papers report).
+split with LLaVA's yes/no reading (or lmms-eval's: ``metrics.pope``); headline: F1 averaged over the splits (what LLaVA papers report).
 """
 
 from __future__ import annotations
@@ -60,6 +60,6 @@ class POPE(Benchmark):
         preds, missing = predictions_for(items, predictions)
         have = [i for i, it in enumerate(items) if it.answers]
         out = pope_score([preds[i] for i in have], [items[i].answers[0] for i in have],
-                         [items[i].category for i in have])
+                         [items[i].category for i in have], rules=self.rules)
         out["missing"] = missing
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..metrics.choice import circular_accuracy, extract_option, option_accuracy
+from ..metrics.choice import circular_accuracy, mmbench_option, option_accuracy
 from ..metrics.gqa import gqa_score
 from ..metrics.mme import mme_score
 from ..metrics.pope import pope_score
@@ -29,28 +29,31 @@ FAMILY_HEADLINE = {"existence": "mean_accuracy", "counting": "accuracy", "attrib
                    "unanswerable": "accuracy"}
 
 
-def score_family(family: str, rows: Sequence[dict], preds: Sequence[str]) -> dict:
-    """Score one family; ``rows`` are answer records (``*_answers.jsonl``), ``preds`` the answers given."""
+def score_family(family: str, rows: Sequence[dict], preds: Sequence[str], rules: str = "llava") -> dict:
+    """Score one family; ``rows`` are answer records (``*_answers.jsonl``), ``preds`` the answers given,
+    ``rules`` the scoring rule set (``metrics.rules``) of the benchmark metric the family mirrors."""
     if family == "existence":
-        out = pope_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows])
+        out = pope_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows], rules=rules)
     elif family in ("counting", "ocr", "unanswerable"):
-        out = vqa_score(preds, [r["answers"] for r in rows])
+        out = vqa_score(preds, [r["answers"] for r in rows], rules=rules)
         if family == "unanswerable":
             for sub in ("answerable", "unanswerable"):
                 idx = [i for i, r in enumerate(rows) if r["subset"] == sub]
                 if idx:
-                    out[sub] = vqa_score([preds[i] for i in idx], [rows[i]["answers"] for i in idx])["accuracy"]
+                    out[sub] = vqa_score([preds[i] for i in idx], [rows[i]["answers"] for i in idx],
+                                         rules=rules)["accuracy"]
     elif family in ("attribute", "spatial"):
-        out = gqa_score(preds, [r["answer"] for r in rows])
+        out = gqa_score(preds, [r["answer"] for r in rows], rules=rules)
     elif family == "multiple_choice":
-        picked = [extract_option(p, r["options"]) for p, r in zip(preds, rows)]
+        picked = [mmbench_option(p, r["options"], rules) for p, r in zip(preds, rows)]
         answers = [r["answer"] for r in rows]
         out = option_accuracy(picked, answers)
         circ = circular_accuracy(picked, answers, [r["group"] for r in rows], [r["subset"] for r in rows])
         out.update(circular_accuracy=circ["circular_accuracy"], per_kind_circular=circ["per_category"],
                    n_questions=circ["n_questions"])
     elif family == "mme":
-        out = mme_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows], [r["group"] for r in rows])
+        out = mme_score(preds, [r["answer"] for r in rows], [r["subset"] for r in rows], [r["group"] for r in rows],
+                        rules=rules)
     else:
         raise ValueError(f"unknown SceneQA family {family!r}")
     return with_headline(FAMILY_HEADLINE[family], out)
@@ -63,7 +66,7 @@ def percent_headline(family: str, scores: dict) -> float:
     return scores["headline"]
 
 
-def score_rows(rows: Sequence[dict], preds: Sequence[str]) -> dict:
+def score_rows(rows: Sequence[dict], preds: Sequence[str], rules: str = "llava") -> dict:
     by_family: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         by_family[r["family"]].append(i)
@@ -71,7 +74,7 @@ def score_rows(rows: Sequence[dict], preds: Sequence[str]) -> dict:
     for fam in FAMILY_HEADLINE:
         if fam in by_family:
             idx = by_family[fam]
-            families[fam] = score_family(fam, [rows[i] for i in idx], [preds[i] for i in idx])
+            families[fam] = score_family(fam, [rows[i] for i in idx], [preds[i] for i in idx], rules)
     components = {f"sceneqa/{f}": s["headline"] for f, s in families.items()}
     mean = sum(percent_headline(f, s) for f, s in families.items()) / max(len(families), 1)
     return {"families": families, "components": components, "family_mean": mean, "n": len(rows)}
@@ -119,10 +122,10 @@ class SceneQA(Benchmark):
 
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
-        out = score_rows([it.meta for it in items], preds)
+        out = score_rows([it.meta for it in items], preds, self.rules)
         out["missing"] = missing
         out["split"] = self.split
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)
 
 
 @register("sceneqa-val")

@@ -8,7 +8,7 @@
 
 Only questions with an image are read (``img_only=False`` reads all). The prompt is the human turn
 without ``<image>`` plus LLaVA's single-prediction instruction. Metric: option accuracy with LLaVA's
-strict reading (a letter, "B. ...", or "The answer is B").
+strict reading (a letter, "B. ...", or "The answer is B"), or lmms-eval's (``metrics.choice.sqa_option``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class ScienceQA(Benchmark):
 
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
-        picked = [sqa_option(p, it.meta["n_choices"]) for p, it in zip(preds, items)]
+        picked = [sqa_option(p, it.meta["n_choices"], self.rules) for p, it in zip(preds, items)]
         out = option_accuracy(picked, [it.answers[0] for it in items])
         out["missing"] = missing
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)

@@ -41,7 +41,7 @@ class TextVQA(Benchmark):
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
         have = [i for i, it in enumerate(items) if it.answers]
-        out = vqa_score([preds[i] for i in have], [items[i].answers for i in have])
+        out = vqa_score([preds[i] for i in have], [items[i].answers for i in have], rules=self.rules)
         out["missing"] = missing
         out["unmatched"] = len(items) - len(have)
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)

@@ -43,11 +43,11 @@ class VizWiz(Benchmark):
         preds, missing = predictions_for(items, predictions)
         have = [i for i, it in enumerate(items) if it.answers]
         if not have:
-            return with_headline(None, {"n": len(items), "missing": missing, "scored": False,
+            return with_headline(None, {"rules": self.rules, "n": len(items), "missing": missing, "scored": False,
                                         "note": "answers not public: upload answers_upload.json to EvalAI"})
-        out = vqa_score([preds[i] for i in have], [items[i].answers for i in have])
+        out = vqa_score([preds[i] for i in have], [items[i].answers for i in have], rules=self.rules)
         out.update(missing=missing, scored=True)
-        return with_headline(self.headline, out)
+        return with_headline(self.headline, out, self.rules)
 
     def export(self, items, predictions, out_dir: Path) -> list[Path]:
         preds, _ = predictions_for(items, predictions)
