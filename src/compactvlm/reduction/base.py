@@ -125,6 +125,11 @@ class PatchReduction(Reduction):
                 "inside the LLM after any compressor",
             )
 
+    def kept_patches(self, feats: VisionFeatures, compressor) -> torch.Tensor | None:
+        """(B, budget) indices of the patches kept, for selections that depend on the image content (dart,
+        divprune; the token maps of ``viz`` draw them); None for the others."""
+        return None
+
     # ---- the work -------------------------------------------------------------------------------------
     def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
         """(B, budget, C) features to project; implemented by each method."""
@@ -138,3 +143,30 @@ class PatchReduction(Reduction):
         if out.ndim != 3 or out.shape[1] != self.budget:
             raise RuntimeError(f"reduction {self.registry_name} emitted {tuple(out.shape)}, declared (B, {self.budget}, D)")
         return out
+
+
+class ProjectedSelection(PatchReduction):
+    """Keep ``budget`` of the compressor's per-token outputs (the LLM's input embeddings), chosen by their content.
+
+    Every patch is projected (``compressor.project``), ``keep`` picks (B, budget) of them, kept tokens stay in
+    row-major (spatial) order."""
+
+    def keep(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, budget) sorted indices of the tokens (B, N, D) to keep; implemented by each method."""
+        raise NotImplementedError
+
+    def kept_patches(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        x = feats.patches(self.compressor_layer(compressor))  # (B, N, C)
+        return self.keep(compressor.project(x))
+
+    def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
+        x = feats.patches(layer)  # (B, N, C)
+        idx = self.kept_patches(feats, self._require_model().compressor)  # (B, budget)
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, budget, C)
+
+    def forward(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        self.check_compressor(compressor)
+        self.num_output_tokens(feats.grid)
+        tokens = compressor.project(feats.patches(self.compressor_layer(compressor)))  # (B, N, D)
+        idx = self.keep(tokens)  # (B, budget)
+        return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, budget, D)
