@@ -11,17 +11,20 @@ extra keyword arguments with defaults), and declares
   (``budget`` for reductions before the LLM; FastV's first K layers still see all tokens).
 
 Two kinds exist:
-- ``PatchReduction`` (random, avgpool, visionzip) selects or merges patch features of the compressor's block
-  and then applies the compressor's per-token projection ``compressor.project(x)`` (``mlp2x_gelu`` has one),
-  so a model trained with all tokens runs with ``budget`` tokens, unchanged;
-- reductions with ``in_llm = True`` (fastv) keep all tokens in the prompt and prune inside the LLM; the model
-  hands its prefill and generation to ``llm_forward`` / ``generate`` of the reduction.
+- ``PatchReduction`` (random, avgpool, visionzip, dart, divprune, tome) selects or merges patch features of the
+  compressor's block and then applies the compressor's per-token projection ``compressor.project(x)``
+  (``mlp2x_gelu`` has one), so a model trained with all tokens runs with ``budget`` tokens, unchanged;
+  ``ProjectedSelection`` (dart, divprune) projects every patch and selects among the projected tokens; tome
+  merges tokens inside the encoder through ``encoder_context``;
+- reductions with ``in_llm = True`` (fastv, pyramiddrop, sparsevlm) keep all tokens in the prompt and prune
+  inside the LLM; the model hands its prefill and generation to ``llm_forward`` / ``generate`` of the reduction.
 
 The model is held through a weak reference: a reduction is a submodule of the model and must not own it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -55,6 +58,16 @@ class Reduction(nn.Module):
 
     def feature_layers(self) -> list[int]:
         return []
+
+    def encoder_context(self, encoder):
+        """A context the model runs its vision encoder in (``tome`` merges tokens between the encoder's blocks
+        there); by default nothing."""
+        return contextlib.nullcontext()
+
+    def patch_groups(self) -> torch.Tensor | None:
+        """(B, H*W) index of the output token each patch went into, for reductions that merge patches inside the
+        encoder (tome; the token maps of ``viz`` draw them), after the last encoder run; None for the others."""
+        return None
 
     def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
         raise NotImplementedError
