@@ -9,8 +9,8 @@ The LLM-side machinery (per-layer KV cache, greedy generation, left padding) is 
 
 Deviations: the paper's training-time setting drops after layers L/4, L/2, 3L/4 with lambda = 0.5; at the
 budgets compared here (64 of 256 tokens on SmolLM2's 30 layers) that cannot be reached, because the first
-stage alone already costs more. By default the first drop is after layer 2 (FastV's K, the paper's
-inference-only comparisons also prune early) and the next two split the remaining layers in thirds; the
+stage alone already costs more. By default the first drop is after layer 2 (FastV's K; after layer 1 when
+the budget needs it), as the paper's inference-only comparisons also prune early, and the next two split the remaining layers in thirds; the
 per-stage ratio is solved so that ``budget`` is the equivalent token count (mean vision tokens per LLM layer,
 as ``fastv`` reports it) instead of fixing lambda = 0.5 (``ratio=0.5`` restores a fixed lambda;
 ``layers=8,16,24`` the paper's drop points). The rank uses the eager attention of that one query row,

@@ -17,7 +17,7 @@ Budget: the equivalent vision-token count (mean per LLM layer, as ``fastv`` repo
 Deviations: the paper picks raters once from the embeddings and sets each layer's pruned count adaptively
 from the rank of the attention matrix; here raters are picked from each drop layer's own attention and the
 counts follow a geometric schedule solved for the budget (``staged``). Drop layers default to the paper's
-2, 6, 15 of LLaVA's 32 layers, scaled to the LLM's depth. Recycled tokens are grouped by nearest centre
+2, 6, 15 of LLaVA's 32 layers, scaled to the LLM's depth (the first after layer 1 when the budget needs it). Recycled tokens are grouped by nearest centre
 instead of the paper's density-peak clustering (recycle=0.3 and merge=0.1 are this file's defaults).
 """
 
@@ -43,8 +43,7 @@ class SparseVLM(StagedPruning):
         super().__init__(budget, model, layers, ratio)
         self.params.update(recycle=self.recycle, merge=self.merge)
 
-    def default_layers(self, num_layers: int) -> list[float]:
-        first = min(2, num_layers - 1)
+    def default_layers(self, num_layers: int, first: int) -> list[float]:
         return [first, 6 * num_layers / 32, 15 * num_layers / 32]
 
     def attention(self, layer, h, cos_sin, mask) -> torch.Tensor:

@@ -10,7 +10,9 @@ tokens each layer sees: ``(d_1 * N + sum_s len_s * n_s) / L`` -- the figure ``fa
 ``equivalent_tokens`` (FastV's own ``budget`` is its post-pruning count instead). The stage counts follow a
 geometric schedule ``n_s = N * ratio**s`` with ``ratio`` solved (bisection) so that the equivalent count is
 the budget; the last stage is then rounded down, so ``budget - 1 < equivalent_tokens <= budget``.
-``ratio=`` fixes the keep ratio per stage instead of a budget (PyramidDrop's lambda).
+``ratio=`` fixes the keep ratio per stage instead of a budget (PyramidDrop's lambda). The default drop layers
+start after layer 2 (FastV's K), or after layer 1 when the budget cannot be reached otherwise (e.g. 16 of 256
+tokens on 30 layers: two full layers alone cost 17.1 equivalent tokens); ``layers=`` sets them.
 
 Subclasses implement ``scores`` (which vision tokens to keep) and may override ``prune`` (how the sequence
 shrinks; SparseVLM also merges recycled tokens). Every step is shape-static (topk / sort / gather, no boolean
@@ -84,7 +86,7 @@ class StagedPruning(Reduction):
         num_layers = len(_decoder_parts(model.llm)[0])
         self.num_layers = num_layers
         if layers is None:
-            drops = spread_layers(self.default_layers(num_layers), num_layers)
+            drops = spread_layers(self.default_layers(num_layers, min(2, num_layers - 1)), num_layers)
         else:
             drops = [layers] if isinstance(layers, int) else list(layers)
             if not drops or any(isinstance(l, bool) or not isinstance(l, int) for l in drops) \
@@ -109,10 +111,20 @@ class StagedPruning(Reduction):
         self.params = ({"budget": self.budget} if ratio is None else {"ratio": self.ratio}) | {"layers": tuple(drops)}
         self.last_kept_positions: torch.Tensor | None = None
         self.last_stage_counts: list[int] = []
-        self.num_output_tokens(model.grid)
+        self.last_stage_positions: list[torch.Tensor] = []  # kept original positions (B, T_s) after each drop
+        try:
+            self.num_output_tokens(model.grid)
+        except CompactVLMError:
+            if layers is not None or drops[0] == 1:
+                raise
+            # the default's first 2 layers see every token: too many for a small budget; prune after layer 1
+            self.drop_layers = spread_layers(self.default_layers(num_layers, 1), num_layers)
+            self.k = self.drop_layers[0]
+            self.params["layers"] = tuple(self.drop_layers)
+            self.num_output_tokens(model.grid)
 
-    def default_layers(self, num_layers: int) -> list[float]:
-        first = min(2, num_layers - 1)
+    def default_layers(self, num_layers: int, first: int) -> list[float]:
+        """Default drop points (before rounding) when the first drop is after layer ``first``."""
         return [first] + [first + f * (num_layers - first) for f in self.default_drops]
 
     # ---- token counts ---------------------------------------------------------------------------------
@@ -207,7 +219,7 @@ class StagedPruning(Reduction):
         cos_sin = rotary(h, pos)
         mask = additive_mask(valid, t, h.dtype)  # (B, 1, T, T)
         orig = torch.arange(t, device=h.device).expand(b, t)  # original prompt position of each slot
-        layer_stage, stage_valid, scores, stage = [], [valid], None, 0
+        layer_stage, stage_valid, stage_pos, scores, stage = [], [valid], [], None, 0
         for i, layer in enumerate(layers):
             if stage < len(counts) and i == self.drop_layers[stage]:
                 keep, h = self.prune(stage, h, scores, image_mask, n_img, counts[stage])  # (B, T'), (B, T', D)
@@ -216,6 +228,7 @@ class StagedPruning(Reduction):
                 qi = qi - (t - keep.shape[1])  # the query slot is after every image slot (text is never dropped)
                 t, n_img, stage = keep.shape[1], counts[stage], stage + 1
                 stage_valid.append(valid)
+                stage_pos.append(orig)
                 cos_sin = rotary(h, pos)
                 mask = additive_mask(valid, t, h.dtype)  # (B, 1, T', T')
             if stage < len(counts) and i == self.drop_layers[stage] - 1:
@@ -225,6 +238,7 @@ class StagedPruning(Reduction):
                       position_embeddings=cos_sin, **{_cache_kw(layer): cache})
         self.last_kept_positions = orig
         self.last_stage_counts = counts
+        self.last_stage_positions = stage_pos
         return norm(h), orig, (layer_stage, stage_valid)
 
     def llm_forward(self, llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -69,9 +69,9 @@ def default_presets(grid: tuple[int, int], llm_layers: int) -> list[Preset]:
                reduce_params=(("k", max(1, min(2, llm_layers - 1))),)),
         Preset(f"dart {quarter}", "mlp2x_gelu", reduce="dart", budget=quarter),
         Preset(f"divprune {quarter}", "mlp2x_gelu", reduce="divprune", budget=quarter),
+        Preset(f"tome {quarter}", "mlp2x_gelu", reduce="tome", budget=quarter),
     ]
-    first = max(1, min(2, llm_layers - 1))
-    if llm_layers > 1 and (first * n + llm_layers - first) / llm_layers <= quarter:  # staged in-LLM pruning fits
+    if llm_layers > 1 and (n + llm_layers - 1) / llm_layers <= quarter:  # staged in-LLM pruning reaches the budget
         out += [Preset(f"{name} {quarter}", "mlp2x_gelu", reduce=name, budget=quarter)
                 for name in ("pyramiddrop", "sparsevlm")]
     out += [
