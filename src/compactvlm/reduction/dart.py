@@ -1,16 +1,17 @@
 """DART: duplication-aware token reduction -- keep a few pivot tokens and the tokens least similar to them.
 
 Paper: Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More"
-(EMNLP 2025). A few pivot tokens are chosen (largest norm); every other token is scored by its cosine
+(EMNLP 2025). A few pivot tokens are chosen (largest L1 norm); every other token is scored by its cosine
 similarity to a pivot, and each pivot retains its share of the budget among the tokens least similar to it
 (lowest duplication), without repeats; pivots and retained tokens reach the LLM, the rest are dropped.
-Here: pivots = the ``pivots`` tokens (default 8, at most the budget) with the largest L2 norm, the remaining
+Here: pivots = the ``pivots`` tokens (this file's default 8, at most the budget) with the largest L1 norm, the remaining
 ``budget - pivots`` are split evenly over the pivots (the first ones take the remainder), each pivot in turn
 retains its least-similar not-yet-kept tokens. Kept tokens stay in spatial order; ties go to the lowest index.
 Deviations:
-- before the LLM: DART prunes after LLM layer 2 by the key norms of that layer and also uses text pivots;
-  here the tokens are the LLM-input embeddings (every patch of the compressor's block through
-  ``compressor.project``) and the pivots are vision tokens only, so the LLM sees ``budget`` tokens throughout;
+- before the LLM: DART prunes after LLM layer 2, with pivots from that layer's states, and also uses text
+  tokens as pivots; here the tokens are the LLM-input embeddings (every patch of the compressor's block
+  through ``compressor.project``) and the pivots are vision tokens only, so the LLM sees ``budget`` tokens in
+  every layer;
 - duplicates: a token whose cosine similarity to an already kept token is at least ``dup`` (default 0.999)
   is only kept once no other token remains, so two identical tokens are never both kept while distinct ones
   remain (DART's per-pivot ranking alone could keep both copies of a token unlike its pivot).
@@ -55,7 +56,7 @@ class DART(ProjectedSelection):
             return sim
 
         p = min(self.pivots, self.budget)
-        norms = tokens.float().norm(dim=-1)  # (B, N)
+        norms = tokens.float().abs().sum(dim=-1)  # (B, N) L1 norms
         pivot_sims = [take(-norms) for _ in range(p)]
         rest = self.budget - p
         for j, sim in enumerate(pivot_sims):
