@@ -22,6 +22,7 @@ special case. Generation is greedy with a per-layer KV cache (each layer holds t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -153,7 +154,7 @@ class StagedPruning(Reduction):
             raise CompactVLMError(
                 f"{name} cannot reach {budget} equivalent tokens: its first {lens[0]} of {total} LLM layers see all "
                 f"{n} vision tokens, so the least it can reach is {lo_eq:.1f}",
-                f"pick a budget of at least {int(lo_eq) + 1}, or prune earlier (layers=1,...)")
+                f"pick a budget of at least {math.ceil(lo_eq)}, or prune earlier (layers=1,...)")
         target = budget * total
 
         def cost(r: float) -> float:
