@@ -415,3 +415,27 @@ def test_every_reduction_runs_end_to_end_through_generate(model, images, name):
     assert red.equivalent_tokens() <= res.num_image_tokens
     if red.in_llm:
         assert red.equivalent_tokens() < N
+
+
+# ---- token maps (viz) -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, budget, kind, count", [("dart", 12, "kept", 12), ("divprune", 12, "kept", 12),
+                                                       ("tome", 12, "groups", 12), ("pyramiddrop", 30, "kept", 8),
+                                                       ("sparsevlm", 30, "kept", 8)])
+def test_token_maps_show_what_each_method_keeps(model, images, name, budget, kind, count):
+    from compactvlm.viz.token_maps import token_map
+
+    red = REDUCTIONS.create(name, budget=budget, model=model)
+    model.reduction = red
+    pix = model.processor(images[:1])
+    tm = token_map(model, pix)
+    assert tm.kind == kind
+    if kind == "groups":
+        assert sorted(set(tm.groups.tolist())) == list(range(count)) and tm.num_groups == count
+    else:
+        assert len(tm.kept) == count
+    if name in ("dart", "divprune"):
+        with torch.no_grad():
+            want = red.kept_patches(model.encoder_features(pix), model.compressor)[0].tolist()
+        assert tm.kept.tolist() == want
+    if red.in_llm:
+        assert red.schedule(N)[-1] == count
