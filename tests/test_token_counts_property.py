@@ -175,6 +175,13 @@ REDUCTION_ORACLES = {  # (budget, side, options) -> valid?
     "visionzip": lambda b, side, o: 1 <= b <= side * side and (o.get("contextual") is None or 0 <= o["contextual"] <= b),
     "avgpool": lambda b, side, o: _square_fits(b, side),
     "fastv": lambda b, side, o: 1 <= b <= side * side,
+    "dart": lambda b, side, o: 1 <= b <= side * side,
+    "divprune": lambda b, side, o: 1 <= b <= side * side,
+    # 3 encoder blocks before LLaVA's -2 output, each merging at most half of the tokens
+    "tome": lambda b, side, o: -(-(-(-(-(-side * side // 2)) // 2)) // 2) <= b <= side * side,
+    # budget = equivalent tokens; at best only LLM layer 1 of 4 sees all side*side tokens, the rest 1 each
+    "pyramiddrop": lambda b, side, o: (side * side + 3) / 4 <= b <= side * side,
+    "sparsevlm": lambda b, side, o: (side * side + 3) / 4 <= b <= side * side,
 }
 
 
@@ -208,7 +215,13 @@ def test_reduction_keeps_exactly_the_budget(name, data):
         pix = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(budget))
         placeholders = (ids == IMAGE_TOKEN_ID).sum(dim=1).tolist()
         with torch.no_grad():
-            if red.in_llm:  # all tokens enter the prompt, exactly `budget` survive layer k
+            if red.in_llm and name != "fastv":  # staged pruning: `budget` equivalent tokens (mean per LLM layer)
+                assert m.num_image_tokens() == n and placeholders == [n, n]
+                m(ids, mask, pix, logits_to_keep=1)
+                assert budget - 1 < red.equivalent_tokens() <= budget
+                kept = red.last_kept_positions
+                assert (ids == IMAGE_TOKEN_ID).gather(1, kept).sum(dim=1).tolist() == [red.schedule(n)[-1]] * 2
+            elif red.in_llm:  # all tokens enter the prompt, exactly `budget` survive layer k
                 assert m.num_image_tokens() == n and placeholders == [n, n]
                 m(ids, mask, pix, logits_to_keep=1)
                 kept = red.last_kept_positions

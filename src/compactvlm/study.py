@@ -379,8 +379,11 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
         prts = [prt(c, ref)["prt"] for c in comps] if ref else []
         spec = runs[0]["row"]
-        # FastV keeps every vision token in the prompt and prunes to its budget after LLM layer K: plotted there
-        in_llm = spec.get("reduce") == "fastv"
+        # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
+        # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)
+        from .registry import REDUCTIONS
+
+        in_llm = bool(spec.get("reduce")) and spec["reduce"] in REDUCTIONS and REDUCTIONS.get(spec["reduce"]).in_llm
         rows[name] = {
             "seeds": [r["seed"] for r in runs], "families": fams,
             "tokens": spec["budget"] if in_llm else runs[0]["vision_tokens"],

@@ -18,7 +18,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--E", type=int, default=None, help="shortcut for --param E=E (tokens per window)")
     g.add_argument("--tokens", type=int, default=None, help="shortcut for --param tokens=N (e.g. vistog, qformer)")
     g.add_argument("--budget", type=int, default=None, help="test-time token budget (objects, reductions)")
-    g.add_argument("--reduce", default=None, help="training-free reduction at inference (random, avgpool, visionzip, fastv)")
+    g.add_argument("--reduce", default=None, help="training-free reduction at inference (random, avgpool, visionzip, fastv, dart, divprune, "
+                   "pyramiddrop, sparsevlm, tome; see `compactvlm info`)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
@@ -84,6 +85,7 @@ def apply_budget(model, budget: int | None, reduce: str | None) -> None:
     if setter is None:
         raise CompactVLMError(
             f"compressor {model.compressor.registry_name!r} has no test-time budget",
-            "use --reduce random|avgpool|visionzip|fastv with --budget, or a compressor with a budget (objects)",
+            "use --reduce NAME with --budget (random, avgpool, visionzip, fastv, dart, divprune, ...), "
+            "or a compressor with a budget (objects)",
         )
     setter(budget)

@@ -64,8 +64,12 @@ def default_rows(preset) -> list[str]:
     if math.isqrt(q) ** 2 == q:
         rows.append(f"{REFERENCE}+avgpool:budget={q}")
     rows.append(f"{REFERENCE}+visionzip:budget={q}")
-    if int(preset.llm_config.num_hidden_layers) > 2:
+    rows += [f"{REFERENCE}+dart:budget={q}", f"{REFERENCE}+divprune:budget={q}", f"{REFERENCE}+tome:budget={q}"]
+    layers = int(preset.llm_config.num_hidden_layers)
+    if layers > 2:
         rows.append(f"{REFERENCE}+fastv:budget={q},k=2")
+        if (n + layers - 1) / layers <= q:  # staged pruning (first drop after layer 1 or 2) reaches q equivalent tokens
+            rows += [f"{REFERENCE}+pyramiddrop:budget={q}", f"{REFERENCE}+sparsevlm:budget={q}"]
     return rows
 
 

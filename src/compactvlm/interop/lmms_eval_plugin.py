@@ -14,7 +14,7 @@ SceneQA as local lmms-eval tasks (no hub): ``interop.lmms_eval_tasks.write_scene
 Model arguments (``--model_args k=v,...``):
     pretrained      a compact folder, or a llava-hf / LLaVA / LLaVA-STF folder read directly (``interop.load_model``)
     budget, reduce  test-time token budget: the compressor's own (``objects``), or a training-free reduction
-                    (``reduce=random|avgpool|visionzip|fastv``), as ``compactvlm ask --budget --reduce``
+                    (``reduce=random|avgpool|visionzip|fastv|dart|divprune|pyramiddrop|sparsevlm|tome``), as ``compactvlm ask --budget --reduce``
     device, dtype   default: cuda when available, else cpu; the checkpoint's dtype
     vision_tower    local CLIP folder for LLaVA / LLaVA-STF folders whose mm_vision_tower is a hub name
     max_new_tokens  for tasks whose generation_kwargs set none (default 128)

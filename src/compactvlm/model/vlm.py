@@ -11,6 +11,7 @@ token count instead of the compressor.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -89,8 +90,10 @@ class CompactVLM(nn.Module):
         layers = list(comp.feature_layers())
         if self.reduction is not None:
             layers = sorted(set(layers) | set(self.reduction.feature_layers()))
-        feats = self.encoder(pixel_values, layers=layers, extra_tokens=comp.extra_tokens(),
-                             extra_attention=comp.extra_attention)
+        # a reduction inside the encoder (tome) merges tokens between its blocks while it runs
+        with self.reduction.encoder_context(self.encoder) if self.reduction is not None else contextlib.nullcontext():
+            feats = self.encoder(pixel_values, layers=layers, extra_tokens=comp.extra_tokens(),
+                                 extra_attention=comp.extra_attention)
         feats.extra_state.update(pixel_values=pixel_values, encoder=self.encoder)
         if extra_state:
             feats.extra_state.update(extra_state)

@@ -3,7 +3,7 @@
     model.reduction = REDUCTIONS.create("visionzip", budget=64, model=model)
 """
 
-from . import avgpool, fastv, random, visionzip  # noqa: F401  (registration)
+from . import avgpool, dart, divprune, fastv, pyramiddrop, random, sparsevlm, tome, visionzip  # noqa: F401  (registration)
 from .base import PatchReduction, Reduction, check_budget
 
 __all__ = ["PatchReduction", "Reduction", "check_budget"]

@@ -11,17 +11,20 @@ extra keyword arguments with defaults), and declares
   (``budget`` for reductions before the LLM; FastV's first K layers still see all tokens).
 
 Two kinds exist:
-- ``PatchReduction`` (random, avgpool, visionzip) selects or merges patch features of the compressor's block
-  and then applies the compressor's per-token projection ``compressor.project(x)`` (``mlp2x_gelu`` has one),
-  so a model trained with all tokens runs with ``budget`` tokens, unchanged;
-- reductions with ``in_llm = True`` (fastv) keep all tokens in the prompt and prune inside the LLM; the model
-  hands its prefill and generation to ``llm_forward`` / ``generate`` of the reduction.
+- ``PatchReduction`` (random, avgpool, visionzip, dart, divprune, tome) selects or merges patch features of the
+  compressor's block and then applies the compressor's per-token projection ``compressor.project(x)``
+  (``mlp2x_gelu`` has one), so a model trained with all tokens runs with ``budget`` tokens, unchanged;
+  ``ProjectedSelection`` (dart, divprune) projects every patch and selects among the projected tokens; tome
+  merges tokens inside the encoder through ``encoder_context``;
+- reductions with ``in_llm = True`` (fastv, pyramiddrop, sparsevlm) keep all tokens in the prompt and prune
+  inside the LLM; the model hands its prefill and generation to ``llm_forward`` / ``generate`` of the reduction.
 
 The model is held through a weak reference: a reduction is a submodule of the model and must not own it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -55,6 +58,16 @@ class Reduction(nn.Module):
 
     def feature_layers(self) -> list[int]:
         return []
+
+    def encoder_context(self, encoder):
+        """A context the model runs its vision encoder in (``tome`` merges tokens between the encoder's blocks
+        there); by default nothing."""
+        return contextlib.nullcontext()
+
+    def patch_groups(self) -> torch.Tensor | None:
+        """(B, H*W) index of the output token each patch went into, for reductions that merge patches inside the
+        encoder (tome; the token maps of ``viz`` draw them), after the last encoder run; None for the others."""
+        return None
 
     def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
         raise NotImplementedError
@@ -125,6 +138,11 @@ class PatchReduction(Reduction):
                 "inside the LLM after any compressor",
             )
 
+    def kept_patches(self, feats: VisionFeatures, compressor) -> torch.Tensor | None:
+        """(B, budget) indices of the patches kept, for selections that depend on the image content (dart,
+        divprune; the token maps of ``viz`` draw them); None for the others."""
+        return None
+
     # ---- the work -------------------------------------------------------------------------------------
     def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
         """(B, budget, C) features to project; implemented by each method."""
@@ -138,3 +156,30 @@ class PatchReduction(Reduction):
         if out.ndim != 3 or out.shape[1] != self.budget:
             raise RuntimeError(f"reduction {self.registry_name} emitted {tuple(out.shape)}, declared (B, {self.budget}, D)")
         return out
+
+
+class ProjectedSelection(PatchReduction):
+    """Keep ``budget`` of the compressor's per-token outputs (the LLM's input embeddings), chosen by their content.
+
+    Every patch is projected (``compressor.project``), ``keep`` picks (B, budget) of them, kept tokens stay in
+    row-major (spatial) order."""
+
+    def keep(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, budget) sorted indices of the tokens (B, N, D) to keep; implemented by each method."""
+        raise NotImplementedError
+
+    def kept_patches(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        x = feats.patches(self.compressor_layer(compressor))  # (B, N, C)
+        return self.keep(compressor.project(x))
+
+    def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
+        x = feats.patches(layer)  # (B, N, C)
+        idx = self.kept_patches(feats, self._require_model().compressor)  # (B, budget)
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, budget, C)
+
+    def forward(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        self.check_compressor(compressor)
+        self.num_output_tokens(feats.grid)
+        tokens = compressor.project(feats.patches(self.compressor_layer(compressor)))  # (B, N, D)
+        idx = self.keep(tokens)  # (B, budget)
+        return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, budget, D)

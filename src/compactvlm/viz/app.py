@@ -67,6 +67,14 @@ def default_presets(grid: tuple[int, int], llm_layers: int) -> list[Preset]:
         Preset(f"visionzip {quarter}", "mlp2x_gelu", reduce="visionzip", budget=quarter),
         Preset(f"fastv {quarter}", "mlp2x_gelu", reduce="fastv", budget=quarter,
                reduce_params=(("k", max(1, min(2, llm_layers - 1))),)),
+        Preset(f"dart {quarter}", "mlp2x_gelu", reduce="dart", budget=quarter),
+        Preset(f"divprune {quarter}", "mlp2x_gelu", reduce="divprune", budget=quarter),
+        Preset(f"tome {quarter}", "mlp2x_gelu", reduce="tome", budget=quarter),
+    ]
+    if llm_layers > 1 and (n + llm_layers - 1) / llm_layers <= quarter:  # staged in-LLM pruning reaches the budget
+        out += [Preset(f"{name} {quarter}", "mlp2x_gelu", reduce=name, budget=quarter)
+                for name in ("pyramiddrop", "sparsevlm")]
+    out += [
         Preset(f"vistog {eighth}", "vistog", (("tokens", eighth),)),
         Preset("objects 16", "objects", budget=16),
         Preset(f"qformer {quarter}", "qformer", (("tokens", quarter),)),

@@ -14,8 +14,11 @@ follows an existing one's shape is drawn without changes here):
                output token's weights over the patches, so single-patch tokens are *kept* and multi-patch
                tokens are *merged* (VisionZip's contextual tokens; drawn in a second colour). The probe is
                checked against the real selection and abandoned if they differ. Reductions that prune inside
-               the LLM (``in_llm``, FastV) are run on a prompt and read back from ``last_kept_positions``.
-- ``groups``   ``token_assignment(feats)`` -> group index per patch (VisToG's grouping layer).
+               the LLM (``in_llm``: FastV, PyramidDrop, SparseVLM) are run on a prompt and read back from
+               ``last_kept_positions`` (the last stage's). Selections that depend on the image content (DART,
+               DivPrune) report the patches they kept through ``kept_patches(feats, compressor)``.
+- ``groups``   ``token_assignment(feats)`` -> group index per patch (VisToG's grouping layer); ToMe (merging
+               inside the encoder) reports its groups through ``patch_groups()`` after the encoder ran.
 - ``masks``    ``last_coverage`` + ``num_objects_kept()`` after a forward (Mask-LLaVA ``objects``): the masks in
                score order, the first ``masks_kept`` of which reach the LLM as object tokens.
 - ``queries``  a learned-query cross-attention compressor (``queries`` + an ``nn.TransformerDecoder`` in
@@ -202,7 +205,8 @@ def _fastv_map(tm: TokenMap, model, pixel_values: torch.Tensor, question: str) -
     kept_tok = np.nonzero(np.isin(img_pos.numpy(), kept_pos[0].cpu().numpy()))[0]  # vision-token indices
     tm.llm_kept = int(len(kept_tok))
     where = _token_patches(model, tm.grid)
-    layers = getattr(red, "k", "?")
+    stages = getattr(red, "drop_layers", None)  # staged pruning (pyramiddrop, sparsevlm): its last drop
+    layers = stages[-1] if stages else getattr(red, "k", "?")
     if where is None:
         tm.notes.append(f"{red.registry_name} keeps {len(kept_tok)} of {tm.num_tokens} tokens after LLM layer "
                         f"{layers}; their places on the image are not defined for this compressor")
@@ -308,6 +312,17 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
         return tm
     if callable(getattr(red, "select", None)):
         feats = model.encoder_features(pixel_values)
+        kept = red.kept_patches(feats, model.compressor) if callable(getattr(red, "kept_patches", None)) else None
+        groups = red.patch_groups() if callable(getattr(red, "patch_groups", None)) else None
+        if groups is not None:  # tokens merged inside the encoder (tome): the output token of each patch
+            tm.kind, tm.num_groups = "groups", int(tm.num_tokens)
+            tm.groups = groups[0].cpu().numpy().astype(np.int64)
+            return tm
+        if kept is not None:  # a content-dependent selection (dart, divprune): the patches it kept
+            tm.kind = "kept"
+            tm.kept = np.sort(kept[0].cpu().numpy().astype(np.int64))
+            tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
+            return tm
         try:
             return _patch_reduction_map(tm, red, model.compressor, feats)
         except Exception as e:  # noqa: BLE001
