@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per timed batch (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights/activations (auto: bfloat16 on cuda and for --flops-only, float32 on the CPU)")
+                   help="weights/activations (auto: bfloat16 on CUDA, on CPUs with AMX/AVX512-BF16 and for "
+                        "--flops-only, else float32)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of the preset's shapes (timings need no trained weights; the only choice "
                         "for presets without offline weights, e.g. llava-1.5-7b)")
@@ -121,16 +122,18 @@ def flops_table(results: list[dict], ref: dict) -> str:
 
 
 def timing_table(results: list[dict], ref: dict) -> str:
-    header = ["row", "vis tok", "TTFT ms", "p25-p75", "encode", "compress", "LLM+1st", "speedup x", "ideal x",
-              "meas/ideal", "comp %", "decode tok/s", "peak MiB", "KV MiB"]
+    header = ["row", "vis tok", "TTFT ms", "p25-p75", "CPU ms", "encode", "compress", "LLM+1st", "speedup x",
+              "rounds p25-p75", "CPU-time x", "ideal x", "meas/ideal", "comp %", "decode tok/s", "peak MiB", "KV MiB"]
     rows = []
     for r in results:
         t, q = r["timing"], r["ratios"]
         tt = t["ttft_ms"]
         dec = "n/a" if t["decode_tokens_per_s"] is None else f"{t['decode_tokens_per_s']:.1f}"
         rows.append([r["label"] + (" (ref)" if r is ref else ""), str(t["vision_tokens"]), f"{tt['median']:.1f}",
-                     f"{tt['p25']:.1f}-{tt['p75']:.1f}", f"{t['encode_ms']:.1f}", f"{t['compress_ms']:.1f}",
-                     f"{t['llm_ms']:.1f}", f"{q['ttft_speedup']:.2f}", f"{q['flops_ideal_speedup']:.2f}",
+                     f"{tt['p25']:.1f}-{tt['p75']:.1f}", f"{t['cpu_ms']['median']:.1f}", f"{t['encode_ms']:.1f}",
+                     f"{t['compress_ms']:.1f}", f"{t['llm_ms']:.1f}", f"{q['ttft_speedup']:.2f}",
+                     f"{q['ttft_speedup_p25']:.2f}-{q['ttft_speedup_p75']:.2f}", f"{q['ttft_cpu_speedup']:.2f}",
+                     f"{q['flops_ideal_speedup']:.2f}",
                      f"{q['measured_over_ideal']:.2f}", f"{100 * q['compressor_share_of_ttft']:.1f}", dec,
                      _mib(t["peak_memory_bytes"]), _mib(t["kv_cache_bytes"])])
     return format_table(header, rows)
@@ -148,7 +151,9 @@ def summary_lines(results: list[dict], ref: dict) -> list[str]:
         total = t["ttft_ms"]["median"]
         lines.append(
             f"{r['label']}: TTFT {total:.1f} ms vs {ref['timing']['ttft_ms']['median']:.1f} ms for {ref['label']} "
-            f"-> {q['ttft_speedup']:.2f}x faster, FLOPs-ideal {q['flops_ideal_speedup']:.2f}x "
+            f"-> {q['ttft_speedup']:.2f}x faster (median of per-round ratios; p25-p75 {q['ttft_speedup_p25']:.2f}-"
+            f"{q['ttft_speedup_p75']:.2f}, CPU time {q['ttft_cpu_speedup']:.2f}x), FLOPs-ideal "
+            f"{q['flops_ideal_speedup']:.2f}x "
             f"(measured/ideal {q['measured_over_ideal']:.2f}); compressor {100 * q['compressor_share_of_ttft']:.1f}% "
             f"of TTFT; time: encode {100 * t['encode_ms'] / total:.0f}%, compress {100 * t['compress_ms'] / total:.0f}%, "
             f"LLM prefill + first token {100 * t['llm_ms'] / total:.0f}%")
@@ -217,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..efficiency.flops import FlopsCounter
     from ..efficiency.presets import BenchSpec, build_backbone, build_vlm, check_device, resolve_model
-    from ..efficiency.timing import time_rows
+    from ..efficiency.timing import SPREAD_LIMIT, time_rows
     from ..errors import CompactVLMError
     from ..model.prompting import build_prompt
 
@@ -230,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
     preset = resolve_model(args.model)
     timing = not args.flops_only
     device = check_device(args.device) if timing else torch.device("meta")
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if timing and device.type == "cpu" else "bfloat16")
+    if args.dtype != "auto":
+        dtype = args.dtype
+    else:
+        from ..model.build import resolve_dtype
+
+        dtype = resolve_dtype("auto", device) if timing else "bfloat16"
     texts = list(dict.fromkeys(r.strip() for r in (args.compressor or default_rows(preset)) if r.strip()))
     specs = [BenchSpec.parse(t) for t in texts]
     if REFERENCE not in texts:
@@ -271,8 +281,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"timing {len(specs)} rows, interleaved ({args.warmup} warm-up + {args.repeats} timed rounds) ...",
               flush=True)
         models = [(spec.label, build_vlm(backbone, spec)) for spec in specs]
-        timings = time_rows(models, batch=args.batch, text_tokens=text_tokens, question=args.question,
-                            warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens)
+        ideal = {r["label"]: results[0]["flops"]["total"] / r["flops"]["total"] for r in results[1:]}
+        timings, cmp = time_rows(models, batch=args.batch, text_tokens=text_tokens, question=args.question,
+                                 warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                                 ideal=ideal, progress=True)
         for res, t in zip(results, timings):
             res["timing"] = t.to_dict()
         del models
@@ -288,8 +300,11 @@ def run(args: argparse.Namespace) -> int:
              "compressor_share_of_flops": r["flops"]["compressor"] / r["flops"]["total"]}
         if r["timing"]:
             t = r["timing"]
-            speed = ref["timing"]["ttft_ms"]["median"] / t["ttft_ms"]["median"]
-            q.update(ttft_speedup=speed, measured_over_ideal=speed / ideal,
+            s, c = cmp.speedup[r["label"]], cmp.cpu_speedup[r["label"]]
+            # the median over rounds of the per-round ratio (reference and row timed back to back)
+            q.update(ttft_speedup=s["median"], ttft_speedup_p25=s["p25"], ttft_speedup_p75=s["p75"],
+                     ttft_speedup_min=s["min"], ttft_speedup_max=s["max"], ttft_cpu_speedup=c["median"],
+                     measured_over_ideal=s["median"] / ideal,
                      compressor_share_of_ttft=t["compress_ms"] / t["ttft_ms"]["median"])
         r["ratios"] = q
 
@@ -307,13 +322,24 @@ def run(args: argparse.Namespace) -> int:
                         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
         how = results[0]["timing"]["peak_memory_method"]
         print(f"\nTiming on {device}{' (' + settings['gpu'] + ')' if settings['gpu'] else ''}, {dtype}, "
-              f"{backbone.weights} weights, batch {args.batch}, {threads} CPU threads, median of {args.repeats} "
-              f"after {args.warmup} warm-up (ms); speedup and ideal versus {ref['label']}; peak memory: {how}\n")
+              f"{backbone.weights} weights, batch {args.batch}, {threads} CPU threads, {args.repeats} interleaved "
+              f"rounds after {args.warmup} warm-up (ms, medians; CPU ms: process CPU time, all threads); speedup: "
+              f"median over rounds of {ref['label']}'s time / the row's, with its p25-p75; ideal versus "
+              f"{ref['label']}; peak memory: {how}\n")
         print(timing_table(results, ref))
     lines = summary_lines(results, ref)
     if lines:
         print()
         print("\n".join(lines))
+    if timing:
+        settings["timing_warnings"] = cmp.warnings
+        settings["cpu_share"] = cmp.cpu_share
+        if cmp.warnings:
+            print()
+            print("\n".join(f"warning: {w}" for w in cmp.warnings))
+        else:
+            print(f"\nratios from {cmp.rounds} interleaved rounds, spread within {100 * SPREAD_LIMIT:.0f}% and "
+                  "none above its FLOPs ideal")
 
     out = {"preset": preset.summary(), "settings": settings, "rows": results}
     path = Path(args.json)
