@@ -49,6 +49,18 @@ def add_parser(sub) -> None:
                    help="question of the prompt when the model has a tokenizer (real weights)")
     p.add_argument("--json", default="bench.json", metavar="PATH", help="results file (default bench.json)")
     p.add_argument("--plot", default=None, metavar="PNG", help="also plot TTFT and FLOPs versus vision tokens")
+    g = p.add_argument_group("evaluation throughput and bf16 parity (--answers)")
+    g.add_argument("--answers", default=None, metavar="SCENEQA_DIR",
+                   help="instead of the rows: answer this SceneQA split's questions with the packaged full-token "
+                        "(256) and STF k=2 (64) models, fp32 plain generate vs fp32 / default-dtype shared-prefix "
+                        "answering, interleaved; questions/s, identical answers, first-token logit difference, "
+                        "and the full-token TTFT fp32 vs the default dtype")
+    g.add_argument("--split", default="test", help="SceneQA split for --answers (default test)")
+    g.add_argument("--limit", type=int, default=None, help="--answers: only the first N questions")
+    g.add_argument("--eval-batch-size", type=int, default=8, help="--answers: questions per batch (default 8)")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="--answers: folder with full-mlp2x/ and stf-k2e1/ checkpoints (default: the packaged ones)")
+    g.add_argument("--rows", default="full-mlp2x,stf-k2e1", help="--answers: which of those (comma-separated)")
     p.set_defaults(func=run)
 
 
@@ -210,6 +222,64 @@ def _no_cache_deprecation(record) -> bool:
     return "past_key_values" not in record.getMessage()
 
 
+# ---- --answers: evaluation throughput and bf16 parity -----------------------------------------------------------
+def run_answers(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ..efficiency.answers import eval_throughput, ttft_by_dtype
+    from ..efficiency.timing import format_comparison
+    from ..errors import CompactVLMError
+    from ..evaluate.benchmarks import get_benchmark
+    from ..model.checkpoint import load_pretrained
+    from .demo import assets_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.limit is not None and args.limit < 1:
+        raise CompactVLMError(f"--limit must be >= 1, got {args.limit}", "leave it out to answer every question")
+    src = Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for r in rows:
+        if not (src / r / "compactvlm.json").exists():
+            raise CompactVLMError(f"checkpoint {src / r} is missing", "pass --checkpoint-dir with full-mlp2x/ and "
+                                  "stf-k2e1/ folders, or --rows naming folders that exist there")
+    reader = get_benchmark("sceneqa", args.answers, split=args.split)  # a bad folder fails before any model load
+    items = reader.items()[: args.limit] if args.limit else reader.items()
+    models = [(r, load_pretrained(src / r, progress=False)) for r in rows]
+    print(f"answering {len(items)} SceneQA {args.split} questions ({args.answers}) with {', '.join(rows)}: "
+          f"{args.repeats} interleaved round(s), batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s)",
+          flush=True)
+    rep = eval_throughput(models, items, args.answers, batch_size=args.eval_batch_size, repeats=args.repeats,
+                          dtype=args.dtype)
+    for label, r in rep["models"].items():
+        print(f"\n{label} ({r['vision_tokens']} vision tokens), {len(items)} questions")
+        for n, q in r["questions_per_s"].items():
+            sp = r["speedup_over_fp32_plain"].get(n)
+            print(f"  {n:<18} {q:7.3f} questions/s  (wall {r['wall_s'][n]:.1f} s, CPU {r['cpu_s'][n]:.1f} s)"
+                  + (f"  {sp['median']:.2f}x fp32-plain's speed" if sp else ""))
+        for k, v in r["identical_answers_pct"].items():
+            print(f"  identical answers, {k}: {v:.1f}%")
+        print(f"  first-token logits, fp32 vs {r['dtype_after']}: max |diff| {r['first_token_logits_max_abs_diff']:.4g}, "
+              f"same argmax {r['first_token_argmax_identical_pct']:.1f}%")
+        for w in r["warnings"]:
+            print(f"  warning: {w}")
+    first = items[0]
+    from ..data.images import load_image
+
+    cmp = ttft_by_dtype(models[0][1], load_image(first.image_path), first.prompt, repeats=max(args.repeats, 3))
+    rep["ttft_by_dtype"] = {"model": rows[0], **cmp.to_dict()}
+    print()
+    print(format_comparison(cmp, f"TTFT of {rows[0]} by dtype (encode + compress + prefill + first token)"))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rep, indent=1, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
 # ---- the command ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     import gc
@@ -227,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model.prompting import build_prompt
 
     _check_args(args)
+    if args.answers:
+        return run_answers(args)
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
     if args.threads:

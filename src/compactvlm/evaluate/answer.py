@@ -55,8 +55,11 @@ class Answerer:
     """``answer_fn`` for ``evaluate.harness.evaluate`` (see the module docstring)."""
 
     def __init__(self, model, data_dir: str | None = None, max_new_tokens: int = 12, share_prefix: bool = True,
-                 stop_at_answer: bool = True, closed_form: Callable[[Any], bool] | None = None):
+                 stop_at_answer: bool = True, closed_form: Callable[[Any], bool] | None = None,
+                 record_logits: bool = False):
         self.model = model
+        #: question key -> first-token logits (float32, CPU) when ``record_logits`` (parity checks)
+        self.first_logits: dict[str, torch.Tensor] | None = {} if record_logits else None
         self.data_dir = data_dir
         self.max_new_tokens = max_new_tokens
         self.stop_at_answer = stop_at_answer
@@ -153,6 +156,9 @@ class Answerer:
         b, p = ids.shape[0], int(layers[0].keys.shape[-2])
         mask = torch.ones((b, p + ids.shape[1]), dtype=torch.long, device=dev)
         out = llm(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        if self.first_logits is not None:
+            for it, row in zip(items, out.logits[:, -1].float().cpu()):
+                self.first_logits[it.key] = row
         closed = [self.stop_at_answer and self.closed_form(it) for it in items]
         generated: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
