@@ -80,3 +80,16 @@ def test_fastv_takes_the_plain_path():
     model = tiny_vlm("mlp2x_gelu")
     model.reduction = REDUCTIONS.create("fastv", budget=16, model=model, k=1)
     assert not Answerer(model).share_prefix
+
+
+def test_eval_throughput_reports_speed_identity_and_logit_difference(tmp_path):
+    from compactvlm.efficiency.answers import eval_throughput
+
+    its = items(tmp_path, n_images=2)
+    rep = eval_throughput([("tiny", varied(tiny_vlm("mlp2x_gelu")))], its, None, batch_size=4, max_new_tokens=4,
+                          repeats=1, dtype="bfloat16", progress=False)
+    r = rep["models"]["tiny"]
+    assert set(r["questions_per_s"]) == {"fp32-plain", "fp32-shared", "bfloat16-shared"}
+    assert r["identical_answers_pct"]["fp32-shared vs fp32-plain"] == 100.0
+    assert 0 < r["first_token_logits_max_abs_diff"] < 1  # bf16 rounding: small, not zero
+    assert len(r["answers"]["bfloat16-shared"]) == len(its) == rep["questions"]

@@ -105,3 +105,24 @@ def test_bf16_dtype_resolution(monkeypatch):
     m = tiny_vlm("stf", k=2, E=1)
     assert m.set_dtype("bfloat16") == "bfloat16"
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+
+
+def test_hf_llava_peer_runs_the_same_modules_and_gives_our_logits():
+    """bench --peer: transformers' LlavaForConditionalGeneration around our encoder, projector and LLM computes
+    what our pipeline computes, at 64 tokens (32 px) and at 16 tokens (16 px)."""
+    from compactvlm.efficiency.peer import hf_llava, peer_calls
+
+    torch.set_num_threads(1)
+    model = tiny_vlm("mlp2x_gelu")
+    hf, image_id = hf_llava(model)
+    assert hf.model.language_model is model.llm.model and hf.model.vision_tower is model.encoder.model
+    img = random_images(1)[0]
+    for size, tokens in ((32, 64), (16, 16)):
+        calls, flops = peer_calls(model, hf, image_id, img, "what is it?", size)
+        assert flops["tokens"] == tokens and flops["ours_first_token"] == flops["hf_first_token"]
+        # HF also runs the vision tower's last block; the rest is the same work
+        assert flops["ours"] < flops["hf"] < 1.2 * flops["ours"]
+    from compactvlm.errors import CompactVLMError
+
+    with pytest.raises(CompactVLMError, match="mlp2x_gelu"):
+        hf_llava(tiny_vlm("stf", k=2, E=1))

@@ -61,6 +61,11 @@ def add_parser(sub) -> None:
     g.add_argument("--checkpoint-dir", default=None,
                    help="--answers: folder with full-mlp2x/ and stf-k2e1/ checkpoints (default: the packaged ones)")
     g.add_argument("--rows", default="full-mlp2x,stf-k2e1", help="--answers: which of those (comma-separated)")
+    p.add_argument("--peer", action="store_true",
+                   help="instead of the rows: the full-token checkpoint (full-mlp2x, packaged or --checkpoint-dir) "
+                        "against transformers' LlavaForConditionalGeneration running the same modules, at 256 "
+                        "(224 px) and 64 (112 px) image tokens, interleaved: our TTFT / HF's, and each "
+                        "pipeline's measured/ideal 256 -> 64 speedup")
     p.set_defaults(func=run)
 
 
@@ -263,7 +268,9 @@ def run_answers(args: argparse.Namespace) -> int:
         for k, v in r["identical_answers_pct"].items():
             print(f"  identical answers, {k}: {v:.1f}%")
         print(f"  first-token logits, fp32 vs {r['dtype_after']}: max |diff| {r['first_token_logits_max_abs_diff']:.4g}, "
-              f"same argmax {r['first_token_argmax_identical_pct']:.1f}%")
+              f"same argmax {r['first_token_argmax_identical_pct']:.1f}%; fp32 top-1 minus top-2 logit: median "
+              f"{r['fp32_margin_median']:.3f}, at the flipped questions "
+              + (", ".join(f"{v:.3f}" for v in r["fp32_margin_of_flipped_first_tokens"].values()) or "none"))
         for w in r["warnings"]:
             print(f"  warning: {w}")
     first = items[0]
@@ -276,6 +283,69 @@ def run_answers(args: argparse.Namespace) -> int:
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rep, indent=1, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
+# ---- --peer: transformers' LlavaForConditionalGeneration on the same modules ----------------------------------
+def run_peer(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..efficiency.peer import hf_llava, peer_calls
+    from ..efficiency.timing import compare, format_comparison
+    from ..errors import CompactVLMError
+    from ..model.checkpoint import load_pretrained
+    from .demo import assets_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = (Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()) / "full-mlp2x"
+    if not (src / "compactvlm.json").exists():
+        raise CompactVLMError(f"checkpoint {src} is missing", "pass --checkpoint-dir with a full-mlp2x/ folder")
+    model = load_pretrained(src, progress=False)
+    dtype = model.set_dtype(args.dtype)
+    hf, image_id = hf_llava(model)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    calls, flops = [], {}
+    for size in (224, 112):
+        c, f = peer_calls(model, hf, image_id, image, args.question, size)
+        n = f["tokens"]
+        if f["ours_first_token"] != f["hf_first_token"]:
+            print(f"note: at {n} tokens the first tokens differ (ours {f['ours_first_token']}, HF "
+                  f"{f['hf_first_token']})")
+        calls += [(f"ours@{n}", c["ours"]), (f"hf@{n}", c["hf"])]
+        flops[n] = f
+    hi, lo = sorted(flops, reverse=True)
+    ideal = {f"ours@{lo}": flops[hi]["ours"] / flops[lo]["ours"], f"hf@{hi}": flops[hi]["ours"] / flops[hi]["hf"],
+             f"hf@{lo}": flops[hi]["ours"] / flops[lo]["hf"]}
+    print(f"timing ours vs transformers' LlavaForConditionalGeneration ({dtype}, {torch.get_num_threads()} "
+          f"thread(s)): {args.repeats} interleaved rounds after {args.warmup} warm-up ...", flush=True)
+    cmp = compare(calls, repeats=args.repeats, warmup=args.warmup, ideal=ideal, progress=True, desc="peer rounds")
+    print()
+    print(format_comparison(cmp, f"TTFT, {src.name}: compactvlm (ours) vs HF llava (hf) on the same modules"))
+    out = {"checkpoint": str(src), "dtype": dtype, "threads": torch.get_num_threads(), "question": args.question,
+           "flops": {str(k): v for k, v in flops.items()}, "comparison": cmp.to_dict(), "ours_over_hf": {},
+           "measured_over_ideal_256_to_64": {}}
+    print()
+    for n in (hi, lo):
+        r = cmp.pair(f"ours@{n}", f"hf@{n}")
+        out["ours_over_hf"][n] = r
+        print(f"{n} image tokens: our TTFT / HF's = {r['median']:.3f} (rounds p25-p75 {r['p25']:.3f}-{r['p75']:.3f}); "
+              f"FLOPs ours {flops[n]['ours'] / 1e9:.1f} G, HF {flops[n]['hf'] / 1e9:.1f} G")
+    for who in ("ours", "hf"):
+        s = cmp.pair(f"{who}@{hi}", f"{who}@{lo}")
+        ideal_x = flops[hi][who] / flops[lo][who]
+        out["measured_over_ideal_256_to_64"][who] = {"speedup": s, "ideal": ideal_x, "ratio": s["median"] / ideal_x}
+        print(f"{who}: {hi} -> {lo} tokens {s['median']:.2f}x faster (p25-p75 {s['p25']:.2f}-{s['p75']:.2f}), "
+              f"FLOPs-ideal {ideal_x:.2f}x, measured/ideal {s['median'] / ideal_x:.2f}")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
     print(f"\nwrote {path}")
     return 0
 
@@ -299,6 +369,8 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.answers:
         return run_answers(args)
+    if args.peer:
+        return run_peer(args)
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
     if args.threads:

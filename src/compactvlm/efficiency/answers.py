@@ -54,8 +54,13 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
                                                                                                shared_low))]
         cmp = compare(calls, repeats=repeats, warmup=0, progress=progress, desc=f"{label}: answering rounds")
         ans = {n: cmp.values[n][-1] for n in names}
-        diffs = [float((shared.first_logits[k] - shared_low.first_logits[k]).abs().max())
-                 for k in shared.first_logits if k in shared_low.first_logits]
+        keys = [k for k in shared.first_logits if k in shared_low.first_logits]
+        diffs = [float((shared.first_logits[k] - shared_low.first_logits[k]).abs().max()) for k in keys]
+        flips = [k for k in keys if int(shared.first_logits[k].argmax()) != int(shared_low.first_logits[k].argmax())]
+
+        def margin(k):  # fp32's top-1 minus top-2 first-token logit: how close the question was to a tie
+            top = shared.first_logits[k].topk(2).values
+            return float(top[0] - top[1])
         qps = {n: len(items) / (cmp.wall_ms[n]["median"] / 1e3) for n in names}
         vs_plain = {n: cmp.speedup[n] for n in names[1:]}  # per round: fp32-plain's time / this one's
         report["models"][label] = {
@@ -67,9 +72,9 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
                                       f"{low_name}-shared vs fp32-shared": identical(ans[names[2]], ans[names[1]]),
                                       f"{low_name}-shared vs fp32-plain": identical(ans[names[2]], ans[names[0]])},
             "first_token_logits_max_abs_diff": max(diffs) if diffs else None,
-            "first_token_argmax_identical_pct": (100.0 * sum(
-                int(shared.first_logits[k].argmax() == shared_low.first_logits[k].argmax())
-                for k in shared.first_logits if k in shared_low.first_logits) / max(len(diffs), 1)),
+            "first_token_argmax_identical_pct": 100.0 * (len(keys) - len(flips)) / max(len(keys), 1),
+            "fp32_margin_of_flipped_first_tokens": {k: margin(k) for k in flips},
+            "fp32_margin_median": float(torch.tensor([margin(k) for k in keys]).median()) if keys else None,
             "rounds": cmp.rounds, "warnings": cmp.warnings,
             "answers": {n: dict(zip([it.key for it in items], ans[n])) for n in names},
         }

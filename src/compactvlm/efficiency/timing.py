@@ -142,6 +142,11 @@ class Comparison:
     ideal: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     values: dict[str, list] = field(default_factory=dict, repr=False)
+    round_wall_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)  # in round order
+
+    def pair(self, a: str, b: str) -> dict[str, Any]:
+        """Spread over rounds of ``a``'s wall time / ``b``'s wall time (both timed in the same round)."""
+        return spread([x / max(y, 1e-9) for x, y in zip(self.round_wall_ms[a], self.round_wall_ms[b])])
 
     @property
     def reliable(self) -> bool:
@@ -170,6 +175,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("values")
+        d.pop("round_wall_ms")
         d["reliable"] = self.reliable
         d["measured_over_ideal"] = {k: self.measured_over_ideal(k) for k in self.ideal}
         return d
@@ -235,7 +241,8 @@ def compare(calls: Sequence[tuple[str, Callable[[], Any]]], reference: str | Non
     share = {k: statistics.median(c.cpu_ms / max(c.wall_ms * threads, 1e-9) for c in v) for k, v in runs.items()}
     cmp = Comparison(labels, ref, n, warmup, threads, wall, cpu, speed, cspeed, share,
                      {k: float(v) for k, v in (ideal or {}).items() if k in runs and k != ref},
-                     values={k: [c.value for c in v] for k, v in runs.items()})
+                     values={k: [c.value for c in v] for k, v in runs.items()},
+                     round_wall_ms={k: [c.wall_ms for c in v] for k, v in runs.items()})
     hint = _busy_hint(repeats)
     if n < 3 and len(labels) > 1:
         cmp.warnings.append(f"only {n} timed round(s): no spread to judge the ratios by; rerun with --repeats 5 "
