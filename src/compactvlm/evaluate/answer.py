@@ -6,8 +6,10 @@ Greedy answers, computed with as little repeated work as the prompts allow:
 - **one vision-prefix prefill per image**: the prompt is ``[system/user header] <image tokens> [question,
   assistant header]``; everything up to the last image token (the prefix) is identical for every question of an
   image, so its KV cache is computed once and each question continues from a copy of it;
-- **prompts batched by length**: the questions' suffixes are grouped by token count, so a batch needs no
-  padding (no wasted positions, no attention mask in the middle of a prompt);
+- **prompts batched by length**: a batch's questions are sorted by suffix length and continue together from
+  their images' prefixes; a shorter suffix is padded on its left, between prefix and question (masked keys,
+  positions counting real tokens only, as ``generate`` does for a left-padded prompt), so the batch prefills
+  its suffixes in one LLM call and decodes in one loop;
 - **decoding stops at the answer's end**: a sequence is done at an end-of-turn token; for closed-form families
   (yes/no, counting, multiple choice: ``CLOSED_FORM``) also at the first line break, and its text ends there. A
   batch stops as soon as all its sequences are done.
@@ -126,12 +128,14 @@ class Answerer:
                   use_cache=True, logits_to_keep=1)
             for row, g in enumerate(gs):
                 caches[g] = (cache, row)
-        # questions grouped by (prefix length, suffix length): no padding anywhere
+        # questions grouped by prefix length (one group in practice: every prompt has the same header), sorted by
+        # suffix length; a batch pads its shorter suffixes on their left, between prefix and question (masked)
         answers: list[str | None] = [None] * len(items)
-        batches: dict[tuple[int, int], list[int]] = defaultdict(list)
+        batches: dict[int, list[int]] = defaultdict(list)
         for i, (g, suffix) in enumerate(split):
-            batches[(len(prefixes[g][1]), len(suffix))].append(i)
-        for (_, _), idx in sorted(batches.items()):
+            batches[len(prefixes[g][1])].append(i)
+        for _, idx in sorted(batches.items()):
+            idx = sorted(idx, key=lambda i: len(split[i][1]))
             texts = self._decode_batch([split[i] for i in idx], caches, [items[i] for i in idx], dev)
             for i, t in zip(idx, texts):
                 answers[i] = t
@@ -143,7 +147,7 @@ class Answerer:
         return DynamicCache(config=self.model.llm.config)
 
     def _decode_batch(self, rows: list[tuple[int, list[int]]], caches: dict, items: list, dev) -> list[str]:
-        """Greedy decoding of questions that share a suffix length, each from a copy of its image's prefix cache."""
+        """Greedy decoding of a batch of questions, each from a copy of its image's prefix cache."""
         llm, tok = self.model.llm, self.model.tokenizer
         cache = self._new_cache()
         sources = [caches[g] for g, _ in rows]
@@ -152,10 +156,19 @@ class Answerer:
             k = torch.cat([c.layers[li].keys[r: r + 1] for c, r in sources])  # (B, H_kv, P, d)
             v = torch.cat([c.layers[li].values[r: r + 1] for c, r in sources])
             cache.update(k, v, li)
-        ids = torch.tensor([s for _, s in rows], dtype=torch.long, device=dev)  # (B, S)
-        b, p = ids.shape[0], int(layers[0].keys.shape[-2])
-        mask = torch.ones((b, p + ids.shape[1]), dtype=torch.long, device=dev)
-        out = llm(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        b, p = len(rows), int(layers[0].keys.shape[-2])
+        s = max(len(x) for _, x in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((b, s), pad, dtype=torch.long, device=dev)  # (B, S), suffixes left-padded
+        mask = torch.ones((b, p + s), dtype=torch.long, device=dev)  # (B, P + S), 0 on the padding
+        for i, (_, x) in enumerate(rows):
+            ids[i, s - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask[i, p: p + s - len(x)] = 0
+        # positions count real tokens only, as generate's do for a left-padded prompt: P, P+1, ... after the pads
+        pos = (p + mask[:, p:].cumsum(dim=1) - 1).clamp(min=p)  # (B, S)
+        out = llm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                  logits_to_keep=1)
+        last = pos[:, -1:]  # (B, 1)
         if self.first_logits is not None:
             for it, row in zip(items, out.logits[:, -1].float().cpu()):
                 self.first_logits[it.key] = row
@@ -175,7 +188,8 @@ class Answerer:
             if all(done) or step == self.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
-            out = llm(input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True,
+            last = last + 1
+            out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, cache=cache, use_cache=True,
                       logits_to_keep=1)
             nxt = out.logits[:, -1].argmax(dim=-1)
         texts = tok.batch_decode(generated, skip_special_tokens=True)
