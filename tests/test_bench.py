@@ -194,3 +194,12 @@ def test_flop_counter_allows_autograd_grad_inside():
         step()
     # forward 4x8x8 matmul + the input-gradient matmul of the same size, 2 FLOPs per multiply-add
     assert fc.get_total_flops() == 2 * (2 * 4 * 8 * 8)
+
+
+def test_answers_and_peer_modes_refuse_bad_inputs_before_loading(tmp_path, capsys):
+    assert main(["bench", "--answers", str(tmp_path / "nowhere")]) == 2
+    assert main(["bench", "--answers", str(tmp_path), "--limit", "0"]) == 2
+    assert main(["bench", "--answers", str(tmp_path), "--checkpoint-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--peer", "--checkpoint-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--limit must be >= 1" in err and "full-mlp2x" in err

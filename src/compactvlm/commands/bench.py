@@ -367,9 +367,9 @@ def run(args: argparse.Namespace) -> int:
     from ..model.prompting import build_prompt
 
     _check_args(args)
-    if args.answers:
+    if getattr(args, "answers", None):
         return run_answers(args)
-    if args.peer:
+    if getattr(args, "peer", False):
         return run_peer(args)
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
@@ -476,6 +476,19 @@ def run(args: argparse.Namespace) -> int:
         print()
         print("\n".join(lines))
     if timing:
+        from ..efficiency.timing import matmul_peak
+
+        peak = matmul_peak(backbone.dtype, device)
+        settings["matmul_peak"] = peak
+        print(f"\n{peak['dtype']} matmul {peak['n']}^3 in this run: {peak['gflops_wall']:.0f} GFLOP/s (wall), "
+              f"{peak['gflops_cpu']:.0f} GFLOP/s per CPU second")
+        for r in results:
+            t = r["timing"]
+            rate = r["flops"]["llm_prefill"] * args.batch / (t["llm_ms"] / 1e3) / 1e9
+            r["ratios"]["llm_gflops_per_s"] = rate
+            r["ratios"]["llm_share_of_matmul_peak"] = rate / peak["gflops_wall"]
+            print(f"{r['label']}: LLM prefill + first token {rate:.0f} GFLOP/s = "
+                  f"{100 * rate / peak['gflops_wall']:.0f}% of that peak")
         settings["timing_warnings"] = cmp.warnings
         settings["cpu_share"] = cmp.cpu_share
         if cmp.warnings:

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(src / row, progress=not args.quiet)
         dtype = model.set_dtype(args.dtype)
         prov = src / row / "provenance.json"
-        metrics = evaluate("sceneqa", str(data), make_answer_fn(model, str(data)), work / "eval" / row,
+        metrics = evaluate("sceneqa", str(data), make_answer_fn(model, str(data)), work / "eval" / f"{row}-{dtype}",
                            batch_size=args.batch_size, progress=not args.quiet,
                            run_info={"name": row, "vision_tokens": model.num_image_tokens(),
                                      "method": model.compressor.registry_name, "checkpoint": str(src / row)})

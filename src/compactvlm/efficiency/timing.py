@@ -290,6 +290,20 @@ def format_comparison(cmp: Comparison, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int = 2048, repeats: int = 5) -> dict:
+    """Dense (n x n) @ (n x n) matmul rate in ``dtype`` on ``device`` with the current threads: GFLOP/s per wall
+    second and per process-CPU second (medians of ``repeats`` after one warm-up): the peak the LLM's rate is
+    compared with."""
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    with torch.inference_mode():
+        cmp = compare([("mm", lambda: a @ b)], repeats=repeats, warmup=1, device=dev)
+    flops = 2.0 * n ** 3
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "gflops_wall": flops / cmp.median_ms("mm") / 1e6,
+            "gflops_cpu": flops / max(cmp.cpu_ms["mm"]["median"], 1e-9) / 1e6}
+
+
 # ---- time to first token of whole models ----------------------------------------------------------------------
 def ttft_call(model, ids: torch.Tensor, mask: torch.Tensor, pix: torch.Tensor, extra_state: dict | None = None):
     """A zero-argument call doing one encode + compress + LLM prefill (last position's logits) + first token."""
