@@ -93,3 +93,24 @@ def test_eval_throughput_reports_speed_identity_and_logit_difference(tmp_path):
     assert r["identical_answers_pct"]["fp32-shared vs fp32-plain"] == 100.0
     assert 0 < r["first_token_logits_max_abs_diff"] < 1  # bf16 rounding: small, not zero
     assert len(r["answers"]["bfloat16-shared"]) == len(its) == rep["questions"]
+
+
+def test_closed_form_answers_stop_at_the_line_break(tmp_path):
+    """With a token treated as a line break, closed-form answers end right after it (decoding stops there) and
+    open answers run on; the stopped answers are prefixes of the full ones."""
+    model = varied(tiny_vlm("mlp2x_gelu"))
+    its = items(tmp_path)
+    plain = make_answer_fn(model, None, max_new_tokens=8, share_prefix=False)(its)
+    tok = model.tokenizer
+    stop_id = tok(plain[0].split()[0], add_special_tokens=False)["input_ids"][0]  # the first answer's first token
+    fn = make_answer_fn(model, None, max_new_tokens=8)
+    fn.newlines = {stop_id}
+    early = fn(its)
+    shorter = 0
+    for it, a, p in zip(its, early, plain):
+        if it.category == "existence":
+            assert p.startswith(a)
+            shorter += len(a) < len(p)
+        else:
+            assert a == p
+    assert shorter >= 1
