@@ -60,6 +60,7 @@ def test_compare_reports_each_method(pool, image_path):
     labels = ["mlp2x_gelu (all tokens)", "stf k=2", "random 16"]
     message, rows, results = compare(pool, image_path, "what is in the image ?", labels, max_new_tokens=4)
     assert message.startswith("Compared 3 methods")
+    assert "TTFT from 3 interleaved rounds; speedup over mlp2x_gelu (all tokens): stf k=2" in message
     assert [r[0] for r in rows] == labels
     assert [r[1] for r in rows] == ["64", "16", "16"]
     for lab in labels:

@@ -208,11 +208,14 @@ def _train_stats(run_dir: Path) -> dict:
 
 
 def measure_cost(model, image, question: str, repeats: int, extra_state: dict | None = None) -> dict:
-    """TTFT (median ms, with min/max) and FLOPs of one batch-1 forward: encode + compress + prefill + first-token
-    logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM."""
+    """TTFT (median ms, with min/max and process CPU ms) and FLOPs of one batch-1 forward: encode + compress +
+    prefill + first-token logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM.
+    The time comes from ``efficiency.timing.compare_ttft``, the one timing path; to compare rows' speed, time
+    them together with it (interleaved), as ``compactvlm demo`` and ``bench`` do."""
     import torch
 
     from .efficiency.flops import flop_counter
+    from .efficiency.timing import compare_ttft
 
     dev = next(model.llm.parameters()).device
     ids, mask = model.pad_left([model.prompt_ids(question)])
@@ -224,8 +227,13 @@ def measure_cost(model, image, question: str, repeats: int, extra_state: dict | 
         with flop_counter() as fv:
             model.encode_images(pix, extra_state)
         vision = fv.get_total_flops()
-    times = model.prefill_times(ids, mask, pix, repeats, extra_state)
-    return {"ttft_ms": statistics.median(times), "ttft_ms_min": min(times), "ttft_ms_max": max(times),
+    wall = cpu = {"median": None, "min": None, "max": None}
+    if repeats > 0:  # repeats 0: FLOPs only (callers that time several models together, interleaved)
+        cmp = compare_ttft([("row", model)], pix, question, repeats=repeats, warmup=1,
+                           extra_states={"row": extra_state})
+        wall, cpu = cmp.wall_ms["row"], cmp.cpu_ms["row"]
+    return {"ttft_ms": wall["median"], "ttft_ms_min": wall["min"], "ttft_ms_max": wall["max"],
+            "ttft_cpu_ms": cpu["median"], "dtype": str(next(model.llm.parameters()).dtype).replace("torch.", ""),
             "prompt_tokens": int(ids.shape[1]), "flops_total": int(total), "flops_vision": int(vision),
             "flops_llm": int(total - vision), "threads": torch.get_num_threads()}
 

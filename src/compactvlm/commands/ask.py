@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     load_s = time.perf_counter() - t
     res = model.generate([image], [args.question], max_new_tokens=args.max_new_tokens)
-    prefill = model.prefill_ms([image], args.question)
+    from ..efficiency.timing import ttft_ms
+
+    prefill = ttft_ms(model, [image], args.question)
     print(f"answer: {res.texts[0]}")
     print(f"compressor: {model.compressor.describe()}")
     print(f"vision tokens: {res.num_image_tokens}  prompt tokens: {res.prompt_tokens[0]}")

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per timed batch (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights/activations (auto: bfloat16 on cuda and for --flops-only, float32 on the CPU)")
+                   help="weights/activations (auto: bfloat16 on a CUDA GPU with bf16 and for --flops-only, else "
+                        "float32)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of the preset's shapes (timings need no trained weights; the only choice "
                         "for presets without offline weights, e.g. llava-1.5-7b)")
@@ -48,6 +49,23 @@ def add_parser(sub) -> None:
                    help="question of the prompt when the model has a tokenizer (real weights)")
     p.add_argument("--json", default="bench.json", metavar="PATH", help="results file (default bench.json)")
     p.add_argument("--plot", default=None, metavar="PNG", help="also plot TTFT and FLOPs versus vision tokens")
+    g = p.add_argument_group("evaluation throughput and bf16 parity (--answers)")
+    g.add_argument("--answers", default=None, metavar="SCENEQA_DIR",
+                   help="instead of the rows: answer this SceneQA split's questions with the packaged full-token "
+                        "(256) and STF k=2 (64) models, fp32 plain generate vs fp32 / default-dtype shared-prefix "
+                        "answering, interleaved; questions/s, identical answers, first-token logit difference, "
+                        "and the full-token TTFT fp32 vs the default dtype")
+    g.add_argument("--split", default="test", help="SceneQA split for --answers (default test)")
+    g.add_argument("--limit", type=int, default=None, help="--answers: only the first N questions")
+    g.add_argument("--eval-batch-size", type=int, default=8, help="--answers: questions per batch (default 8)")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="--answers: folder with full-mlp2x/ and stf-k2e1/ checkpoints (default: the packaged ones)")
+    g.add_argument("--rows", default="full-mlp2x,stf-k2e1", help="--answers: which of those (comma-separated)")
+    p.add_argument("--peer", action="store_true",
+                   help="instead of the rows: the full-token checkpoint (full-mlp2x, packaged or --checkpoint-dir) "
+                        "against transformers' LlavaForConditionalGeneration running the same modules, at 256 "
+                        "(224 px) and 64 (112 px) image tokens, interleaved: our TTFT / HF's, and each "
+                        "pipeline's measured/ideal 256 -> 64 speedup")
     p.set_defaults(func=run)
 
 
@@ -125,16 +143,18 @@ def flops_table(results: list[dict], ref: dict) -> str:
 
 
 def timing_table(results: list[dict], ref: dict) -> str:
-    header = ["row", "vis tok", "TTFT ms", "p25-p75", "encode", "compress", "LLM+1st", "speedup x", "ideal x",
-              "meas/ideal", "comp %", "decode tok/s", "peak MiB", "KV MiB"]
+    header = ["row", "vis tok", "TTFT ms", "p25-p75", "CPU ms", "encode", "compress", "LLM+1st", "speedup x",
+              "rounds p25-p75", "CPU-time x", "ideal x", "meas/ideal", "comp %", "decode tok/s", "peak MiB", "KV MiB"]
     rows = []
     for r in results:
         t, q = r["timing"], r["ratios"]
         tt = t["ttft_ms"]
         dec = "n/a" if t["decode_tokens_per_s"] is None else f"{t['decode_tokens_per_s']:.1f}"
         rows.append([r["label"] + (" (ref)" if r is ref else ""), str(t["vision_tokens"]), f"{tt['median']:.1f}",
-                     f"{tt['p25']:.1f}-{tt['p75']:.1f}", f"{t['encode_ms']:.1f}", f"{t['compress_ms']:.1f}",
-                     f"{t['llm_ms']:.1f}", f"{q['ttft_speedup']:.2f}", f"{q['flops_ideal_speedup']:.2f}",
+                     f"{tt['p25']:.1f}-{tt['p75']:.1f}", f"{t['cpu_ms']['median']:.1f}", f"{t['encode_ms']:.1f}",
+                     f"{t['compress_ms']:.1f}", f"{t['llm_ms']:.1f}", f"{q['ttft_speedup']:.2f}",
+                     f"{q['ttft_speedup_p25']:.2f}-{q['ttft_speedup_p75']:.2f}", f"{q['ttft_cpu_speedup']:.2f}",
+                     f"{q['flops_ideal_speedup']:.2f}",
                      f"{q['measured_over_ideal']:.2f}", f"{100 * q['compressor_share_of_ttft']:.1f}", dec,
                      _mib(t["peak_memory_bytes"]), _mib(t["kv_cache_bytes"])])
     return format_table(header, rows)
@@ -152,7 +172,9 @@ def summary_lines(results: list[dict], ref: dict) -> list[str]:
         total = t["ttft_ms"]["median"]
         lines.append(
             f"{r['label']}: TTFT {total:.1f} ms vs {ref['timing']['ttft_ms']['median']:.1f} ms for {ref['label']} "
-            f"-> {q['ttft_speedup']:.2f}x faster, FLOPs-ideal {q['flops_ideal_speedup']:.2f}x "
+            f"-> {q['ttft_speedup']:.2f}x faster (median of per-round ratios; p25-p75 {q['ttft_speedup_p25']:.2f}-"
+            f"{q['ttft_speedup_p75']:.2f}, CPU time {q['ttft_cpu_speedup']:.2f}x), FLOPs-ideal "
+            f"{q['flops_ideal_speedup']:.2f}x "
             f"(measured/ideal {q['measured_over_ideal']:.2f}); compressor {100 * q['compressor_share_of_ttft']:.1f}% "
             f"of TTFT; time: encode {100 * t['encode_ms'] / total:.0f}%, compress {100 * t['compress_ms'] / total:.0f}%, "
             f"LLM prefill + first token {100 * t['llm_ms'] / total:.0f}%")
@@ -209,6 +231,129 @@ def _no_cache_deprecation(record) -> bool:
     return "past_key_values" not in record.getMessage()
 
 
+# ---- --answers: evaluation throughput and bf16 parity -----------------------------------------------------------
+def run_answers(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ..efficiency.answers import eval_throughput, ttft_by_dtype
+    from ..efficiency.timing import format_comparison
+    from ..errors import CompactVLMError
+    from ..evaluate.benchmarks import get_benchmark
+    from ..model.checkpoint import load_pretrained
+    from .demo import assets_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.limit is not None and args.limit < 1:
+        raise CompactVLMError(f"--limit must be >= 1, got {args.limit}", "leave it out to answer every question")
+    src = Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for r in rows:
+        if not (src / r / "compactvlm.json").exists():
+            raise CompactVLMError(f"checkpoint {src / r} is missing", "pass --checkpoint-dir with full-mlp2x/ and "
+                                  "stf-k2e1/ folders, or --rows naming folders that exist there")
+    reader = get_benchmark("sceneqa", args.answers, split=args.split)  # a bad folder fails before any model load
+    items = reader.items()[: args.limit] if args.limit else reader.items()
+    models = [(r, load_pretrained(src / r, progress=False)) for r in rows]
+    print(f"answering {len(items)} SceneQA {args.split} questions ({args.answers}) with {', '.join(rows)}: "
+          f"{args.repeats} interleaved round(s), batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s)",
+          flush=True)
+    rep = eval_throughput(models, items, args.answers, batch_size=args.eval_batch_size, repeats=args.repeats,
+                          dtype=args.dtype)
+    for label, r in rep["models"].items():
+        print(f"\n{label} ({r['vision_tokens']} vision tokens), {len(items)} questions")
+        for n, q in r["questions_per_s"].items():
+            sp = r["speedup_over_fp32_plain"].get(n)
+            print(f"  {n:<18} {q:7.3f} questions/s  (wall {r['wall_s'][n]:.1f} s, CPU {r['cpu_s'][n]:.1f} s)"
+                  + (f"  {sp['median']:.2f}x fp32-plain's speed" if sp else ""))
+        for k, v in r["identical_answers_pct"].items():
+            print(f"  identical answers, {k}: {v:.1f}%")
+        print(f"  first-token logits, fp32 vs {r['dtype_after']}: max |diff| {r['first_token_logits_max_abs_diff']:.4g}, "
+              f"same argmax {r['first_token_argmax_identical_pct']:.1f}%; fp32 top-1 minus top-2 logit: median "
+              f"{r['fp32_margin_median']:.3f}, at the flipped questions "
+              + (", ".join(f"{v:.3f}" for v in r["fp32_margin_of_flipped_first_tokens"].values()) or "none"))
+        for w in r["warnings"]:
+            print(f"  warning: {w}")
+    first = items[0]
+    from ..data.images import load_image
+
+    cmp = ttft_by_dtype(models[0][1], load_image(first.image_path), first.prompt, repeats=max(args.repeats, 3))
+    rep["ttft_by_dtype"] = {"model": rows[0], **cmp.to_dict()}
+    print()
+    print(format_comparison(cmp, f"TTFT of {rows[0]} by dtype (encode + compress + prefill + first token)"))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rep, indent=1, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
+# ---- --peer: transformers' LlavaForConditionalGeneration on the same modules ----------------------------------
+def run_peer(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..efficiency.peer import hf_llava, peer_calls
+    from ..efficiency.timing import compare, format_comparison
+    from ..errors import CompactVLMError
+    from ..model.checkpoint import load_pretrained
+    from .demo import assets_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = (Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()) / "full-mlp2x"
+    if not (src / "compactvlm.json").exists():
+        raise CompactVLMError(f"checkpoint {src} is missing", "pass --checkpoint-dir with a full-mlp2x/ folder")
+    model = load_pretrained(src, progress=False)
+    dtype = model.set_dtype(args.dtype)
+    hf, image_id = hf_llava(model)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    calls, flops = [], {}
+    for size in (224, 112):
+        c, f = peer_calls(model, hf, image_id, image, args.question, size)
+        n = f["tokens"]
+        if f["ours_first_token"] != f["hf_first_token"]:
+            print(f"note: at {n} tokens the first tokens differ (ours {f['ours_first_token']}, HF "
+                  f"{f['hf_first_token']})")
+        calls += [(f"ours@{n}", c["ours"]), (f"hf@{n}", c["hf"])]
+        flops[n] = f
+    hi, lo = sorted(flops, reverse=True)
+    ideal = {f"ours@{lo}": flops[hi]["ours"] / flops[lo]["ours"], f"hf@{hi}": flops[hi]["ours"] / flops[hi]["hf"],
+             f"hf@{lo}": flops[hi]["ours"] / flops[lo]["hf"]}
+    print(f"timing ours vs transformers' LlavaForConditionalGeneration ({dtype}, {torch.get_num_threads()} "
+          f"thread(s)): {args.repeats} interleaved rounds after {args.warmup} warm-up ...", flush=True)
+    cmp = compare(calls, repeats=args.repeats, warmup=args.warmup, ideal=ideal, progress=True, desc="peer rounds")
+    print()
+    print(format_comparison(cmp, f"TTFT, {src.name}: compactvlm (ours) vs HF llava (hf) on the same modules"))
+    out = {"checkpoint": str(src), "dtype": dtype, "threads": torch.get_num_threads(), "question": args.question,
+           "flops": {str(k): v for k, v in flops.items()}, "comparison": cmp.to_dict(), "ours_over_hf": {},
+           "measured_over_ideal_256_to_64": {}}
+    print()
+    for n in (hi, lo):
+        r = cmp.pair(f"ours@{n}", f"hf@{n}")
+        out["ours_over_hf"][n] = r
+        print(f"{n} image tokens: our TTFT / HF's = {r['median']:.3f} (rounds p25-p75 {r['p25']:.3f}-{r['p75']:.3f}); "
+              f"FLOPs ours {flops[n]['ours'] / 1e9:.1f} G, HF {flops[n]['hf'] / 1e9:.1f} G")
+    for who in ("ours", "hf"):
+        s = cmp.pair(f"{who}@{hi}", f"{who}@{lo}")
+        ideal_x = flops[hi][who] / flops[lo][who]
+        out["measured_over_ideal_256_to_64"][who] = {"speedup": s, "ideal": ideal_x, "ratio": s["median"] / ideal_x}
+        print(f"{who}: {hi} -> {lo} tokens {s['median']:.2f}x faster (p25-p75 {s['p25']:.2f}-{s['p75']:.2f}), "
+              f"FLOPs-ideal {ideal_x:.2f}x, measured/ideal {s['median'] / ideal_x:.2f}")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
 # ---- the command ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     import gc
@@ -221,11 +366,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..efficiency.flops import FlopsCounter
     from ..efficiency.presets import BenchSpec, build_backbone, build_vlm, check_device, resolve_model
-    from ..efficiency.timing import time_rows
+    from ..efficiency.timing import SPREAD_LIMIT, time_rows
     from ..errors import CompactVLMError
     from ..model.prompting import build_prompt
 
     _check_args(args)
+    if getattr(args, "answers", None):
+        return run_answers(args)
+    if getattr(args, "peer", False):
+        return run_peer(args)
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
     if args.threads:
@@ -234,7 +383,12 @@ def run(args: argparse.Namespace) -> int:
     preset = resolve_model(args.model)
     timing = not args.flops_only
     device = check_device(args.device) if timing else torch.device("meta")
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if timing and device.type == "cpu" else "bfloat16")
+    if args.dtype != "auto":
+        dtype = args.dtype
+    else:
+        from ..model.build import resolve_dtype
+
+        dtype = resolve_dtype("auto", device) if timing else "bfloat16"
     texts = list(dict.fromkeys(r.strip() for r in (args.compressor or default_rows(preset)) if r.strip()))
     specs = [BenchSpec.parse(t) for t in texts]
     if REFERENCE not in texts:
@@ -275,8 +429,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"timing {len(specs)} rows, interleaved ({args.warmup} warm-up + {args.repeats} timed rounds) ...",
               flush=True)
         models = [(spec.label, build_vlm(backbone, spec)) for spec in specs]
-        timings = time_rows(models, batch=args.batch, text_tokens=text_tokens, question=args.question,
-                            warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens)
+        ideal = {r["label"]: results[0]["flops"]["total"] / r["flops"]["total"] for r in results[1:]}
+        timings, cmp = time_rows(models, batch=args.batch, text_tokens=text_tokens, question=args.question,
+                                 warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                                 ideal=ideal, progress=True)
         for res, t in zip(results, timings):
             res["timing"] = t.to_dict()
         del models
@@ -292,8 +448,11 @@ def run(args: argparse.Namespace) -> int:
              "compressor_share_of_flops": r["flops"]["compressor"] / r["flops"]["total"]}
         if r["timing"]:
             t = r["timing"]
-            speed = ref["timing"]["ttft_ms"]["median"] / t["ttft_ms"]["median"]
-            q.update(ttft_speedup=speed, measured_over_ideal=speed / ideal,
+            s, c = cmp.speedup[r["label"]], cmp.cpu_speedup[r["label"]]
+            # the median over rounds of the per-round ratio (reference and row timed back to back)
+            q.update(ttft_speedup=s["median"], ttft_speedup_p25=s["p25"], ttft_speedup_p75=s["p75"],
+                     ttft_speedup_min=s["min"], ttft_speedup_max=s["max"], ttft_cpu_speedup=c["median"],
+                     measured_over_ideal=s["median"] / ideal,
                      compressor_share_of_ttft=t["compress_ms"] / t["ttft_ms"]["median"])
         r["ratios"] = q
 
@@ -311,13 +470,37 @@ def run(args: argparse.Namespace) -> int:
                         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
         how = results[0]["timing"]["peak_memory_method"]
         print(f"\nTiming on {device}{' (' + settings['gpu'] + ')' if settings['gpu'] else ''}, {dtype}, "
-              f"{backbone.weights} weights, batch {args.batch}, {threads} CPU threads, median of {args.repeats} "
-              f"after {args.warmup} warm-up (ms); speedup and ideal versus {ref['label']}; peak memory: {how}\n")
+              f"{backbone.weights} weights, batch {args.batch}, {threads} CPU threads, {args.repeats} interleaved "
+              f"rounds after {args.warmup} warm-up (ms, medians; CPU ms: process CPU time, all threads); speedup: "
+              f"median over rounds of {ref['label']}'s time / the row's, with its p25-p75; ideal versus "
+              f"{ref['label']}; peak memory: {how}\n")
         print(timing_table(results, ref))
     lines = summary_lines(results, ref)
     if lines:
         print()
         print("\n".join(lines))
+    if timing:
+        from ..efficiency.timing import matmul_peak
+
+        peak = matmul_peak(backbone.dtype, device)
+        settings["matmul_peak"] = peak
+        print(f"\n{peak['dtype']} matmul {peak['n']}^3 in this run: {peak['gflops_wall']:.0f} GFLOP/s (wall), "
+              f"{peak['gflops_cpu']:.0f} GFLOP/s per CPU second")
+        for r in results:
+            t = r["timing"]
+            rate = r["flops"]["llm_prefill"] * args.batch / (t["llm_ms"] / 1e3) / 1e9
+            r["ratios"]["llm_gflops_per_s"] = rate
+            r["ratios"]["llm_share_of_matmul_peak"] = rate / peak["gflops_wall"]
+            print(f"{r['label']}: LLM prefill + first token {rate:.0f} GFLOP/s = "
+                  f"{100 * rate / peak['gflops_wall']:.0f}% of that peak")
+        settings["timing_warnings"] = cmp.warnings
+        settings["cpu_share"] = cmp.cpu_share
+        if cmp.warnings:
+            print()
+            print("\n".join(f"warning: {w}" for w in cmp.warnings))
+        else:
+            print(f"\nratios from {cmp.rounds} interleaved rounds, spread within {100 * SPREAD_LIMIT:.0f}% and "
+                  "none above its FLOPs ideal")
 
     out = {"preset": preset.summary(), "settings": settings, "rows": results}
     path = Path(args.json)

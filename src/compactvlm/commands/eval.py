@@ -37,27 +37,10 @@ def add_parser(sub) -> None:
 
 
 def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
-    """EvalItems -> answers with the model; supplies SceneQA's object masks to mask sources that want them."""
-    from pathlib import Path
+    """EvalItems -> answers with the model: ``compactvlm.evaluate.answer.make_answer_fn`` (kept here for callers)."""
+    from ..evaluate.answer import make_answer_fn as library_answer_fn
 
-    from ..data.images import load_image
-
-    wants_masks = model.compressor.wants_given_masks
-
-    def answer(items):
-        images = [load_image(Path.cwd() / it.image_path, root=data_dir) for it in items]  # never outside --data
-        extra = None
-        if wants_masks:
-            from ..data.sceneqa.masks import object_masks
-            import torch
-
-            size = (model.processor.size, model.processor.size)
-            extra = {"masks": [torch.from_numpy(object_masks(data_dir, it.meta.get("image") or it.image_path,
-                                                             size=size)[0]) for it in items]}
-        return model.generate(images, [it.prompt for it in items], max_new_tokens=max_new_tokens,
-                              extra_state=extra).texts
-
-    return answer
+    return library_answer_fn(model, data_dir, max_new_tokens)
 
 
 def run(args: argparse.Namespace) -> int:

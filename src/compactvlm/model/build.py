@@ -28,18 +28,69 @@ class ModelConfig:
     compressor: str = "mlp2x_gelu"
     compressor_params: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
+    #: weights' dtype. Training keeps float32 master weights (bf16 autocast on top); inference commands cast to
+    #: ``resolve_dtype("auto")`` (bfloat16 where the hardware runs it fast) unless told ``--dtype float32``.
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
 
     def validate(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise CompactVLMError(f"model.dtype {self.dtype!r} is not supported", "use float32, bfloat16 or float16")
+        if self.dtype not in DTYPE_CHOICES:
+            raise CompactVLMError(f"model.dtype {self.dtype!r} is not supported",
+                                  "use auto, float32, bfloat16 or float16")
         if self.image_size <= 0:
             raise CompactVLMError(f"model.image_size must be positive, got {self.image_size}", "use e.g. 224")
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        return getattr(torch, resolve_dtype(self.dtype))
+
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+#: /proc/cpuinfo flags of x86 CPUs with bf16 matrix instructions (AMX tiles, AVX512-BF16 dot products)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16 support, or a CPU with AMX-BF16 /
+    AVX512-BF16 (torch's own capability string, or /proc/cpuinfo's flags)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return False
+    cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return "AMX" in cap or "BF16" in cap or bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+#: ``auto`` picks bfloat16 on these device types when ``bf16_is_fast``. Not on the CPU for now: there bf16 halves
+#: TTFT (537 -> 202 ms, full tokens) but only 81-90% of SceneQA answers of the shipped models matched float32's
+#: (every flip a near tie in float32), short of the 99% parity we require of a default
+#: (``compactvlm bench --answers``, results/bench/README_timing.md); ``--dtype bfloat16`` selects it.
+AUTO_BF16_DEVICES = ("cuda",)
+
+
+def resolve_dtype(name: str | None, device: str | torch.device = "cpu") -> str:
+    """``auto`` (or None) -> ``bfloat16`` on a device type of ``AUTO_BF16_DEVICES`` where ``bf16_is_fast(device)``,
+    else ``float32``; other names checked."""
+    name = name or "auto"
+    if name not in DTYPE_CHOICES:
+        raise CompactVLMError(f"dtype {name!r} is not supported", "use auto, float32, bfloat16 or float16")
+    if name == "auto":
+        fast = torch.device(device).type in AUTO_BF16_DEVICES and bf16_is_fast(device)
+        return "bfloat16" if fast else "float32"
+    return name
 
 
 #: weight files whose loading unpickles (torch.load); compactvlm reads weights only from safetensors.

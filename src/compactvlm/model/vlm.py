@@ -12,7 +12,6 @@ token count instead of the compressor.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -81,6 +80,23 @@ class CompactVLM(nn.Module):
     @property
     def llm_dim(self) -> int:
         return self.llm.get_input_embeddings().embedding_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.llm.parameters()).dtype
+
+    def set_dtype(self, dtype: str = "auto") -> str:
+        """Cast encoder, compressor, reduction and LLM for inference: ``auto`` is bfloat16 where the device runs
+        it fast (``model.build.bf16_is_fast``: CUDA, CPUs with AMX/AVX512-BF16), else float32. Returns the name."""
+        from .build import resolve_dtype
+
+        name = resolve_dtype(dtype, next(self.llm.parameters()).device)
+        dt = getattr(torch, name)
+        for part in (self.encoder, self.compressor, self.llm, self.reduction):
+            if part is not None:
+                part.to(dt)
+        self.config_dict["dtype"] = name
+        return name
 
     # ---- vision side ----------------------------------------------------------------------------------
     def encoder_features(self, pixel_values: torch.Tensor, extra_state: dict | None = None):
@@ -197,25 +213,6 @@ class CompactVLM(nn.Module):
         timings.update(vision_ms=(t1 - t0) * 1e3, generate_ms=(t2 - t1) * 1e3)
         return GenerationResult([t.strip() for t in texts], self.num_image_tokens() if with_image else 0,
                                 [len(s) for s in seqs], timings)
-
-    @torch.inference_mode()
-    def prefill_times(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                      repeats: int = 3, extra_state: dict | None = None) -> list[float]:
-        """ms of each of ``repeats`` runs of encode + compress + LLM prefill (last position's logits only), after
-        one untimed warm-up run. For controlled comparisons between models use ``efficiency.timing`` (bench)."""
-        times = []
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            self.forward(input_ids, attention_mask, pixel_values, logits_to_keep=1, extra_state=extra_state)
-            times.append((time.perf_counter() - t) * 1e3)
-        return times[1:]  # the first run is warm-up
-
-    def prefill_ms(self, images, question: str, repeats: int = 3) -> float:
-        """Median ms of encode + compress + LLM prefill (last position's logits only)."""
-        dev = next(self.llm.parameters()).device
-        ids, mask = self.pad_left([self.prompt_ids(question)] * len(images))
-        return statistics.median(self.prefill_times(ids.to(dev), mask.to(dev), self.processor(images).to(dev),
-                                                    repeats))
 
 
 def collate_labels(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -14,11 +14,15 @@ from .token_maps import TokenMap, token_map
 
 def visualize(model, image, question: str = "What is in the image?", measure: bool = True, repeats: int = 3,
               flops: float | None = None, cell: int | None = None):
-    """(drawing, TokenMap, TTFT ms or None) for one PIL image; TTFT is ``model.prefill_ms`` (median of
-    ``repeats`` encode + compress + LLM prefill runs after one warm-up)."""
+    """(drawing, TokenMap, TTFT ms or None) for one PIL image; TTFT is ``efficiency.timing.ttft_ms`` (median
+    of ``repeats`` encode + compress + LLM prefill + first-token runs after one warm-up)."""
     pix = model.processor([image])  # (1, 3, S, S)
     tmap = token_map(model, pix, question)
-    ttft = model.prefill_ms([image], question, repeats=repeats) if measure else None
+    ttft = None
+    if measure:
+        from ..efficiency.timing import ttft_ms
+
+        ttft = ttft_ms(model, [image], question, repeats=repeats)
     return render(tmap, image, ttft_ms=ttft, flops=flops, cell=cell), tmap, ttft
 
 

@@ -190,8 +190,24 @@ class MethodPool:
             m.reduction = red
         return m
 
-    def run(self, label: str, image, question: str, max_new_tokens: int = 16) -> MethodResult:
-        """Answer with one preset: answer, token count, FLOPs, TTFT and the token-map picture."""
+    def time_methods(self, labels: list[str], image, question: str):
+        """TTFT of the presets ``labels`` on one image and question, interleaved rounds (``efficiency.timing.
+        compare_ttft``; the first label is the reference); None when a preset cannot run (its own run says why)."""
+        from ..efficiency.timing import compare_ttft
+
+        with self.lock:
+            try:
+                torch.manual_seed(self.seed)
+                before = {lab: (lambda p=self.presets[lab]: self.activate(p)) for lab in labels}
+                return compare_ttft([(lab, self.model) for lab in labels], [image], question,
+                                    repeats=max(self.repeats, 3), warmup=1, before=before)
+            except Exception:  # noqa: BLE001 - each method's own run reports its error
+                return None
+
+    def run(self, label: str, image, question: str, max_new_tokens: int = 16,
+            ttft_ms: float | None = None) -> MethodResult:
+        """Answer with one preset: answer, token count, FLOPs, TTFT and the token-map picture. ``ttft_ms`` from
+        an interleaved comparison (``time_methods``); measured here, alone, when None."""
         p = self.presets[label]
         out = MethodResult(label)
         with self.lock:
@@ -202,7 +218,11 @@ class MethodPool:
                 tmap = token_map(m, pix, question)
                 res = m.generate([image], [question], max_new_tokens=max_new_tokens)
                 out.answer, out.num_tokens = res.texts[0], res.num_image_tokens
-                out.ttft_ms = m.prefill_ms([image], question, repeats=self.repeats)
+                if ttft_ms is None:
+                    from ..efficiency.timing import ttft_ms as measure
+
+                    ttft_ms = measure(m, [image], question, repeats=self.repeats)
+                out.ttft_ms = ttft_ms
                 out.flops = prefill_flops(m, question)
                 out.notes = list(tmap.notes)
                 out.picture = render(tmap, image, ttft_ms=out.ttft_ms, flops=out.flops,
@@ -241,7 +261,9 @@ def compare(pool: MethodPool, path: str | None, question: str, labels: list[str]
     if not labels:
         return "Pick at least one method (two or more to compare).", [], {}
     t = time.perf_counter()
-    results = {lab: pool.run(lab, img, question, int(max_new_tokens)) for lab in labels}
+    cmp = pool.time_methods(labels, img, question) if len(labels) > 1 else None
+    ttft = {lab: cmp.median_ms(lab) for lab in labels} if cmp is not None else {}
+    results = {lab: pool.run(lab, img, question, int(max_new_tokens), ttft.get(lab)) for lab in labels}
     rows = [[r.label, str(r.num_tokens) if r.num_tokens is not None else "n/a", format_flops(r.flops),
              f"{r.ttft_ms:.0f}" if r.ttft_ms is not None else "n/a",
              f"error: {r.error}" if r.error else format_answer(r.answer)] for r in results.values()]
@@ -249,6 +271,10 @@ def compare(pool: MethodPool, path: str | None, question: str, labels: list[str]
     status = f"Compared {len(labels)} method{'s' * (len(labels) != 1)} in {time.perf_counter() - t:.1f} s."
     if failed:
         status += f" {failed} failed (see their panels)."
+    if cmp is not None:
+        status += (f" TTFT from {cmp.rounds} interleaved rounds; speedup over {cmp.reference}: "
+                   + "; ".join(f"{lab} {cmp.describe(lab)}" for lab in labels[1:]) + ".")
+        status += "".join(f" **Warning:** {w}." for w in cmp.warnings)
     return status, rows, results
 
 
