@@ -77,18 +77,5 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
 
 
 def apply_budget(model, budget: int | None, reduce: str | None) -> None:
-    from ..errors import CompactVLMError
-
-    if reduce:
-        from ..registry import REDUCTIONS
-
-        model.reduction = REDUCTIONS.create(reduce, budget=budget, model=model)
-        return
-    setter = getattr(model.compressor, "set_budget", None)
-    if setter is None:
-        raise CompactVLMError(
-            f"compressor {model.compressor.registry_name!r} has no test-time budget",
-            "use --reduce NAME with --budget (random, avgpool, visionzip, fastv, dart, divprune, ...), "
-            "or a compressor with a budget (objects)",
-        )
-    setter(budget)
+    """``CompactVLM.set_budget`` (kept for callers of the command layer)."""
+    model.set_budget(budget, reduce)

@@ -4,7 +4,9 @@ Builds a small SceneQA test split, loads the full-token baseline (``mlp2x_gelu``
 tokens) with the compressor weights shipped in ``compactvlm/assets/demo/`` (trained by the study's own command,
 ``compactvlm study run --plan configs/study/sceneqa_cpu.yaml --rows full-mlp2x,stf-k2e1 --seeds 0``, exported with
 ``compactvlm study export``; each folder's ``provenance.json`` says how), evaluates both with the SceneQA metrics
-and prints accuracy per question family, PRT, vision tokens, LLM prefill FLOPs and TTFT side by side.
+and prints accuracy per question family, PRT, vision tokens, LLM prefill FLOPs and TTFT side by side, with each model's
+blind control beside it (the same questions with every image replaced by another question's image): a model sees
+on a family only where real minus shuffled is above 0.
 ``--checkpoint-dir DIR`` uses other checkpoints (folders ``DIR/<row>``) in the same layout.
 """
 
@@ -39,14 +41,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     import torch
 
     from ..data.images import load_image
     from ..data.sceneqa import build_sceneqa
     from ..errors import CompactVLMError
-    from ..evaluate.harness import evaluate
+    from ..evaluate.benchmarks.base import read_jsonl
+    from ..evaluate.controls import blind_gap
+    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
     from ..evaluate.prt import prt
     from ..model.checkpoint import load_pretrained
     from ..efficiency.timing import compare_ttft
@@ -68,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                   "configs/study/sceneqa_cpu.yaml --rows full-mlp2x,stf-k2e1 --seeds 0")
     work = Path(args.out) if args.out else cache_dir() / "demo"
     data = work / f"sceneqa-s{args.seed}-n{args.images}"
-    if not (data / "manifest.json").exists():
-        shutil.rmtree(data, ignore_errors=True)
+    if not (data / "manifest.json").exists():  # build_sceneqa replaces only a (partial) build of its own
         build_sceneqa(data, seed=args.seed, sizes={"caption": 0, "train": 0, "val": 0, "test": args.images},
                       progress=not args.quiet)
     first = json.loads((data / "test_questions.jsonl").read_text().splitlines()[0])
@@ -79,12 +80,20 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(src / row, progress=not args.quiet)
         dtype = model.set_dtype(args.dtype)
         prov = src / row / "provenance.json"
-        metrics = evaluate("sceneqa", str(data), make_answer_fn(model, str(data)), work / "eval" / f"{row}-{dtype}",
-                           batch_size=args.batch_size, progress=not args.quiet,
-                           run_info={"name": row, "vision_tokens": model.num_image_tokens(),
-                                     "method": model.compressor.registry_name, "checkpoint": str(src / row)})
+        info = {"name": row, "vision_tokens": model.num_image_tokens(), "method": model.compressor.registry_name,
+                "checkpoint": str(src / row)}
+        answer = make_answer_fn(model, str(data))
+        metrics = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}",
+                           batch_size=args.batch_size, progress=not args.quiet, run_info=info)
+        blind = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}-shuffled",
+                         batch_size=args.batch_size, progress=not args.quiet, control="shuffled",
+                         run_info={**info, "name": f"{row}-control-shuffled"})
+        gap = blind_gap(read_jsonl(data / "test_answers.jsonl"),
+                        load_predictions(work / "eval" / f"{row}-{dtype}" / PREDICTIONS),
+                        {"shuffled": load_predictions(work / "eval" / f"{row}-{dtype}-shuffled" / PREDICTIONS)})
         cost = measure_cost(model, probe, first["text"], repeats=0)  # FLOPs; the time below, interleaved
-        results[row] = {"tokens": model.num_image_tokens(), "metrics": metrics, "cost": cost,
+        results[row] = {"tokens": model.num_image_tokens(), "metrics": metrics, "cost": cost, "blind": blind,
+                        "gap": gap,
                         "provenance": json.loads(prov.read_text()) if prov.exists() else None}
         models[row] = model
     # both models' TTFT in interleaved rounds on the same image and question: the ratio is taken per round
@@ -100,12 +109,21 @@ def run(args: argparse.Namespace) -> int:
     fams = list(ref)
     print(f"\nSceneQA test split: {args.images} images, {results[ROWS[0]]['metrics']['n']} questions "
           f"(seed {args.seed}); DINOv2-S/14 + SmolLM2-135M-Instruct, compressor weights from {src}")
-    head = f"{'':<28}" + "".join(f"{r:>14}" for r in ROWS)
+    head = f"{'':<28}" + "".join(f"{r:>14}{'blind':>8}" for r in ROWS)
     print(head)
     print("-" * len(head))
+
+    def blind(r, f):
+        fam = f.split("/")[-1]
+        d = results[r]["gap"]["controls"]["shuffled"]
+        v = d["family_mean"] if f == "family_mean" else d["families"].get(fam)
+        return f"{v['b']:>8.1f}" if v else f"{'':>8}"
+
     for f in fams:
-        print(f"{f.split('/')[-1]:<28}" + "".join(f"{results[r]['metrics']['components'][f]:>14.1f}" for r in ROWS))
-    print(f"{'family mean':<28}" + "".join(f"{results[r]['metrics']['family_mean']:>14.1f}" for r in ROWS))
+        print(f"{f.split('/')[-1]:<28}" + "".join(f"{results[r]['metrics']['components'][f]:>14.1f}{blind(r, f)}"
+                                                  for r in ROWS))
+    print(f"{'family mean':<28}" + "".join(f"{results[r]['metrics']['family_mean']:>14.1f}{blind(r, 'family_mean')}"
+                                           for r in ROWS))
     print(f"{'PRT vs full tokens (%)':<28}"
           + "".join(f"{prt(results[r]['metrics']['components'], ref)['prt']:>14.1f}" for r in ROWS))
     print(f"{'vision tokens':<28}" + "".join(f"{results[r]['tokens']:>14d}" for r in ROWS))
@@ -119,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
           f"{cmp.describe(ROWS[1])}")
     for w in cmp.warnings:
         print(f"warning: {w}")
+    print("blind = the same model and questions with every image replaced by another question's image (a fixed "
+          "shuffle); a model sees where it beats its blind control:")
+    for r in ROWS:
+        g = results[r]["gap"]
+        d = g["controls"]["shuffled"]["family_mean"]["delta"]
+        seen = [f for f, ok in g["sees"].items() if ok and f != "family_mean"]
+        print(f"  {r}: family mean real - blind {d[0]:+.1f} [95% CI {d[1]:+.1f}, {d[2]:+.1f}] -> "
+              + ("sees" if g["sees"]["family_mean"] else "does NOT beat its blind control")
+              + (f"; families with a CI above 0: {', '.join(seen)}" if seen else ""))
     chance = json.loads((data / "manifest.json").read_text()).get("baselines", {}).get("test", {})
     if chance:
         print("chance / majority per family: " + ", ".join(
@@ -130,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
               f"noise; docs/results.md has the study on 321 questions (--images raises this demo's size).")
     out = work / "demo_results.json"
     summary = {r: {"tokens": v["tokens"], "components": v["metrics"]["components"],
-                   "family_mean": v["metrics"]["family_mean"], "cost": v["cost"]} for r, v in results.items()}
+                   "family_mean": v["metrics"]["family_mean"], "cost": v["cost"],
+                   "blind_control": {"components": v["blind"]["components"], "family_mean": v["blind"]["family_mean"],
+                                     "gap": v["gap"]}} for r, v in results.items()}
     summary["ttft_comparison"] = cmp.to_dict()
     out.write_text(json.dumps(summary, indent=1))
     print(f"results: {out}")

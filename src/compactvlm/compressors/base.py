@@ -30,6 +30,19 @@ class Compressor(nn.Module):
     cacheable_features: bool = True
 
     @property
+    def has_budget(self) -> bool:
+        """True when the token count can change at test time without retraining (``set_budget``)."""
+        return type(self).set_budget is not Compressor.set_budget
+
+    def set_budget(self, budget: int | None) -> None:
+        """Test-time token budget (None = as trained). Only compressors that declare one override this (Mask-LLaVA's
+        ``objects`` drops object tokens); the others refuse: use a training-free reduction instead."""
+        raise CompactVLMError(
+            f"compressor {self.registry_name!r} has no test-time budget",
+            "use a training-free reduction (reduce=random, avgpool, visionzip, fastv, dart, divprune, ...) with the "
+            "budget, or a compressor with a budget (objects)")
+
+    @property
     def wants_given_masks(self) -> bool:
         """True when the compressor reads per-image object masks supplied with the data (``extra_state['masks']``,
         SceneQA's label maps), e.g. Mask-LLaVA's ``given`` mask source. Training loads them; blind controls

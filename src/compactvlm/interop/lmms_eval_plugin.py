@@ -77,14 +77,13 @@ class CompactVLMLmms(lmms):
                                   "threads, batch_size")
         import torch
 
-        from ..commands._common import apply_budget
         from . import load_model
 
         if threads:
             torch.set_num_threads(int(threads))
         model = load_model(str(pretrained), dtype=dtype, vision_tower=vision_tower)
         if budget is not None or reduce:
-            apply_budget(model, None if budget is None else int(budget), reduce or None)
+            model.set_budget(None if budget is None else int(budget), reduce or None)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self._device).eval()
         if isinstance(batch_size, str) and batch_size.startswith("auto"):

@@ -98,6 +98,23 @@ class CompactVLM(nn.Module):
         self.config_dict["dtype"] = name
         return name
 
+    def set_budget(self, budget: int | None, reduce: str | None = None, **reduce_params) -> None:
+        """The test-time token budget, the one library call CLI, study, serve, bench and the lmms-eval plugin use:
+        with ``reduce`` a training-free reduction (``registry.REDUCTIONS``) at ``budget`` (its own options in
+        ``reduce_params``, e.g. FastV's ``k``); without, the compressor's own budget (``Compressor.set_budget``,
+        which refuses for compressors that have none). ``reduce=None, budget=None`` restores the trained model."""
+        if reduce:
+            from ..registry import REDUCTIONS
+
+            self.reduction = REDUCTIONS.create(reduce, budget=budget, model=self, **reduce_params)
+            return
+        if reduce_params:
+            raise CompactVLMError(f"options {sorted(reduce_params)} need a reduction", "pass reduce=NAME with them")
+        self.reduction = None
+        if budget is None and not self.compressor.has_budget:
+            return
+        self.compressor.set_budget(budget)
+
     # ---- vision side ----------------------------------------------------------------------------------
     def encoder_features(self, pixel_values: torch.Tensor, extra_state: dict | None = None):
         """The encoder features the compressor / reduction read: their blocks, the compressor's extra tokens

@@ -178,7 +178,7 @@ class MethodPool:
         comp = self._compressor(p)
         m.compressor = comp
         if p.reduce is None:
-            if hasattr(comp, "set_budget"):
+            if comp.has_budget:
                 comp.set_budget(p.budget)
             elif p.budget is not None:
                 raise CompactVLMError(f"preset {p.label!r}: compressor {p.compressor} has no budget", "drop the budget")

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import from_dict, read_file
-from .errors import CompactVLMError
+from ..config import from_dict, read_file
+from ..errors import CompactVLMError
 
 
 @dataclass
@@ -148,7 +148,7 @@ def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
         return d
     with data_build_lock(d):
         if not (d / "manifest.json").exists():  # another process may have built it while this one waited
-            from .data.sceneqa import build_sceneqa
+            from ..data.sceneqa import build_sceneqa
 
             build_sceneqa(d, seed=plan.data.seed, progress=progress,
                           sizes={"caption": plan.data.caption, "train": plan.data.train, "val": plan.data.val,
@@ -158,7 +158,7 @@ def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
 
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path) -> Path:
     """Train (or resume) a row's model; returns the final checkpoint folder."""
-    from .train import load_train_config, train
+    from ..train import load_train_config, train
 
     out = checkpoint_dir(plan, row, seed)
     final = out / "final"
@@ -214,8 +214,8 @@ def measure_cost(model, image, question: str, repeats: int, extra_state: dict | 
     them together with it (interleaved), as ``compactvlm demo`` and ``bench`` do."""
     import torch
 
-    from .efficiency.flops import flop_counter
-    from .efficiency.timing import compare_ttft
+    from ..efficiency.flops import flop_counter
+    from ..efficiency.timing import compare_ttft
 
     dev = next(model.llm.parameters()).device
     ids, mask = model.pad_left([model.prompt_ids(question)])
@@ -242,11 +242,10 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     """Train/evaluate/measure one (row, seed) and write its result JSON (skipped when it exists, unless force)."""
     import torch
 
-    from .commands._common import apply_budget
-    from .commands.eval import make_answer_fn
-    from .data.images import load_image
-    from .evaluate.harness import PREDICTIONS, evaluate, load_predictions
-    from .model.checkpoint import load_pretrained
+    from ..evaluate.answer import make_answer_fn
+    from ..data.images import load_image
+    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
+    from ..model.checkpoint import load_pretrained
 
     row = plan.row(name)
     res = result_path(plan, name, seed)
@@ -263,11 +262,11 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False)
     model.to(plan.device)
     if row.reduce:
-        from .registry import REDUCTIONS
+        from ..registry import REDUCTIONS
 
         model.reduction = REDUCTIONS.create(row.reduce, budget=row.budget, model=model, **row.reduce_params)
     elif row.budget is not None:
-        apply_budget(model, row.budget, None)
+        model.set_budget(row.budget)
     tokens = model.num_image_tokens()
     out = Path(plan.runs_dir) / "eval" / name / f"s{seed}"
     run_info = {"name": name, "method": row.reduce or model.compressor.registry_name, "vision_tokens": tokens,
@@ -280,7 +279,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
     extra = None
     if model.compressor.wants_given_masks:  # the `given` mask source: SceneQA's own masks
-        from .data.sceneqa.masks import object_masks
+        from ..data.sceneqa.masks import object_masks
 
         s = model.processor.size
         extra = {"masks": [torch.from_numpy(object_masks(str(data_dir), first["image"], size=(s, s))[0])]}
@@ -311,9 +310,9 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
 def attach_predictions(plan: StudyPlan) -> list[Path]:
     """Add the answers to result files written before results carried them (from the run's evaluation folder
     under ``runs_dir``), after checking that re-scoring those answers gives exactly the stored metrics."""
-    from .evaluate.benchmarks.base import read_jsonl
-    from .evaluate.benchmarks.sceneqa import score_rows
-    from .evaluate.harness import PREDICTIONS, load_predictions
+    from ..evaluate.benchmarks.base import read_jsonl
+    from ..evaluate.benchmarks.sceneqa import score_rows
+    from ..evaluate.harness import PREDICTIONS, load_predictions
 
     rows = None
     done = []
@@ -372,7 +371,7 @@ def _fmt(m: float | None, ci: float | None = None, digits: int = 1) -> str:
 
 def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (per seed against the reference's mean)."""
-    from .evaluate.prt import prt
+    from ..evaluate.prt import prt
 
     ref_runs = results.get(plan.reference, [])
     ref = {}
@@ -389,7 +388,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         spec = runs[0]["row"]
         # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
         # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)
-        from .registry import REDUCTIONS
+        from ..registry import REDUCTIONS
 
         in_llm = bool(spec.get("reduce")) and spec["reduce"] in REDUCTIONS and REDUCTIONS.get(spec["reduce"]).in_llm
         rows[name] = {
@@ -443,8 +442,8 @@ class _Bootstrapper:
     def __call__(self, name: str, other: str | None, cache: Path) -> dict | None:
         import hashlib
 
-        from .evaluate.benchmarks.base import read_jsonl
-        from .evaluate.bootstrap import bootstrap_sceneqa
+        from ..evaluate.benchmarks.base import read_jsonl
+        from ..evaluate.bootstrap import bootstrap_sceneqa
 
         mine, theirs = self.runs(name), (self.runs(other) if other else None)
         seeds = sorted(s for s in mine if theirs is None or s in theirs)
@@ -684,8 +683,8 @@ def export_rows(plan: StudyPlan, rows: list[str], seed: int, out_dir: str | os.P
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .model.checkpoint import COMPRESSOR_WEIGHTS, CONFIG_NAME
-    from .model.manifest import write_manifest
+    from ..model.checkpoint import COMPRESSOR_WEIGHTS, CONFIG_NAME
+    from ..model.manifest import write_manifest
 
     written = []
     for name in rows:
