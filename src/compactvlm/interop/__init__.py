@@ -63,20 +63,14 @@ def load_model(path, layout: str | None = None, dtype: str | None = None, vision
     (``image_tokens``)."""
     layout = layout or detect_layout(path)
     if layout == "compactvlm":
-        from ..model.checkpoint import CONFIG_NAME, load_pretrained
-        from . import common
-        from .image_tokens import accept_image_token
+        from ..model.checkpoint import load_pretrained
 
         if dtype is not None:
             kwargs["dtype"] = dtype
         if tokenizer is not None:
             raise CompactVLMError("tokenizer= applies to llava-hf / LLaVA folders only",
                                   "a compact folder uses its own tokenizer/ (re-convert with --tokenizer to change it)")
-        model = load_pretrained(path, progress=progress, **kwargs)
-        origin = common.read_json(Path(path) / CONFIG_NAME).get("converted_from") or {}
-        if "image_token_index" in origin:
-            accept_image_token(model, origin["image_token_index"])
-        return model
+        return load_pretrained(path, progress=progress, **kwargs)  # accepts a converted folder's image token
     if kwargs:
         raise CompactVLMError(f"options {sorted(kwargs)} apply to compact folders only",
                               f"convert the {layout} folder first (compactvlm convert) to use them")

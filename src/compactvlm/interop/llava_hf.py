@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from . import common
-from .image_tokens import accept_image_token
+from ..model.image_tokens import accept_image_token
 
 LAYOUT = "llava-hf"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from . import common
-from .image_tokens import accept_image_token
+from ..model.image_tokens import accept_image_token
 
 LAYOUT = "llava"
 REQUIRED = ("mm_vision_tower", "mm_projector_type", "mm_vision_select_layer")

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import CompactVLMError
 from . import common
-from .image_tokens import accept_image_token
+from ..model.image_tokens import accept_image_token
 from .llava_orig import llava_image_token, read_parts, stored_dtype, vision_and_llm  # noqa: F401  (stored_dtype re-exported)
 
 LAYOUT = "llava-stf"

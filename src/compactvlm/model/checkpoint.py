@@ -381,4 +381,9 @@ def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
     apply_assets(model, ckpt)  # the saved tokenizer and image processor
     load_weights(model, ckpt)
     model.eval()
+    origin = meta.get("converted_from") or {}
+    if origin.get("image_token_index") is not None:  # a folder converted from llava-hf / LLaVA
+        from .image_tokens import accept_image_token
+
+        accept_image_token(model, origin["image_token_index"])
     return model

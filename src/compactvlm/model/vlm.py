@@ -59,10 +59,17 @@ class CompactVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "CompactVLM":
-        """Load a compact folder, or a LLaVA-HF / original LLaVA / LLaVA-STF folder (``interop.load_model``)."""
-        from ..interop import load_model
+        """Load a compact folder (``model.checkpoint.load_pretrained``). LLaVA-HF / original LLaVA / LLaVA-STF
+        folders load with ``compactvlm.interop.load_model`` (the model layer does not import the interop layer)."""
+        from pathlib import Path
 
-        return load_model(path, **kwargs)
+        from .checkpoint import CONFIG_NAME, load_pretrained
+
+        if not (Path(path) / CONFIG_NAME).is_file():
+            raise CompactVLMError(f"{path} is not a compactvlm folder (no {CONFIG_NAME})",
+                                  "load llava-hf / LLaVA folders with compactvlm.interop.load_model(path), or convert "
+                                  "them once: compactvlm convert --from llava-hf SRC --out DIR")
+        return load_pretrained(path, **kwargs)
 
     # ---- token counts -------------------------------------------------------------------------------
     @property

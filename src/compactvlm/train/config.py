@@ -168,8 +168,6 @@ class EvalConfig:
         if bad or len(set(self.controls)) != len(self.controls):
             raise CompactVLMError(f"eval.controls must be distinct entries of [shuffled, blank], got {self.controls}",
                                   "write e.g. eval.controls=[shuffled,blank] or eval.controls=[] to switch them off")
-
-    def validate(self) -> None:
         if self.every_steps < 0:
             raise CompactVLMError(f"eval.every_steps must be >= 0, got {self.every_steps}", "use 0 (start/end only) or N")
         if self.per_device_batch_size is not None and self.per_device_batch_size < 1:
