@@ -91,3 +91,11 @@ def test_resume_refuses_a_different_control(sceneqa, tmp_path):
         evaluate("sceneqa", sceneqa, blind, tmp_path / "o", progress=False, limit=8, control="shuffled")
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["control"] is None
+
+
+def test_untrained_compressor_warns(capsys):
+    from compactvlm.commands._common import warn_untrained
+    from compactvlm.testing import tiny_vlm
+
+    warn_untrained(tiny_vlm("stf", k=2, E=1))
+    assert "random (untrained) weights" in capsys.readouterr().err

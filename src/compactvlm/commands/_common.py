@@ -68,12 +68,25 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         if args.llm:
             cfg.llm = args.llm
         model = build_model(cfg, progress=progress)
+        warn_untrained(model)
     if args.budget is not None or args.reduce:
         apply_budget(model, args.budget, args.reduce)
     if args.device != "cpu":
         model.to(args.device)
     model.set_dtype(getattr(args, "dtype", None) or "auto")
     return model
+
+
+def warn_untrained(model) -> None:
+    """One line on stderr when the compressor has learned parameters at their random initialisation (a model built
+    without --checkpoint): its answers are meaningless."""
+    import sys
+
+    comp = model.compressor
+    if not comp.training_free and any(True for _ in comp.parameters()):
+        print(f"warning: compressor {comp.registry_name!r} has random (untrained) weights, so the answers are "
+              "meaningless; pass --checkpoint DIR with trained weights (e.g. src/compactvlm/assets/demo/stf-k2e1, "
+              "trained on SceneQA only)", file=sys.stderr)
 
 
 def apply_budget(model, budget: int | None, reduce: str | None) -> None:

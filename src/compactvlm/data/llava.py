@@ -225,13 +225,15 @@ class LlavaDataset(Dataset):
         return item
 
 
-def collate_llava(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_llava(items: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Right-pad a list of samples: input_ids / attention_mask / labels / position_ids (B, T), pixel_values
     (B, 3, S, S), index (B,) (the samples' dataset indices, used by the feature cache), and masks (a list of B
-    object-mask tensors) when the dataset supplies them."""
+    object-mask tensors) when the dataset supplies them. ``pad_to_multiple_of`` rounds T up (few distinct
+    shapes: see ``DataConfig.pad_to_multiple_of``)."""
     from ..model.vlm import collate_labels
 
-    batch = collate_labels([(it["input_ids"], it["labels"]) for it in items], pad_id)
+    batch = collate_labels([(it["input_ids"], it["labels"]) for it in items], pad_id, pad_to_multiple_of)
     mask = batch["attention_mask"]
     batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T), padding repeats a valid index
     batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])  # (B, 3, S, S)

@@ -239,9 +239,13 @@ class CompactVLM(nn.Module):
                                 [len(s) for s in seqs], timings)
 
 
-def collate_labels(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (input_ids, labels) pairs for training: ids, attention mask, labels (IGNORE on padding)."""
+def collate_labels(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                   pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) pairs for training: ids, attention mask, labels (IGNORE on padding). With
+    ``pad_to_multiple_of`` the length is rounded up to a multiple of it."""
     t = max(len(s[0]) for s in seqs)
+    if pad_to_multiple_of and pad_to_multiple_of > 1:
+        t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), t), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)

@@ -466,7 +466,8 @@ class Trainer:
         mine = list(range(acc.process_index, len(self.val_ds), acc.num_processes))
         batches = [mine[i : i + per] for i in range(0, len(mine), per)]
         loader = torch.utils.data.DataLoader(self.val_ds, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
-                                             collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id),
+                                             collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id,
+                                                                pad_to_multiple_of=self.cfg.data.pad_to_multiple_of),
                                              generator=torch.Generator())  # leaves the global RNG alone
         s = n = 0.0
         for b in loader:
@@ -494,7 +495,7 @@ class Trainer:
         tm = self.accelerator.unwrap_model(self.model)
         per = self.cfg.eval.per_device_batch_size or self.cfg.optim.per_device_batch_size
         b = collate_llava([self.val_ds[i] for i in range(min(per, len(self.val_ds)))],
-                          pad_id=self.vlm.tokenizer.pad_token_id)
+                          pad_id=self.vlm.tokenizer.pad_token_id, pad_to_multiple_of=self.cfg.data.pad_to_multiple_of)
         x = self._inputs(b, self.val_cache)
         with self.accelerator.autocast():
             img = tm.image_tokens(x.get("pixel_values"), x.get("features"), x.get("extra_state"))  # (B, M, D)
@@ -577,7 +578,8 @@ class Trainer:
                 self._eval_and_log()
             loader = torch.utils.data.DataLoader(
                 self.train_ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
-                collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id),
+                collate_fn=partial(collate_llava, pad_id=self.vlm.tokenizer.pad_token_id,
+                                                                pad_to_multiple_of=self.cfg.data.pad_to_multiple_of),
                 generator=torch.Generator())  # its own seed draw: a resumed run's global RNG stays in step
             batches = iter(loader)
             last: dict[str, Any] = {}
