@@ -11,14 +11,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", help="folder written by `compactvlm train` / save_pretrained")
     g.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
     g.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
-    g.add_argument("--compressor", default=None, help="compressor name (see `compactvlm info`)")
+    g.add_argument("--compressor", default=None, metavar="SPEC",
+                   help="compressor name or spec NAME[:k=v,...][+REDUCTION[:k=v,...]], e.g. stf:k=2,E=1 or "
+                        "mlp2x_gelu+fastv:budget=16,k=2 (see `compactvlm info`)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="compressor option, repeatable (e.g. --param k=2 --param E=1)")
     g.add_argument("--k", type=int, default=None, help="shortcut for --param k=K (window size)")
     g.add_argument("--E", type=int, default=None, help="shortcut for --param E=E (tokens per window)")
     g.add_argument("--tokens", type=int, default=None, help="shortcut for --param tokens=N (e.g. vistog, qformer)")
     g.add_argument("--budget", type=int, default=None, help="test-time token budget (objects, reductions)")
-    g.add_argument("--reduce", default=None, help="training-free reduction at inference (random, avgpool, visionzip, fastv, dart, divprune, "
+    g.add_argument("--reduce", default=None, metavar="NAME[:k=v,...]", help="training-free reduction at inference (random, avgpool, visionzip, fastv, dart, divprune, "
                    "pyramiddrop, sparsevlm, tome; see `compactvlm info`)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -26,11 +28,48 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
 
+def resolve_spec(args: argparse.Namespace) -> argparse.Namespace:
+    """Parse ``--compressor SPEC`` / ``--reduce NAME[:k=v]`` once (``compactvlm.spec``) onto the plain options:
+    ``args.compressor``, ``args.spec_params``, ``args.reduce``, ``args.budget``, ``args.reduce_params``. A setting
+    given twice (in the spec and as its own flag) is refused."""
+    from ..errors import CompactVLMError
+    from ..spec import MethodSpec, parse_options
+
+    if getattr(args, "_spec_resolved", False):
+        return args
+    args.spec_params, args.reduce_params = {}, {}
+    comp = getattr(args, "compressor", None)
+    if comp and (":" in comp or "+" in comp):
+        spec = MethodSpec.parse(comp)
+        args.compressor, args.spec_params = spec.compressor, dict(spec.compressor_params)
+        if spec.reduction:
+            if getattr(args, "reduce", None):
+                raise CompactVLMError(f"--compressor {comp} names a reduction and --reduce {args.reduce} another",
+                                      "give the reduction once (in the spec, or with --reduce)")
+            if spec.budget is not None and getattr(args, "budget", None) is not None:
+                raise CompactVLMError(f"--compressor {comp} sets budget and --budget sets it again",
+                                      "give the budget once")
+            args.reduce, args.reduce_params = spec.reduction, spec.reduction_options
+            if spec.budget is not None:
+                args.budget = spec.budget
+    red = getattr(args, "reduce", None)
+    if red and ":" in red:
+        name, opts = parse_options(red)
+        if "budget" in opts:
+            if getattr(args, "budget", None) is not None:
+                raise CompactVLMError(f"--reduce {red} sets budget and --budget sets it again", "give the budget once")
+            args.budget = int(opts.pop("budget"))
+        args.reduce, args.reduce_params = name, {**args.reduce_params, **opts}
+    args._spec_resolved = True
+    return args
+
+
 def compressor_params(args: argparse.Namespace) -> dict:
     from ..config import parse_value
     from ..errors import CompactVLMError
 
-    params: dict = {}
+    resolve_spec(args)
+    params: dict = dict(args.spec_params)
     for kv in args.param:
         if "=" not in kv:
             raise CompactVLMError(f"--param {kv!r} is not KEY=VALUE", "write e.g. --param k=2")
@@ -47,6 +86,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
     from ..errors import CompactVLMError
     from ..model.build import ModelConfig, build_model
 
+    resolve_spec(args)
     params = compressor_params(args)
     if args.checkpoint:
         from pathlib import Path
@@ -70,7 +110,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         model = build_model(cfg, progress=progress)
         warn_untrained(model)
     if args.budget is not None or args.reduce:
-        apply_budget(model, args.budget, args.reduce)
+        model.set_budget(args.budget, args.reduce, **args.reduce_params)
     if args.device != "cpu":
         model.to(args.device)
     model.set_dtype(getattr(args, "dtype", None) or "auto")

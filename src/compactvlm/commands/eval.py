@@ -97,9 +97,11 @@ def eval_producer(args: argparse.Namespace) -> dict:
     ck = args.checkpoint
     if ck and not Path(ck).is_dir():
         raise CompactVLMError(f"checkpoint folder not found: {ck}", "pass a folder written by `compactvlm train`")
+    params = compressor_params(args)  # parses a --compressor / --reduce spec first
     return {"checkpoint_digest": folder_digest(ck) if ck else None, "encoder": args.encoder, "llm": args.llm,
-            "compressor": args.compressor, "compressor_params": compressor_params(args), "reduce": args.reduce,
-            "budget": args.budget, "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens}}
+            "compressor": args.compressor, "compressor_params": params, "reduce": args.reduce,
+            "reduce_params": args.reduce_params, "budget": args.budget,
+            "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens}}
 
 
 def _run(args: argparse.Namespace, reader, producer: dict) -> int:

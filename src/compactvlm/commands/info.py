@@ -40,9 +40,15 @@ def run(args: argparse.Namespace) -> int:
         from ..compressors.summary import PRESETS, format_table, param_table
         from ._common import compressor_params
 
+        from ..spec import parse_options
+
         args.k = args.E = args.tokens = None
-        params = compressor_params(args)
-        specs = [(name, params) for name in args.compressor]
+        args.compressor, names = None, args.compressor
+        shared = compressor_params(args)  # --param applies to every compressor without its own options
+        specs = []
+        for text in names:  # each NAME[:k=v,...] carries its own options (one spec syntax)
+            name, own = parse_options(text)
+            specs.append((name, {**shared, **own}))
         for key, preset in PRESETS.items():
             print(f"\n{key}: {preset.description}, {preset.enc.grid[0]}x{preset.enc.grid[1]} patch grid")
             print(format_table(param_table(preset.enc, preset.llm_dim, specs)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_args, apply_budget, compressor_params, model_from_args
+from ._common import add_model_args, compressor_params, model_from_args
 
 
 def add_parser(sub) -> None:
@@ -34,9 +34,10 @@ def build(args: argparse.Namespace, progress: bool = True):
 
     if args.checkpoint:
         raise CompactVLMError("--tiny and --checkpoint exclude each other", "drop one of them")
-    model = tiny_vlm(args.compressor or "mlp2x_gelu", **compressor_params(args))
+    params = compressor_params(args)  # parses a --compressor spec first
+    model = tiny_vlm(args.compressor or "mlp2x_gelu", **params)
     if args.budget is not None or args.reduce:
-        apply_budget(model, args.budget, args.reduce)
+        model.set_budget(args.budget, args.reduce, **args.reduce_params)
     return model
 
 

@@ -24,8 +24,6 @@ k=8 on ViT-L (the paper's "SFC parameters increase with kernel size"); ``fuse_di
 from __future__ import annotations
 
 import argparse
-import ast
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -114,19 +112,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """``"stf:k=4,E=8,mbtf_layers=3,6,9"`` -> ("stf", {"k": 4, "E": 8, "mbtf_layers": (3, 6, 9)}); values are
-    Python literals, else strings; a comma starts a new option only when ``key=`` follows it."""
-    name, _, rest = text.partition(":")
-    opts: dict[str, Any] = {}
-    for item in filter(None, re.split(r",(?=\s*\w+\s*=)", rest)):
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise CompactVLMError(f"compressor option {item!r} is not key=value", "write e.g. stf:k=2,E=1")
-        try:
-            opts[key.strip()] = ast.literal_eval(val.strip())
-        except (ValueError, SyntaxError):
-            opts[key.strip()] = val.strip()
-    return name.strip(), opts
+    """``"stf:k=4,E=8"`` -> ("stf", {"k": 4, "E": 8}) (``compactvlm.spec.parse_options``)."""
+    from ..spec import parse_options
+
+    return parse_options(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,33 +168,7 @@ def _from_hf_folder(path: Path) -> Preset:
 
 
 # ---- one benchmark row -----------------------------------------------------------------------------------
-@dataclass
-class BenchSpec:
-    text: str
-    compressor: str
-    compressor_params: dict[str, Any] = field(default_factory=dict)
-    reduction: str | None = None
-    reduction_params: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> "BenchSpec":
-        from ..compressors.summary import parse_spec
-
-        text = text.strip()
-        comp_part, plus, red_part = text.partition("+")
-        name, params = parse_spec(comp_part)
-        if not name:
-            raise CompactVLMError(f"row {text!r} names no compressor", "write e.g. stf:k=2 or mlp2x_gelu+fastv:budget=64")
-        red, red_params = (None, {})
-        if plus:
-            red, red_params = parse_spec(red_part)
-            if not red:
-                raise CompactVLMError(f"row {text!r} has '+' but no reduction", "write e.g. mlp2x_gelu+visionzip:budget=64")
-        return cls(text, name, params, red, red_params)
-
-    @property
-    def label(self) -> str:
-        return self.text
+from ..spec import MethodSpec as BenchSpec  # noqa: E402 - one bench row: the library's one spec syntax
 
 
 # ---- building --------------------------------------------------------------------------------------------
