@@ -1,0 +1,25 @@
+"""Test-suite summary: which optional test groups were skipped, and the one command that enables each."""
+
+#: skip-reason fragment -> (group, command that enables it)
+OPTIONAL_GROUPS = {
+    "lmms": ("lmms-eval plugin and scoring references", "make test-lmms-eval"),
+    "chromium": ("browser test of `compactvlm serve`", "bash scripts/setup_browser.sh"),
+    "gradio": ("Gradio app of `compactvlm serve`", "bash scripts/setup_browser.sh"),
+    "selenium": ("browser test of `compactvlm serve`", "bash scripts/setup_browser.sh"),
+}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = terminalreporter.stats.get("skipped", [])
+    groups: dict[str, tuple[str, int]] = {}
+    for rep in skipped:
+        text = str(rep.longrepr[2] if isinstance(rep.longrepr, tuple) else rep.longrepr).lower()
+        for key, (group, cmd) in OPTIONAL_GROUPS.items():
+            if key in text:
+                n = groups.get(group, (cmd, 0))[1]
+                groups[group] = (cmd, n + 1)
+                break
+    if groups:
+        terminalreporter.write_sep("-", "optional test groups skipped")
+        for group, (cmd, n) in groups.items():
+            terminalreporter.write_line(f"{group}: {n} test(s) skipped; enable with: {cmd}")
