@@ -28,6 +28,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
 
+def check_runtime_args(args: argparse.Namespace) -> None:
+    """``--device`` and ``--threads`` checked before any model load (exit 2 with a message, not a traceback)."""
+    from ..errors import CompactVLMError
+
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise CompactVLMError(f"--threads must be >= 1, got {threads}", "leave it out for torch's default")
+    dev = str(getattr(args, "device", "cpu") or "cpu")
+    if dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CompactVLMError(f"--device {dev} but this torch has no usable CUDA GPU",
+                                  "use --device cpu (the default), or install a CUDA build of torch")
+    elif dev != "cpu":
+        raise CompactVLMError(f"--device {dev!r} is not supported", "use cpu or cuda[:N]")
+
+
 def resolve_spec(args: argparse.Namespace) -> argparse.Namespace:
     """Parse ``--compressor SPEC`` / ``--reduce NAME[:k=v]`` once (``compactvlm.spec``) onto the plain options:
     ``args.compressor``, ``args.spec_params``, ``args.reduce``, ``args.budget``, ``args.reduce_params``. A setting
@@ -87,6 +105,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
     from ..model.build import ModelConfig, build_model
 
     resolve_spec(args)
+    check_runtime_args(args)
     params = compressor_params(args)
     if args.checkpoint:
         from pathlib import Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_model_args, model_from_args
+from ._common import add_model_args, check_runtime_args, model_from_args
 
 
 def add_parser(sub) -> None:
@@ -28,6 +28,14 @@ def run(args: argparse.Namespace) -> int:
         raise CompactVLMError("the question is empty", "pass --question 'What is in the image?'")
     if args.max_new_tokens < 1:
         raise CompactVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "use e.g. 32")
+    from ..data.llava import control_tokens
+
+    found = control_tokens(args.question) + (["<image>"] if "<image>" in args.question else [])
+    if found:
+        raise CompactVLMError(f"the question contains control text {', '.join(found)}",
+                              "remove it: chat-template markers and <image> are refused, not escaped (the image is "
+                              "placed by compactvlm)")
+    check_runtime_args(args)
     image = load_image(args.image)
     torch.set_num_threads(args.threads) if args.threads else None
     t = time.perf_counter()
