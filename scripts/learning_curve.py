@@ -4,6 +4,7 @@ checkpoint with images shuffled across questions.
     python scripts/learning_curve.py --run runs/recipe/stf-s2 --stage1 runs/recipe/stf-s1 --row stf-k2e1 \
         --data data/recipe --out results/recipe [--steps 0,50,100,...] [--limit N] [--threads 1]
     python scripts/learning_curve.py --plot results/recipe --png docs/recipe_learning_curves.png
+    python scripts/learning_curve.py --table results/recipe
 
 One JSON per (row, step) under OUT (``curve-<row>-step<N>.json``): training samples seen (stage 2; stage 1 is
 "step 0" = stage 1's final checkpoint), per-family accuracy with real and shuffled images, the paired bootstrap CI
@@ -127,7 +128,8 @@ def plot(args) -> None:
                 return None if v is None else v["a" if which == "real" else "b"]
 
             ax.plot(x, [val(p, "real") for p in pts], "-o", color=c, ms=3, label=f"{row} real")
-            ax.plot(x, [val(p, "shuffled") for p in pts], "--", color=c, alpha=0.7, label=f"{row} blind")
+            ax.plot(x, [val(p, "shuffled") for p in pts], "--x", color=c, ms=4, alpha=0.7,
+                    label=f"{row} blind (images shuffled)")
         if fam in chance and fam != "mme":
             ax.axhline(chance[fam], color="grey", lw=0.8, ls=":", label="chance")
         ax.set_title(fam, fontsize=9)
@@ -143,6 +145,20 @@ def plot(args) -> None:
     print(f"wrote {args.png}")
 
 
+def table(args) -> None:
+    """Markdown: one line per (row, step): family mean real / shuffled, the gap with its CI, and the families whose
+    real - shuffled CI is above 0."""
+    print("| row | stage-2 step (samples) | family mean real | shuffled | real - shuffled [95% CI] | families seen |")
+    print("|---|---:|---:|---:|---:|---|")
+    for f in sorted(Path(args.table).glob("curve-*.json")):
+        r = json.loads(f.read_text())
+        g = r["gap"]["controls"]["shuffled"]
+        d = g["family_mean"]["delta"]
+        seen = [k for k, v in r["gap"].get("sees", {}).items() if v and k != "family_mean"]
+        print(f"| {r['row']} | {r['step']} ({r['stage2_samples']}) | {g['family_mean']['a']:.1f} | "
+              f"{g['family_mean']['b']:.1f} | {d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}] | {', '.join(seen) or 'none'} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run"), p.add_argument("--stage1"), p.add_argument("--row")
@@ -151,8 +167,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None), p.add_argument("--threads", type=int, default=1)
     p.add_argument("--boot", type=int, default=500)
     p.add_argument("--plot", default=None), p.add_argument("--png", default="docs/recipe_learning_curves.png")
+    p.add_argument("--table", default=None, help="print the Markdown table of the curve JSONs in this folder")
     args = p.parse_args()
-    if args.plot:
+    if args.table:
+        table(args)
+    elif args.plot:
         plot(args)
     else:
         run_curve(args)
