@@ -1,6 +1,7 @@
 """Training data and objective: LLaVA JSON reading, padding/positions/labels, label-position loss, feature cache."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,17 @@ def test_feature_cache_same_loss_and_validity(data):
     for p in model.encoder.parameters():
         p.requires_grad_(True)
     assert "encoder is trained" in check_cacheable(model)
+
+
+def test_bad_training_json_is_refused_before_the_model_load(tmp_path, monkeypatch):
+    from compactvlm.train import train
+    from compactvlm.train.fixtures import tiny_train_config
+
+    cfg = tiny_train_config(tmp_path)
+    p = Path(cfg.data.train)
+    p.write_bytes(p.read_bytes().replace(b"colour", "colo\u00fcr".encode("latin-1")))
+    import compactvlm.model.build as build
+
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    with pytest.raises(CompactVLMError, match="is not UTF-8 text"):
+        train(cfg)

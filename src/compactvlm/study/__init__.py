@@ -698,6 +698,10 @@ def export_rows(plan: StudyPlan, rows: list[str], seed: int, out_dir: str | os.P
             raise CompactVLMError(f"row {name!r} seed {seed} has no finished checkpoint and result",
                                   f"run `compactvlm study run --plan <plan> --rows {name} --seeds {seed}` first")
         dest = Path(out_dir) / name
+        if dest.exists() and not ((dest / "provenance.json").is_file() and (dest / CONFIG_NAME).is_file()):
+            raise CompactVLMError(f"{dest} exists and is not an earlier `study export` of a row (no provenance.json "
+                                  f"and {CONFIG_NAME}); nothing was changed",
+                                  "export into a new folder, or move that folder away first")
         tmp = dest.with_name(f".{name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -243,6 +243,10 @@ class Trainer:
             if f and not Path(f).is_file():
                 raise CompactVLMError(f"data.{key} file not found: {f}",
                                       "build SceneQA with `compactvlm data build sceneqa --out DIR` or fix the path")
+            if f:
+                from ..data.llava import read_llava_json
+
+                read_llava_json(f)  # encoding, JSON and record structure: errors before the model load
         set_seed(cfg.seed)
         vlm = build_model(cfg.model, progress=self.main)
         self._init_from(vlm)
