@@ -77,9 +77,17 @@ def test_llava_hf_image_token_index_accepted_in_input_ids(tmp_path):
     with torch.no_grad():
         reloaded = load_model(out, dtype="float32")
         torch.testing.assert_close(reloaded(input_ids=_ids(img_id, n), pixel_values=pix).logits, want, atol=1e-5, rtol=0)
-    plain = load_pretrained(out, dtype="float32", progress=False)  # the library loader: -200 only
+    plain = load_pretrained(out, dtype="float32", progress=False)  # the model layer's loader reads converted_from too
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=_ids(img_id, n), pixel_values=pix).logits, want, atol=1e-5, rtol=0)
+    meta.pop("converted_from")  # a compact folder of compactvlm's own: -200 only
+    (out / "compactvlm.json").write_text(json.dumps(meta))
+    from compactvlm.model.manifest import write_manifest
+
+    write_manifest(out)  # the edit above is ours: re-record the folder's checksums
+    native = load_pretrained(out, dtype="float32", progress=False)
     with pytest.raises(CompactVLMError, match="image positions"), torch.no_grad():
-        plain(input_ids=_ids(img_id, n), pixel_values=pix)
+        native(input_ids=_ids(img_id, n), pixel_values=pix)
 
 
 def test_convert_without_tokenizer_warns_and_runs_on_ids(tmp_path, capsys):
