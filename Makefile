@@ -40,7 +40,7 @@ test-lmms-eval: setup $(LMMS_SITE)/.installed $(LMMS_DEPS)/.installed
 		tests/test_lmms_eval_plugin.py tests/test_metric_references.py tests/test_lmms_eval_cli.py
 
 test: setup test-lmms-eval
-	$(BIN)/python -m pytest -q
+	COMPACTVLM_LMMS_STEP=ran $(BIN)/python -m pytest -q
 
 clean-cache:
 	rm -rf $${COMPACTVLM_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/compactvlm}
