@@ -183,3 +183,40 @@ class ProjectedSelection(PatchReduction):
         tokens = compressor.project(feats.patches(self.compressor_layer(compressor)))  # (B, N, D)
         idx = self.keep(tokens)  # (B, budget)
         return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, budget, D)
+
+
+# ---- greedy decoding for reductions that prune inside the LLM (their own KV cache) -----------------------------
+def check_greedy(name: str, do_sample: bool, num_beams: int, kwargs: dict) -> None:
+    if do_sample or num_beams != 1 or kwargs:
+        extra = ", ".join(sorted(kwargs)) or ("do_sample" if do_sample else "num_beams")
+        raise CompactVLMError(f"{name} generation is greedy only (got {extra})",
+                              f"drop the sampling/beam options, or run without --reduce {name}")
+
+
+def eos_tensor(llm, eos_token_id, device) -> torch.Tensor:
+    """The end-of-sequence ids (the LLM's generation config when None) as a 1-D tensor."""
+    if eos_token_id is None:
+        eos_token_id = llm.generation_config.eos_token_id
+    return torch.tensor([] if eos_token_id is None else
+                        (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]), device=device)
+
+
+def greedy_loop(logits: torch.Tensor, step, max_new_tokens: int, pad_token_id: int | None,
+                eos: torch.Tensor) -> torch.Tensor:
+    """Greedy tokens from the prefill's ``logits`` (B, 1, V); ``step(tok)`` feeds one token per row (B,) through
+    the caller's pruned cache and returns the next logits. Finished rows are padded; (B, new tokens) ids."""
+    b = logits.shape[0]
+    done = torch.zeros(b, dtype=torch.bool, device=logits.device)
+    out = []
+    for i in range(max_new_tokens):
+        tok = logits[:, -1].argmax(dim=-1)  # (B,)
+        if pad_token_id is not None:
+            tok = tok.masked_fill(done, pad_token_id)
+        out.append(tok)
+        done |= torch.isin(tok, eos)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            break
+        logits = step(tok)
+    if not out:
+        return torch.zeros(b, 0, dtype=torch.long, device=logits.device)
+    return torch.stack(out, dim=1)

@@ -37,7 +37,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
 from ..registry import REDUCTIONS
-from .base import Reduction, check_budget
+from .base import Reduction, check_budget, check_greedy, eos_tensor, greedy_loop
 
 
 def _decoder_parts(llm):
@@ -212,37 +212,20 @@ class FastV(Reduction):
                  max_new_tokens: int = 32, do_sample: bool = False, pad_token_id: int | None = None,
                  eos_token_id: int | list[int] | None = None, num_beams: int = 1, **kwargs: Any) -> torch.Tensor:
         """Greedy decoding with the pruned KV cache: (B, new tokens) ids, finished rows padded."""
-        if do_sample or num_beams != 1 or kwargs:
-            extra = ", ".join(sorted(kwargs)) or ("do_sample" if do_sample else "num_beams")
-            raise CompactVLMError(f"fastv generation is greedy only (got {extra})",
-                                  "drop the sampling/beam options, or run without --reduce fastv")
-        if eos_token_id is None:
-            eos_token_id = llm.generation_config.eos_token_id
-        eos = torch.tensor([] if eos_token_id is None else
-                           (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]),
-                           device=inputs_embeds.device)
+        check_greedy("fastv", do_sample, num_beams, kwargs)
+        eos = eos_tensor(llm, eos_token_id, inputs_embeds.device)
         valid = attention_mask.bool()
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)  # (B, T) as HF generate
         cache = DynamicCache(config=llm.config)
         h, keep = self._prefill(llm, inputs_embeds, valid, image_mask, pos, cache)
-        logits = llm.lm_head(h[:, -1:])  # (B, 1, V)
-        valid_all, valid_kept = valid, torch.gather(valid, 1, keep)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
+        st = {"all": valid, "kept": torch.gather(valid, 1, keep), "pos": pos[:, -1:] + 1}  # (B, T), (B, T'), (B, 1)
         embed = llm.get_input_embeddings()
-        done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
-        out = []
-        for step in range(max_new_tokens):
-            tok = logits[:, -1].argmax(dim=-1)  # (B,)
-            if pad_token_id is not None:
-                tok = tok.masked_fill(done, pad_token_id)
-            out.append(tok)
-            done |= torch.isin(tok, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            ones = torch.ones_like(done).unsqueeze(1)  # (B, 1)
-            valid_all, valid_kept = torch.cat([valid_all, ones], 1), torch.cat([valid_kept, ones], 1)
-            logits = self._decode(llm, embed(tok).unsqueeze(1), next_pos, valid_all, valid_kept, cache)
-            next_pos = next_pos + 1
-        if not out:
-            return torch.zeros(h.shape[0], 0, dtype=torch.long, device=h.device)
-        return torch.stack(out, dim=1)
+
+        def step(tok: torch.Tensor) -> torch.Tensor:
+            ones = torch.ones_like(tok, dtype=torch.bool).unsqueeze(1)  # (B, 1)
+            st["all"], st["kept"] = torch.cat([st["all"], ones], 1), torch.cat([st["kept"], ones], 1)
+            logits = self._decode(llm, embed(tok).unsqueeze(1), st["pos"], st["all"], st["kept"], cache)
+            st["pos"] = st["pos"] + 1
+            return logits
+
+        return greedy_loop(llm.lm_head(h[:, -1:]), step, max_new_tokens, pad_token_id, eos)

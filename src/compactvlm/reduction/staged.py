@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
-from .base import Reduction, check_budget
+from .base import Reduction, check_budget, check_greedy, eos_tensor, greedy_loop
 from .fastv import _cache_kw, _decoder_parts, additive_mask
 
 
@@ -265,44 +265,26 @@ class StagedPruning(Reduction):
                  max_new_tokens: int = 32, do_sample: bool = False, pad_token_id: int | None = None,
                  eos_token_id: int | list[int] | None = None, num_beams: int = 1, **kwargs: Any) -> torch.Tensor:
         """Greedy decoding with the pruned per-layer KV cache: (B, new tokens) ids, finished rows padded."""
-        name = self.registry_name
-        if do_sample or num_beams != 1 or kwargs:
-            extra = ", ".join(sorted(kwargs)) or ("do_sample" if do_sample else "num_beams")
-            raise CompactVLMError(f"{name} generation is greedy only (got {extra})",
-                                  f"drop the sampling/beam options, or run without --reduce {name}")
-        if eos_token_id is None:
-            eos_token_id = llm.generation_config.eos_token_id
-        eos = torch.tensor([] if eos_token_id is None else
-                           (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]),
-                           device=inputs_embeds.device)
+        check_greedy(self.registry_name, do_sample, num_beams, kwargs)
+        eos = eos_tensor(llm, eos_token_id, inputs_embeds.device)
         layers, rotary, norm, lm_head = _decoder_parts(llm)
         valid = attention_mask.bool()
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)  # (B, T) as HF generate
         cache = DynamicCache(config=llm.config)
         h, _, (layer_stage, stage_valid) = self._prefill(llm, inputs_embeds, valid, image_mask, pos, cache)
-        logits = lm_head(h[:, -1:])  # (B, 1, V)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
+        st = {"valid": stage_valid, "pos": pos[:, -1:] + 1}  # per stage (B, T_s); (B, 1)
         embed = llm.get_input_embeddings()
-        done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
-        out = []
-        for step in range(max_new_tokens):
-            tok = logits[:, -1].argmax(dim=-1)  # (B,)
-            if pad_token_id is not None:
-                tok = tok.masked_fill(done, pad_token_id)
-            out.append(tok)
-            done |= torch.isin(tok, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            ones = torch.ones_like(done).unsqueeze(1)  # (B, 1)
-            stage_valid = [torch.cat([v, ones], 1) for v in stage_valid]  # (B, T_s + t) per stage
+
+        def step(tok: torch.Tensor) -> torch.Tensor:
+            ones = torch.ones_like(tok, dtype=torch.bool).unsqueeze(1)  # (B, 1)
+            st["valid"] = [torch.cat([v, ones], 1) for v in st["valid"]]  # (B, T_s + t) per stage
             x = embed(tok).unsqueeze(1)  # (B, 1, D)
-            cos_sin = rotary(x, next_pos)
-            masks = [additive_mask(v, 1, x.dtype) for v in stage_valid]  # (B, 1, 1, T_s + t)
+            cos_sin = rotary(x, st["pos"])
+            masks = [additive_mask(v, 1, x.dtype) for v in st["valid"]]  # (B, 1, 1, T_s + t)
             for i, layer in enumerate(layers):
-                x = layer(x, attention_mask=masks[layer_stage[i]], position_ids=next_pos, use_cache=True,
+                x = layer(x, attention_mask=masks[layer_stage[i]], position_ids=st["pos"], use_cache=True,
                           position_embeddings=cos_sin, **{_cache_kw(layer): cache})
-            logits = lm_head(norm(x))
-            next_pos = next_pos + 1
-        if not out:
-            return torch.zeros(h.shape[0], 0, dtype=torch.long, device=h.device)
-        return torch.stack(out, dim=1)
+            st["pos"] = st["pos"] + 1
+            return lm_head(norm(x))
+
+        return greedy_loop(lm_head(h[:, -1:]), step, max_new_tokens, pad_token_id, eos)
