@@ -113,11 +113,10 @@ def run(args: argparse.Namespace) -> int:
     print(head)
     print("-" * len(head))
 
-    def blind(r, f):
-        fam = f.split("/")[-1]
-        d = results[r]["gap"]["controls"]["shuffled"]
-        v = d["family_mean"] if f == "family_mean" else d["families"].get(fam)
-        return f"{v['b']:>8.1f}" if v else f"{'':>8}"
+    def blind(r, f):  # the shuffled-image control, in the same units as the real column
+        m = results[r]["blind"]
+        v = m["family_mean"] if f == "family_mean" else m["components"].get(f)
+        return f"{v:>8.1f}" if v is not None else f"{'':>8}"
 
     for f in fams:
         print(f"{f.split('/')[-1]:<28}" + "".join(f"{results[r]['metrics']['components'][f]:>14.1f}{blind(r, f)}"
