@@ -233,7 +233,6 @@ def _no_cache_deprecation(record) -> bool:
 
 # ---- --answers: evaluation throughput and bf16 parity -----------------------------------------------------------
 def run_answers(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -284,16 +283,23 @@ def run_answers(args: argparse.Namespace) -> int:
     rep["ttft_by_dtype"] = {"model": rows[0], **cmp.to_dict()}
     print()
     print(format_comparison(cmp, f"TTFT of {rows[0]} by dtype (encode + compress + prefill + first token)"))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rep, indent=1, default=str))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {write_report(args.json, rep)}")
     return 0
+
+
+def write_report(path: str, obj, indent: int = 1):
+    """Write a bench report as JSON (folders created); returns the path."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=indent, default=str))
+    return p
 
 
 # ---- --peer: transformers' LlavaForConditionalGeneration on the same modules ----------------------------------
 def run_peer(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import numpy as np
@@ -347,20 +353,15 @@ def run_peer(args: argparse.Namespace) -> int:
         out["measured_over_ideal_256_to_64"][who] = {"speedup": s, "ideal": ideal_x, "ratio": s["median"] / ideal_x}
         print(f"{who}: {hi} -> {lo} tokens {s['median']:.2f}x faster (p25-p75 {s['p25']:.2f}-{s['p75']:.2f}), "
               f"FLOPs-ideal {ideal_x:.2f}x, measured/ideal {s['median'] / ideal_x:.2f}")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {write_report(args.json, out)}")
     return 0
 
 
 # ---- the command ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     import gc
-    import json
     import logging
     import warnings
-    from pathlib import Path
 
     import torch
 
@@ -503,10 +504,7 @@ def run(args: argparse.Namespace) -> int:
                   "none above its FLOPs ideal")
 
     out = {"preset": preset.summary(), "settings": settings, "rows": results}
-    path = Path(args.json)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
+    path = write_report(args.json, out, indent=2)
     print(f"\nwrote {path}")
     if args.plot:
         where = (f"timing on {device}, {dtype}, batch {args.batch}" if timing else "FLOPs only (meta device)")

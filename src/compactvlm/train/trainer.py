@@ -370,9 +370,13 @@ class Trainer:
                     g[field_] = f[field_]
 
     # ---- steps ---------------------------------------------------------------------------------------
+    def _text_inputs(self, batch: dict) -> dict:
+        dev = self.accelerator.device
+        return {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+
     def _inputs(self, batch: dict, cache) -> dict:
         dev = self.accelerator.device
-        x = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        x = self._text_inputs(batch)
         if cache is not None:
             x["features"] = cache.features(self.vlm, batch["index"], batch["pixel_values"], dev)
         else:
@@ -424,7 +428,7 @@ class Trainer:
         """The batch's model inputs with each image replaced: ``shuffled`` by the image of the validation sample
         ``(i + N//2) mod N`` (a fixed permutation without fixed points), ``blank`` by a uniform image of the
         processor's mean colour (all zeros after normalisation). None if the control cannot be formed."""
-        x = self._inputs(b, None if cache is None else cache)
+        x = self._text_inputs(b)  # the images come from the control below
         idx = [int(i) for i in b["index"]]
         n = len(self.val_ds)
         dev = self.accelerator.device
