@@ -1,0 +1,205 @@
+"""Reading the result files and the statistics of the report: mean and 95% CI over seeds, PRT against the
+reference, test-image bootstraps (cached next to the results) and the head-to-head comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from ..errors import CompactVLMError
+from .plan import StudyPlan
+from .run import ensure_data
+
+
+def attach_predictions(plan: StudyPlan) -> list[Path]:
+    """Add the answers to result files written before results carried them (from the run's evaluation folder
+    under ``runs_dir``), after checking that re-scoring those answers gives exactly the stored metrics."""
+    from ..evaluate.benchmarks.base import read_jsonl
+    from ..evaluate.benchmarks.sceneqa import score_rows
+    from ..evaluate.harness import PREDICTIONS, load_predictions
+
+    rows = None
+    done = []
+    for f in sorted(Path(plan.results_dir).glob("*/seed*.json")):
+        res = json.loads(f.read_text())
+        if "predictions" in res:
+            continue
+        pred_file = Path(plan.runs_dir) / "eval" / res["row"]["name"] / f"s{res['seed']}" / PREDICTIONS
+        if not pred_file.exists():
+            continue
+        if rows is None:
+            rows = read_jsonl(Path(plan.data.dir) / "test_answers.jsonl")
+        preds = load_predictions(pred_file)
+        if any(str(r["question_id"]) not in preds for r in rows):
+            continue
+        again = score_rows(rows, [preds[str(r["question_id"])] for r in rows])
+        if abs(again["family_mean"] - res["metrics"]["family_mean"]) > 1e-9:
+            raise CompactVLMError(f"the answers in {pred_file} re-score to family mean {again['family_mean']:.3f}, "
+                                  f"but {f} says {res['metrics']['family_mean']:.3f}: they are not from the same run",
+                                  f"re-run it: compactvlm study run --plan <plan> --rows {res['row']['name']} "
+                                  f"--seeds {res['seed']} --force")
+        res["predictions"] = preds
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(f)
+        done.append(f)
+    return done
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% confidence interval (Student t; None for a single value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    from scipy.stats import t
+
+    return m, float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def collect(plan: StudyPlan) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in plan.rows:
+        d = Path(plan.results_dir) / r.name
+        files = sorted(d.glob("seed*.json")) if d.exists() else []
+        if files:
+            out[r.name] = [json.loads(f.read_text()) for f in files]
+    return out
+
+
+
+def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (per seed against the reference's mean)."""
+    from ..evaluate.prt import prt
+
+    ref_runs = results.get(plan.reference, [])
+    ref = {}
+    if ref_runs:
+        comps = [r["metrics"]["components"] for r in ref_runs]
+        ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
+    boots = _bootstraps(plan, results)
+    rows = {}
+    for name, runs in results.items():
+        comps = [r["metrics"]["components"] for r in runs]
+        final_loss = [r["train"]["val_loss_curve"][-1][1] for r in runs if r["train"].get("val_loss_curve")]
+        fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
+        prts = [prt(c, ref)["prt"] for c in comps] if ref else []
+        spec = runs[0]["row"]
+        # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
+        # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)
+        from ..registry import REDUCTIONS
+
+        in_llm = bool(spec.get("reduce")) and spec["reduce"] in REDUCTIONS and REDUCTIONS.get(spec["reduce"]).in_llm
+        rows[name] = {
+            "seeds": [r["seed"] for r in runs], "families": fams,
+            "tokens": spec["budget"] if in_llm else runs[0]["vision_tokens"],
+            "tokens_label": (f"{runs[0]['vision_tokens']}→{spec['budget']}" if in_llm else str(runs[0]["vision_tokens"])),
+            "overall": mean_ci([r["metrics"]["family_mean"] for r in runs]),
+            "prt": mean_ci(prts) if prts else (None, None),
+            "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
+            "llm_gflops": statistics.fmean(r["cost"]["flops_llm"] for r in runs) / 1e9,
+            "vision_gflops": statistics.fmean(r["cost"]["flops_vision"] for r in runs) / 1e9,
+            "sec_per_step": (statistics.fmean(x for x in (r["train"].get("sec_per_step") for r in runs) if x)
+                             if any(r["train"].get("sec_per_step") for r in runs) else None),
+            "train_steps": runs[0]["train"].get("steps"),
+            "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
+            "final_val_loss": mean_ci(final_loss) if final_loss and runs[0]["row"].get("from_") is None else (None, None),
+            "final_val_loss_by_seed": ({r["seed"]: r["train"]["val_loss_curve"][-1][1] for r in runs
+                                        if r["train"].get("val_loss_curve")} if runs[0]["row"].get("from_") is None else {}),
+            "bootstrap": boots.get(name),
+            # evaluation, plus training (from the run's own log) for trained rows
+            "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
+                                                       if spec.get("from_") is None else 0.0) for r in runs),
+            "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
+            "retrained_source_seeds": _retrained_source_seeds(results, runs),
+        }
+    return rows
+
+
+def _retrained_source_seeds(results: dict[str, list[dict]], runs: list[dict]) -> list[int]:
+    """Seeds at which an evaluation-only row evaluated a checkpoint of its source row other than the one behind the
+    source's own result (its training curve differs: the source was trained again, e.g. in a fresh checkout, and did
+    not reproduce). Such seeds are not paired with the source's result."""
+    src = runs[0]["row"].get("from_")
+    if src is None:
+        return []
+    theirs = {r["seed"]: r["train"].get("val_loss_curve") for r in results.get(src, [])}
+    return [r["seed"] for r in runs
+            if r["seed"] in theirs and r["train"].get("val_loss_curve") != theirs[r["seed"]]]
+
+
+class _Bootstrapper:
+    """Test-image bootstraps (``evaluate.bootstrap``) of rows and of paired row-vs-row differences, cached in
+    ``<results_dir>/<row>/`` and recomputed only when any answer (or the number of draws) changes."""
+
+    def __init__(self, plan: StudyPlan, results: dict[str, list[dict]]):
+        self.plan, self.results, self._answers = plan, results, None
+
+    def runs(self, name: str) -> dict[int, dict]:
+        return {r["seed"]: r for r in self.results.get(name, []) if "predictions" in r}
+
+    def __call__(self, name: str, other: str | None, cache: Path) -> dict | None:
+        import hashlib
+
+        from ..evaluate.benchmarks.base import read_jsonl
+        from ..evaluate.bootstrap import bootstrap_sceneqa
+
+        mine, theirs = self.runs(name), (self.runs(other) if other else None)
+        seeds = sorted(s for s in mine if theirs is None or s in theirs)
+        if not seeds:
+            return None
+        preds = [mine[s]["predictions"] for s in seeds]
+        refs = [theirs[s]["predictions"] for s in seeds] if theirs is not None else None
+        key = hashlib.sha256(json.dumps([preds, refs, self.plan.bootstrap], sort_keys=True).encode()).hexdigest()
+        if cache.exists():
+            c = json.loads(cache.read_text())
+            if c.get("key") == key:
+                return c["result"]
+        if self._answers is None:
+            self._answers = read_jsonl(ensure_data(self.plan, progress=False) / "test_answers.jsonl")
+        res = bootstrap_sceneqa(self._answers, preds, refs, n=self.plan.bootstrap, seed=0)
+        res["seeds"] = seeds
+        cache.write_text(json.dumps({"key": key, "result": res}, indent=1))
+        return res
+
+
+def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: the bootstrap of its family mean and of its paired difference to the reference over the seeds
+    both have."""
+    if plan.bootstrap <= 0:
+        return {}
+    boot = _Bootstrapper(plan, results)
+    out = {}
+    for name in results:
+        other = None if name == plan.reference else plan.reference
+        res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json")
+        if res is not None:
+            out[name] = res
+    return out
+
+
+def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict]) -> list[dict]:
+    """The plan's head-to-head comparisons [a, b]: a - b in family mean over the seeds both have, with its
+    test-image bootstrap CI, and the paired difference in final validation loss (both trained)."""
+    boot = _Bootstrapper(plan, results)
+    out = []
+    for a, b in plan.comparisons:
+        entry = {"a": a, "b": b, "seeds": [], "delta": None, "val_loss_delta": (None, None)}
+        if a in rows and b in rows:
+            if plan.bootstrap > 0:
+                res = boot(a, b, Path(plan.results_dir) / a / f"vs-{b}.bootstrap.json")
+                if res is not None:
+                    entry["seeds"], entry["delta"] = res["seeds"], res["delta"]
+            pairs = _paired_loss_deltas(rows[a], rows[b])
+            if pairs:
+                entry["val_loss_delta"] = mean_ci(pairs)
+                entry["val_loss_seeds"] = len(pairs)
+        out.append(entry)
+    return out
+
+
+def _paired_loss_deltas(a: dict, b: dict) -> list[float]:
+    """Final validation loss of summarized row ``a`` minus row ``b``'s, at each seed both have."""
+    la, lb = a["final_val_loss_by_seed"], b["final_val_loss_by_seed"]
+    return [la[k] - lb[k] for k in la if k in lb]
