@@ -109,6 +109,11 @@ def test_study_run_and_report(plan_file, capsys):
     assert "## Head-to-head comparisons" in md and "| `stf` | `rand-4` | 16 / 4 |" in md
     assert (root / "results" / "stf" / "vs-rand-4.bootstrap.json").exists()
     assert summary["rand-4"]["retrained_source_seeds"] == []  # evaluated the very checkpoint behind full's result
+    # the run copied the data build's chance baseline next to the results; the report draws it from there
+    baselines = json.loads((root / "results" / "test_baselines.json").read_text())
+    assert baselines["test"]["existence"]["chance"] == 50.0 and baselines["sizes"]["test"] == 4
+    assert "chance line: the test split's chance baseline" in md and "test_baselines.json" in md
+    assert "no blind-control line" in md and "## Claims" not in md  # no controls recorded, no claims in this plan
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
 

@@ -41,6 +41,20 @@ class StudyRow:
 
 
 @dataclass
+class StudyClaim:
+    """A paper's accuracy claim, judged in the report's claims table by ``study.verdicts``: ``kind`` ``greater`` /
+    ``less`` (row ``a`` beats / is worse than row ``b``), ``equal`` (no difference beyond ±``tol`` points) or
+    ``retains`` (``a`` keeps the reference's accuracy: PRT within ±``tol`` points of 100; no ``b``)."""
+
+    claim: str = ""
+    kind: str = "greater"
+    a: str = ""
+    b: str | None = None
+    families: list[str] = field(default_factory=list)  # SceneQA families it is about (empty: the family mean)
+    tol: float = 3.0
+
+
+@dataclass
 class StudyPlan:
     name: str = "study"
     description: str = ""
@@ -63,6 +77,9 @@ class StudyPlan:
     # head-to-head contrasts [a, b] the papers claim (a beats / matches b): reported as a - b, paired by seed, with a
     # test-image bootstrap CI, next to the paired difference in validation loss
     comparisons: list[list[str]] = field(default_factory=list)
+    # the papers' accuracy claims, each with one of the four verdicts (holds / direction only / not reproduced /
+    # untested) in the report's claims table
+    claims: list[StudyClaim] = field(default_factory=list)
 
     def row(self, name: str) -> StudyRow:
         for r in self.rows:
@@ -89,6 +106,34 @@ class StudyPlan:
                                       "write comparisons as [row_a, row_b] pairs, e.g. [stf-k2e1, avgpool-k2]")
         if self.reference not in names:
             raise CompactVLMError(f"study reference {self.reference!r} is not a row", "name a row as reference")
+        for c in self.claims:
+            self._check_claim(c, names)
+
+    @staticmethod
+    def _check_claim(c: StudyClaim, names: list[str]) -> None:
+        from ..evaluate.benchmarks.sceneqa import FAMILY_HEADLINE
+        from .verdicts import KINDS
+
+        what = f"study claim {c.claim!r}"
+        if not c.claim:
+            raise CompactVLMError("a study claim has no text", "write what the paper claims in `claim`")
+        if c.kind not in KINDS:
+            raise CompactVLMError(f"{what} has kind {c.kind!r}", f"use one of {', '.join(KINDS)}")
+        if c.a not in names:
+            raise CompactVLMError(f"{what} names row a={c.a!r}, which is not in the plan", "name a row of the plan")
+        if c.kind == "retains":
+            if c.b is not None:
+                raise CompactVLMError(f"{what}: `retains` is judged against the reference, it takes no b",
+                                      "drop `b` (or use kind equal for a row-vs-row claim)")
+        elif c.b not in names or c.b == c.a:
+            raise CompactVLMError(f"{what} must name a second row b, different from a={c.a!r}",
+                                  "set b to the row the claim compares with")
+        bad = [f for f in c.families if f not in FAMILY_HEADLINE]
+        if bad:
+            raise CompactVLMError(f"{what} names unknown SceneQA families {bad}",
+                                  f"use {', '.join(FAMILY_HEADLINE)} (or none: the family mean)")
+        if c.tol <= 0:
+            raise CompactVLMError(f"{what} has tol {c.tol}", "use a positive tolerance in points, e.g. 3")
 
 
 def load_plan(path: str | os.PathLike) -> StudyPlan:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from .plan import StudyPlan
-from .plots import plot_results
+from .controls import chance_family_mean, environment, load_baselines
+from .plots import Reference, plot_results
 from .stats import _paired_loss_deltas, attach_predictions, collect, compare, mean_ci, summarize
+from .verdicts import judge_claims
 
 
 def _fmt(m: float | None, ci: float | None = None, digits: int = 1) -> str:
@@ -44,7 +46,9 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     rows = summarize(plan, results)
     out = Path(out_md or plan.report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    png_acc, png_ttft = plot_results(plan, rows, out)
+    baselines, chance_source = load_baselines(plan)
+    ref_lines, captions = _figure_context(plan, results, rows, baselines, chance_source)
+    png_acc, png_ttft = plot_results(plan, rows, out, ref_lines, captions)
     fams = list(next(iter(results.values()))[0]["metrics"]["components"])
     hw = next(iter(results.values()))[0]["hardware"]
     n_img = next((s["bootstrap"]["clusters"] for s in rows.values() if s.get("bootstrap")), "the")
@@ -117,6 +121,9 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                          f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
                          f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} |")
         lines += [""]
+    claims = _claims(plan, results, rows, comparisons, baselines)
+    if claims:
+        lines += _claims_table(plan, rows, claims, baselines)
     ref_row = rows.get(plan.reference)
     lines += ["## Validation loss during training", "",
               f"Final val loss per seed, and its difference to `{plan.reference}` paired by seed (same data order and "
@@ -131,8 +138,99 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             delta = _fmt_signed(*mean_ci(pairs), digits=3) if pairs else "–"
             seeds_txt = ", ".join(f"s{k}: {v:.3f}" for k, v in sorted(by_seed.items()))
             lines.append(f"| `{name}` | {s['train_steps']} | {seeds_txt} | {delta} | {curve} |")
-    lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", ""]
+    lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", "",
+              f"Accuracy figure: {captions[0]} TTFT figure: {captions[1]}", ""]
     out.write_text("\n".join(lines) + "\n")
     (out.parent / (out.stem + ".json")).write_text(json.dumps(rows, indent=1))
     (out.parent / (out.stem + "_comparisons.json")).write_text(json.dumps(comparisons, indent=1))
+    if claims:
+        (out.parent / (out.stem + "_claims.json")).write_text(json.dumps(claims, indent=1))
     return out
+
+
+def _figure_context(plan: StudyPlan, results: dict, rows: dict, baselines: dict | None,
+                    chance_source: str) -> tuple[list[Reference], tuple[str, str]]:
+    """The accuracy figure's horizontal lines (chance; the reference's shuffled-image control where the results
+    have it) and the figures' captions (accuracy: those lines' sources; both: the machine)."""
+    lines, notes = [], []
+    if baselines:
+        ch = chance_family_mean(baselines)
+        lines.append(Reference(ch, f"chance (uniform guess): {ch:.1f}", ":", "0.35"))
+        notes.append(f"chance line: the test split's chance baseline (mean over families of guessing uniformly "
+                     f"among each question's answers) from {chance_source}")
+    else:
+        notes.append(f"no chance line: {chance_source}")
+    blind = (rows.get(plan.reference) or {}).get("blind")
+    if blind:
+        lines.append(Reference(blind["family_mean"], f"`{plan.reference}` with shuffled images (blind control): "
+                               f"{blind['family_mean']:.1f}", "--", "0.15"))
+        notes.append(f"blind-control line: `{plan.reference}` answering with every image shuffled across "
+                     f"questions ({_seeds(len(blind['seeds']))})")
+    else:
+        notes.append(f"no blind-control line: the results of `{plan.reference}` carry no shuffled-image control")
+    machine = f"measured on {environment(results)}"
+    spread = "points at one token count are spread slightly sideways (ticks: the true counts)"
+    acc = "; ".join(notes + ["error bars: 95% CI over seeds", spread, machine])
+    ttft = "; ".join([f"batch 1, median of {plan.ttft_repeats}, once per run under whatever else the machine ran "
+                      "(controlled ratios: compactvlm bench)", spread, machine])
+    return lines, (acc.replace("`", "") + ".", ttft.replace("`", "") + ".")
+
+
+def _claims(plan: StudyPlan, results: dict, rows: dict, comparisons: list[dict], baselines: dict | None) -> list[dict]:
+    """The plan's claims with their verdicts; paired CIs of claim pairs that are not head-to-head comparisons (nor
+    against the reference) are bootstrapped (and cached) here."""
+    pairs = {(c["a"], c["b"]): c for c in comparisons}
+    extra = [[c.a, c.b] for c in plan.claims if c.b and c.b != plan.reference and (c.a, c.b) not in pairs
+             and c.a in rows and c.b in rows]
+    pairs.update({(c["a"], c["b"]): c for c in compare(plan, results, rows, extra)} if extra else {})
+    return judge_claims(plan, rows, pairs, baselines)
+
+
+def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: dict | None) -> list[str]:
+    ref = rows.get(plan.reference)
+    lines = ["## Claims", "",
+             "Each accuracy claim of the papers the plan tests, judged by one rule (`compactvlm.study.verdicts`): "
+             "**holds** (the claimed direction with a 95% CI excluding 0; for \"retains\" a PRT CI within ± the "
+             "tolerance of 100; for \"no difference\" a Δ CI within ± the tolerance), **direction only** (the sign "
+             "agrees, the CI does not settle it), **not reproduced** (the point estimate disagrees), **untested** "
+             f"(`{plan.reference}` or the row does not beat its shuffled-image blind control on the families the "
+             "claim is about; a model that does not look at the image cannot test what a compressor keeps of it). "
+             "Where the results carry no blind control, a reference whose family mean (95% CI, test images) reaches "
+             "down to chance is reported as \"reference at chance\". Δ: the paired test-image bootstrap of the "
+             "comparisons above; PRT: mean ± 95% CI over seeds.", "",
+             "| paper's claim | rows | evidence | blind controls | verdict |", "|---|---|---|---|---|"]
+    for e in claims:
+        rows_txt = f"`{e['a']}`" + (f" vs `{e['b']}`" if e["b"] else f" vs `{plan.reference}`")
+        ev = []
+        if e["prt"] is not None:
+            ev.append(f"PRT {_fmt(*e['prt'])}")
+        if e["delta"]:
+            d, lo, hi = e["delta"]
+            what = "Δ vs ref" if e["kind"] == "retains" or e["b"] == plan.reference else "Δ a − b"
+            ev.append(f"{what} {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        if e["seeds"]:
+            ev[-1] += f" ({_seeds(len(e['seeds']))})"
+        if e["kind"] in ("retains", "equal"):
+            ev.append(f"tolerance ±{e['tol']:g}")
+        blind = [_blind_text(plan.reference, ref, e["families"], baselines) if ref else "",
+                 _blind_text(e["a"], rows.get(e["a"]), e["families"], None) if e["a"] != plan.reference else ""]
+        verdict_txt = e["verdict"] + (f": {e['reason']}" if e["reason"] else "")
+        lines.append(f"| {e['claim']} | {rows_txt} | {'; '.join(ev) or '–'} | {'; '.join(filter(None, blind))} | "
+                     f"{verdict_txt} |")
+    return lines + [""]
+
+
+def _blind_text(name: str, s: dict | None, families: list[str], baselines: dict | None) -> str:
+    if s is None:
+        return f"`{name}`: not yet run"
+    b = s.get("blind")
+    if b is None:
+        txt = f"`{name}`: none recorded"
+        if baselines and families == ["family_mean"]:
+            txt += f" (family mean {_fmt(*s['overall'])}, chance {chance_family_mean(baselines):.1f})"
+        return txt
+    above = sum(1 for v in b["delta_by_seed"].values() if v[1] > 0)
+    seen = ", ".join(f.replace("_", " ") for f in families if b["sees"].get(f))
+    return (f"`{name}`: real − shuffled {b['delta']:+.1f} (family mean; CI above 0 at {above} of "
+            f"{_seeds(len(b['seeds']))}); sees on {seen or 'none of ' + ', '.join(families)}"
+            + ("" if b["all_seeds"] else f" (only {_seeds(len(b['seeds']))} of {len(s['seeds'])} have a control)"))

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .controls import record_baselines
 from .plan import StudyPlan, StudyRow, checkpoint_dir, result_path
 
 
@@ -138,6 +139,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     torch.set_num_threads(plan.threads)
     t0 = time.perf_counter()
     data_dir = ensure_data(plan, progress)
+    record_baselines(plan, data_dir)  # the test split's chance baseline, for the report's chance line
     src = plan.row(row.from_) if row.from_ else row
     ckpt = train_row(plan, src, seed, data_dir)
     t_train = time.perf_counter() - t0

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import CompactVLMError
+from .controls import blind_summary
 from .plan import StudyPlan
 from .run import ensure_data
 
@@ -113,6 +114,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
                                                        if spec.get("from_") is None else 0.0) for r in runs),
             "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
             "retrained_source_seeds": _retrained_source_seeds(results, runs),
+            "blind": blind_summary(runs),  # the shuffled-image control, where the results carry one
         }
     return rows
 
@@ -179,12 +181,13 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
     return out
 
 
-def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict]) -> list[dict]:
-    """The plan's head-to-head comparisons [a, b]: a - b in family mean over the seeds both have, with its
-    test-image bootstrap CI, and the paired difference in final validation loss (both trained)."""
+def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict],
+            pairs: list[list[str]] | None = None) -> list[dict]:
+    """Head-to-head comparisons [a, b] (default: the plan's): a - b in family mean over the seeds both have, with
+    its test-image bootstrap CI, and the paired difference in final validation loss (both trained)."""
     boot = _Bootstrapper(plan, results)
     out = []
-    for a, b in plan.comparisons:
+    for a, b in (plan.comparisons if pairs is None else pairs):
         entry = {"a": a, "b": b, "seeds": [], "delta": None, "val_loss_delta": (None, None)}
         if a in rows and b in rows:
             if plan.bootstrap > 0:

@@ -65,3 +65,84 @@ def verdict(kind: str, ev: Evidence, tol: float = 3.0) -> str:
     if sign * p <= 0:
         return NOT_REPRODUCED
     return HOLDS if (lo > 0 if sign > 0 else hi < 0) else DIRECTION_ONLY
+
+
+# ---- the study's claims table -----------------------------------------------------------------------------------
+def _lower(m: float, ci: float | None) -> float:
+    return m - (ci or 0.0)
+
+
+def reference_at_chance(ref: dict, families: Sequence[str], baselines: dict | None) -> bool | None:
+    """Whether the summarized reference row does not score above chance on some family of ``families`` (the lower
+    end of its 95 % CI at or below chance: the test-image bootstrap for the family mean, the seed CI per family).
+    None when the chance baseline is unknown."""
+    from .controls import chance_family_mean
+
+    if not baselines:
+        return None
+    for f in families:
+        if f == "family_mean":
+            boot = (ref.get("bootstrap") or {}).get("family_mean")
+            low = boot[1] if boot else _lower(*ref["overall"])
+            if low <= chance_family_mean(baselines):
+                return True
+        elif f in baselines and f"sceneqa/{f}" in ref["families"]:
+            if _lower(*ref["families"][f"sceneqa/{f}"]) <= float(baselines[f]["chance"]):
+                return True
+    return False
+
+
+def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict],
+                 baselines: dict | None) -> list[dict]:
+    """The plan's claims (``StudyPlan.claims``), each with its evidence and verdict; an ``untested`` verdict comes
+    with the reason. ``rows``: ``stats.summarize``'s rows; ``pairs``: (a, b) -> ``stats.compare``'s entry
+    (``delta``: a - b with the test-image CI; b = the reference may be left out: the row's own bootstrap is used);
+    ``baselines``: the test split's chance baselines (``controls.load_baselines``), or None."""
+    from .controls import sees
+
+    ref = rows.get(plan.reference)
+    out = []
+    for c in plan.claims:
+        fams = list(c.families) or ["family_mean"]
+        e = {"claim": c.claim, "kind": c.kind, "a": c.a, "b": c.b, "families": fams, "tol": c.tol,
+             "delta": None, "seeds": [], "prt": None, "reason": None}
+        a = rows.get(c.a)
+        missing = [n for n in (c.a, c.b, plan.reference) if n and n not in rows]
+        if missing:
+            e.update(verdict=UNTESTED, reason="not yet run: " + ", ".join(f"`{n}`" for n in dict.fromkeys(missing)))
+            out.append(e)
+            continue
+        if c.kind == "retains":
+            m, ci = a["prt"]
+            e["prt"] = (m, ci)
+            boot = a.get("bootstrap") or {}
+            e["delta"], e["seeds"] = boot.get("delta"), boot.get("seeds", [])
+        else:
+            p = pairs.get((c.a, c.b))
+            if p is None and c.b == plan.reference:
+                p = a.get("bootstrap")
+            e["delta"], e["seeds"] = (p or {}).get("delta"), (p or {}).get("seeds", [])
+        ref_sees, row_sees = sees(ref["blind"], fams), sees(a["blind"], fams)
+        if ref_sees is not True:
+            at_chance = reference_at_chance(ref, fams, baselines)
+            e["reason"] = ("reference at chance" if at_chance else
+                           "reference does not beat its blind control" if ref_sees is False else
+                           "no blind control for the reference in the results")
+        elif row_sees is not True:
+            e["reason"] = (f"`{c.a}` does not beat its blind control" if row_sees is False else
+                           f"no blind control for `{c.a}` in the results")
+        elif c.kind != "retains" and not e["delta"]:
+            e["reason"] = "no paired test-image CI (the plan's bootstrap is 0)"
+        if e["reason"]:
+            e["verdict"] = UNTESTED
+            out.append(e)
+            continue
+        if c.kind == "retains":
+            m, ci = e["prt"]
+            # one seed gives no CI: the claim can at best be "direction only"
+            prt = (m, m - ci, m + ci) if ci is not None else (m, float("-inf"), float("inf"))
+            e["verdict"] = verdict(c.kind, Evidence(prt=prt, reference_sees=True, row_sees=True), c.tol)
+        else:
+            e["verdict"] = verdict(c.kind, Evidence(delta=e["delta"], reference_sees=True, row_sees=True), c.tol)
+        out.append(e)
+    return out

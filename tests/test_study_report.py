@@ -1,0 +1,209 @@
+"""The study report's figures and claims table, on constructed result files (no training): one fixed colour +
+marker per method family that never repeats in a figure, legend outside the axes, chance and blind-control lines
+from what the results carry, and the four verdicts wired into the claims table."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compactvlm.errors import CompactVLMError
+from compactvlm.study import load_plan, write_report
+from compactvlm.study.plan import StudyPlan, StudyRow
+from compactvlm.study.plots import STYLES, Reference, _series, figure, series_styles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _styles_of(fig) -> dict[str, tuple[str, str]]:
+    """label -> (colour, marker) of every data series (errorbar) in the figure's axes."""
+    from matplotlib.colors import to_hex
+    from matplotlib.container import ErrorbarContainer
+
+    ax = fig.axes[0]
+    out = {}
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            line = c.lines[0]
+            out[c.get_label()] = (to_hex(line.get_color()), line.get_marker())
+    return out
+
+
+def test_fixed_styles_are_unique():
+    pairs = list(STYLES.values())
+    assert len(set(pairs)) == len(pairs)
+    assert len({c for c, _ in pairs}) == len(pairs)  # not even a colour repeats among the known families
+    got = series_styles(list(STYLES) + ["new-a", "new-b (training-free)", "new-c"])
+    assert all(got[n] == STYLES[n] for n in STYLES)  # fixed: the same family looks the same in every figure
+    assert len(set(got.values())) == len(got)
+
+
+def _rows_for(plan: StudyPlan) -> dict:
+    rows = {}
+    for i, r in enumerate(plan.rows):
+        rows[r.name] = {"tokens": [5, 9, 13, 16, 21, 32, 64, 128, 256][i % 9], "overall": (20.0 + i % 7, 1.5),
+                        "ttft_ms": 300.0 + 10 * i}
+    return rows
+
+
+@pytest.mark.parametrize("which", ["shipped", "unknown methods"])
+def test_no_two_series_in_a_figure_share_colour_and_marker(which):
+    import matplotlib.pyplot as plt
+
+    if which == "shipped":
+        plan = load_plan(ROOT / "configs" / "study" / "sceneqa_cpu.yaml")
+    else:  # methods the style table does not know, next to ones it does
+        plan = StudyPlan(reference="a", rows=[
+            StudyRow(name="a", compressor="mlp2x_gelu"), StudyRow(name="b", compressor="stf"),
+            *[StudyRow(name=f"n{i}", compressor=f"newcomp{i}") for i in range(12)],
+            StudyRow(name="r", from_="a", reduce="newreduce", budget=4)])
+    rows = _rows_for(plan)
+    series = {_series(plan, r) for r in plan.rows}
+    for key in ("overall", "ttft_ms"):
+        fig = figure(plan, rows, key, "y", [Reference(26.0, "chance")], footnote="measured on somewhere")
+        try:
+            styles = _styles_of(fig)
+            assert set(styles) == series
+            assert len(set(styles.values())) == len(styles), styles
+            for name, pair in styles.items():
+                if name in STYLES:
+                    assert pair == (STYLES[name][0].lower(), STYLES[name][1])
+            fig.canvas.draw()
+            ax = fig.axes[0]
+            legend = ax.get_legend()
+            assert not legend.get_window_extent().overlaps(ax.get_window_extent())  # outside the axes
+            labels = [t.get_text() for t in legend.get_texts()]
+            assert "chance" in labels  # the horizontal line is in the legend
+            assert any("measured on somewhere" in t.get_text() for t in ax.texts)
+        finally:
+            plt.close(fig)
+
+
+# ---- the claims table, on constructed result files --------------------------------------------------------------
+def _result(name: str, seed: int, comps: dict, blind_sees: bool | None) -> dict:
+    fm = sum(comps.values()) / len(comps)
+    res = {
+        "plan": "tiny", "seed": seed, "vision_tokens": 16 if name == "small" else 64,
+        "row": {"name": name, "group": "1", "compressor": "stf" if name == "small" else "mlp2x_gelu", "params": {},
+                "train_overrides": [], "from_": None, "budget": None, "reduce": None, "reduce_params": {},
+                "note": ""},
+        "metrics": {"components": {f"sceneqa/{k}": v for k, v in comps.items()}, "family_mean": fm,
+                    "headline": fm, "n": 10, "missing": 0, "split": "test"},
+        "cost": {"ttft_ms": 100.0, "flops_llm": 1e9, "flops_vision": 1e8, "flops_total": 1.1e9},
+        "train": {"steps": 10, "sec_per_step": 0.1, "val_loss_curve": [[0, 2.0], [10, 1.0 + seed / 100]],
+                  "wall_seconds": 1.0},
+        "wall_seconds": {"eval": 1.0, "train_or_reuse": 1.0},
+        "hardware": {"machine": "x86_64", "processor": "testcpu", "cpus": 4, "torch_threads": 2, "device": "cpu"},
+    }
+    if blind_sees is not None:
+        d = 10.0 if blind_sees else 0.5
+        lo = 5.0 if blind_sees else -2.0
+        res["blind_gap"] = {"controls": {"shuffled": {"families": {}, "family_mean": {
+            "a": fm, "b": fm - d, "delta": [d, lo, d + 5.0]}}}, "sees": {"family_mean": blind_sees}}
+    return res
+
+
+def _study(tmp_path: Path, ref_comps: dict, blind: dict[str, bool | None], chance: dict | None) -> Path:
+    plan = {"name": "tiny", "data": {"dir": str(tmp_path / "nodata"), "seed": 0, "test": 4},
+            "results_dir": str(tmp_path / "results"), "runs_dir": str(tmp_path / "runs"),
+            "report": str(tmp_path / "docs" / "results.md"), "reference": "ref", "seeds": [0, 1, 2],
+            "bootstrap": 0, "groups": {"1": "all"},
+            "rows": [{"name": "ref", "group": "1", "compressor": "mlp2x_gelu"},
+                     {"name": "small", "group": "1", "compressor": "stf", "params": {"k": 2}}],
+            "claims": [{"claim": "small keeps the accuracy", "kind": "retains", "a": "small"}]}
+    for name in ("ref", "small"):
+        for seed in (0, 1, 2):
+            comps = {k: v + 0.1 * seed for k, v in ref_comps.items()}  # small: the same scores (PRT ~100)
+            f = tmp_path / "results" / name / f"seed{seed}.json"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps(_result(name, seed, comps, blind[name])))
+    if chance is not None:
+        (tmp_path / "results" / "test_baselines.json").write_text(json.dumps(
+            {"seed": 0, "sizes": {"test": 4}, "test": {k: {"chance": v} for k, v in chance.items()}}))
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, allow_unicode=True))
+    return path
+
+
+def _claim_row(md: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith("| small keeps the accuracy |"))
+
+
+@pytest.mark.parametrize("ref_comps, blind, chance, want", [
+    # both see: the rule decides on the numbers (PRT 100 with a tight CI)
+    ({"existence": 80.0, "counting": 60.0}, {"ref": True, "small": True}, {"existence": 50.0, "counting": 25.0},
+     "| holds |"),
+    # no blind control, the reference at chance: untested, and why
+    ({"existence": 50.0, "counting": 25.0}, {"ref": None, "small": None}, {"existence": 50.0, "counting": 25.0},
+     "| untested: reference at chance |"),
+    # no blind control and no chance baseline to tell: untested, no blind control
+    ({"existence": 80.0, "counting": 60.0}, {"ref": None, "small": None}, None,
+     "| untested: no blind control for the reference in the results |"),
+    # the reference sees, the row does not
+    ({"existence": 80.0, "counting": 60.0}, {"ref": True, "small": False}, None,
+     "| untested: `small` does not beat its blind control |"),
+    # the reference is blind by its control
+    ({"existence": 80.0, "counting": 60.0}, {"ref": False, "small": True}, None,
+     "| untested: reference does not beat its blind control |"),
+])
+def test_claims_table_verdicts(tmp_path, ref_comps, blind, chance, want):
+    plan_path = _study(tmp_path, ref_comps, blind, chance)
+    out = write_report(load_plan(plan_path), plan_path)
+    md = out.read_text()
+    assert "## Claims" in md
+    assert _claim_row(md).endswith(want)
+    claims = json.loads((out.parent / "results_claims.json").read_text())
+    assert claims[0]["verdict"] == want.strip("| ").split(":")[0]
+    assert "4 CPU cores (testcpu), 2 torch threads, no GPU (all 6 result files)" in md  # the recorded machine
+
+
+def test_figure_lines_follow_what_the_results_carry(tmp_path):
+    from compactvlm.study.report import _figure_context
+    from compactvlm.study.stats import collect, summarize
+
+    def context(blind, chance):
+        d = tmp_path / f"{blind['ref']}-{chance is not None}"
+        plan = load_plan(_study(d, {"existence": 80.0, "counting": 60.0}, blind, chance))
+        results = collect(plan)
+        from compactvlm.study.controls import load_baselines
+
+        base, src = load_baselines(plan)
+        return _figure_context(plan, results, summarize(plan, results), base, src)
+
+    lines, (acc, ttft) = context({"ref": True, "small": True}, {"existence": 50.0, "counting": 25.0})
+    assert [round(r.y, 2) for r in lines] == [37.5, 60.1]  # chance; the reference's shuffled control (70.1 - 10)
+    assert "blind control" in lines[1].label and "chance line" in acc and "chance" not in ttft
+    lines, (acc, _) = context({"ref": None, "small": None}, None)
+    assert lines == [] and "no chance line" in acc and "no blind-control line" in acc
+
+
+def test_bad_claims_are_clear_errors(tmp_path):
+    base = yaml.safe_load((_study(tmp_path, {"existence": 80.0}, {"ref": None, "small": None}, None)).read_text())
+    for claim, match in [({"claim": "x", "kind": "beats", "a": "small"}, "has kind 'beats'"),
+                         ({"claim": "x", "kind": "retains", "a": "small", "b": "ref"}, "takes no b"),
+                         ({"claim": "x", "kind": "greater", "a": "small"}, "must name a second row"),
+                         ({"claim": "x", "kind": "greater", "a": "nope", "b": "ref"}, "not in the plan"),
+                         ({"claim": "x", "kind": "retains", "a": "small", "families": ["colour"]}, "unknown SceneQA")]:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(base, claims=[claim])))
+        with pytest.raises(CompactVLMError, match=match):
+            load_plan(tmp_path / "bad.yaml")
+
+
+def test_shipped_plan_reads_untested_reference_at_chance():
+    """The committed study: no blind controls recorded, reference below chance -> every claim untested, by the rule."""
+    from compactvlm.study.controls import load_baselines
+    from compactvlm.study.stats import collect, summarize
+    from compactvlm.study.verdicts import judge_claims
+
+    plan = load_plan(ROOT / "configs" / "study" / "sceneqa_cpu.yaml")
+    plan.results_dir = str(ROOT / plan.results_dir)
+    plan.bootstrap = 0  # no data folder needed; the verdict does not get that far
+    results = collect(plan)
+    if plan.reference not in results:
+        pytest.skip("the study results are not in this checkout")
+    rows = summarize(plan, results)
+    base, _ = load_baselines(plan)
+    claims = judge_claims(plan, rows, {}, base)
+    assert len(claims) == len(plan.claims) >= 10
+    assert {(c["verdict"], c["reason"]) for c in claims} == {("untested", "reference at chance")}
