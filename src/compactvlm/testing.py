@@ -82,6 +82,7 @@ def tiny_vlm(compressor: str = "mlp2x_gelu", encoder: str = "dinov2", image: int
     from .compressors.base import create_compressor
     from .data.images import ImageProcessor
     from .encoders.hf import HFVisionEncoder
+    from .model.init_state import mark_random
     from .model.vlm import CompactVLM
 
     tok = tiny_tokenizer()
@@ -89,7 +90,7 @@ def tiny_vlm(compressor: str = "mlp2x_gelu", encoder: str = "dinov2", image: int
     enc = HFVisionEncoder(vis, image_size=image)
     llm = tiny_llama(vocab_size=len(tok), seed=seed)
     torch.manual_seed(seed)
-    comp = create_compressor(compressor, enc=enc.info, llm_dim=llm.config.hidden_size, **params)
+    comp = mark_random(create_compressor(compressor, enc=enc.info, llm_dim=llm.config.hidden_size, **params))
     model = CompactVLM(enc, comp, llm, tok, ImageProcessor(image), system_prompt=system_prompt)
     model.config_dict = {"encoder": "tiny", "llm": "tiny", "image_size": image, "compressor": compressor,
                          "compressor_params": params, "system_prompt": system_prompt, "dtype": "float32",

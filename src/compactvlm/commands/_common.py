@@ -6,9 +6,25 @@ import argparse
 import json
 
 
+CHECKPOINT_HELP = ("folder written by `compactvlm train` / save_pretrained / convert, or a shipped checkpoint "
+                   "demo:NAME (e.g. demo:stf-k2e1; `compactvlm info` lists them)")
+
+
+def checkpoint_arg(value: str) -> str:
+    """argparse ``type`` of every option that takes a checkpoint: ``demo:NAME`` becomes the shipped folder
+    (``model.shipped.resolve_checkpoint``, the library's one resolver); other values pass unchanged."""
+    from ..errors import CompactVLMError
+    from ..model.shipped import resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(value))
+    except CompactVLMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", help="folder written by `compactvlm train` / save_pretrained")
+    g.add_argument("--checkpoint", type=checkpoint_arg, help=CHECKPOINT_HELP)
     g.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
     g.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
     g.add_argument("--compressor", default=None, metavar="SPEC",
@@ -111,14 +127,15 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         from pathlib import Path
 
         from ..model.checkpoint import CONFIG_NAME, load_pretrained
+        from ..model.shipped import resolve_checkpoint
 
-        ck = Path(args.checkpoint)
+        ck = resolve_checkpoint(args.checkpoint)
         if not (ck / CONFIG_NAME).exists() and (ck / "config.json").exists():
             from ..interop import load_model  # a llava-hf / LLaVA / LLaVA-STF folder, converted in memory
 
             model = load_model(ck, vision_tower=args.encoder)
         else:
-            model = load_pretrained(args.checkpoint, compressor=args.compressor, compressor_params=params or None,
+            model = load_pretrained(ck, compressor=args.compressor, compressor_params=params or None,
                                     progress=progress)
     else:
         cfg = ModelConfig(compressor=args.compressor or "mlp2x_gelu", compressor_params=params)
@@ -127,7 +144,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         if args.llm:
             cfg.llm = args.llm
         model = build_model(cfg, progress=progress)
-        warn_untrained(model)
+    warn_untrained(model)
     if args.budget is not None or args.reduce:
         model.set_budget(args.budget, args.reduce, **args.reduce_params)
     if args.device != "cpu":
@@ -137,15 +154,17 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
 
 
 def warn_untrained(model) -> None:
-    """One line on stderr when the compressor has learned parameters at their random initialisation (a model built
-    without --checkpoint): its answers are meaningless."""
+    """One line on stderr when a trainable part of ``model`` is at its random initialisation
+    (``model.init_state``: e.g. a compressor built without --checkpoint): its answers are meaningless."""
     import sys
 
-    comp = model.compressor
-    if not comp.training_free and any(True for _ in comp.parameters()):
-        print(f"warning: compressor {comp.registry_name!r} has random (untrained) weights, so the answers are "
-              "meaningless; pass --checkpoint DIR with trained weights (e.g. src/compactvlm/assets/demo/stf-k2e1, "
-              "trained on SceneQA only)", file=sys.stderr)
+    from ..model.init_state import untrained_parts
+
+    parts = untrained_parts(model)
+    if parts:
+        print(f"warning: {' and '.join(parts)} has random (untrained) weights, so the answers are meaningless; "
+              "pass --checkpoint DIR with trained weights (e.g. --checkpoint demo:stf-k2e1, trained on SceneQA only; "
+              "`compactvlm info` lists the shipped ones)", file=sys.stderr)
 
 
 def apply_budget(model, budget: int | None, reduce: str | None) -> None:

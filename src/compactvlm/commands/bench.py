@@ -23,8 +23,11 @@ def add_parser(sub) -> None:
                     "encoder / compressor / LLM prefill (FlopCounterMode on the meta device, no weights), TTFT "
                     "(median and spread), decode tokens/s, peak memory and KV-cache bytes, and the TTFT speedup "
                     "versus the full-token model next to the FLOPs-ideal speedup.")
-    p.add_argument("--model", default="default",
-                   help="preset (default, llava-1.5-7b), a compactvlm checkpoint folder or an HF llava-style folder")
+    from ._common import checkpoint_arg
+
+    p.add_argument("--model", default="default", type=checkpoint_arg,
+                   help="preset (default, llava-1.5-7b), a compactvlm checkpoint folder (or shipped demo:NAME) or an "
+                        "HF llava-style folder")
     p.add_argument("--compressor", action="extend", nargs="+", default=[], metavar="ROW",
                    help="row COMPRESSOR[:k=v,...][+REDUCTION[:k=v,...]], e.g. stf:k=2,E=1 or "
                         "mlp2x_gelu+fastv:budget=64,k=2; repeatable (default: a set of compressors and reductions "

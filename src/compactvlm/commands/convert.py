@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
                     "mm_vision_select_layer; projector in the shards or mm_projector.bin). llava-stf: the LLaVA-STF "
                     "fork (mm_projector_crosslayer + mm_projector). .bin files are read with "
                     "torch.load(weights_only=True) only; nothing is downloaded.")
-    p.add_argument("src", help="source checkpoint folder")
+    from ._common import checkpoint_arg
+
+    p.add_argument("src", type=checkpoint_arg, help="source checkpoint folder (a demo:NAME short name resolves too)")
     p.add_argument("--from", dest="layout", required=True, choices=["llava-hf", "llava", "llava-stf"],
                    help="layout of SRC")
     p.add_argument("--out", required=True, help="output folder: new, empty, or a compact folder compactvlm wrote (replaced atomically); any "

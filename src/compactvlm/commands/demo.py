@@ -20,7 +20,10 @@ ROWS = ("full-mlp2x", "stf-k2e1")
 
 
 def assets_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "assets" / "demo"
+    """The shipped checkpoints' folder (``model.shipped``; also reachable as ``--checkpoint demo:NAME``)."""
+    from ..model.shipped import shipped_dir
+
+    return shipped_dir()
 
 
 def add_parser(sub) -> None:

@@ -15,7 +15,11 @@ def add_parser(sub) -> None:
                     "tower without register tokens, no --reduce, LoRA merged) has a llava-hf form: the other "
                     "compressors change the number of vision tokens or mix layers through modules of their own, "
                     "which LlavaForConditionalGeneration cannot hold, and are refused with the reason.")
-    p.add_argument("src", help="model folder (compact folder, or a llava-hf / LLaVA / LLaVA-STF folder)")
+    from ._common import checkpoint_arg
+
+    p.add_argument("src", type=checkpoint_arg,
+                   help="model folder (compact folder, or a llava-hf / LLaVA / LLaVA-STF folder), or a shipped "
+                        "checkpoint demo:NAME")
     p.add_argument("--to", dest="layout", required=True, choices=["llava-hf"], help="layout to write")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],

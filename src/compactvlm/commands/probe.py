@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.encoder or DEFAULT_ENCODER
     vision, mean, std = load_vision_model(name)
     enc = HFVisionEncoder(vision, image_size=args.image_size, image_mean=mean, image_std=std).eval()
-    proc = ImageProcessor(enc.info.image_size, enc.image_mean, enc.image_std)
+    proc = ImageProcessor(enc.info.image_size, enc.image_mean, enc.image_std)  # SceneQA images are square
     ftr = encode_scenes(enc, proc, data, train, args.layer, progress=not args.quiet)
     fte = encode_scenes(enc, proc, data, test, args.layer, progress=not args.quiet)
     rows = run_probes(ftr, fte, enc.info.image_size, seed=args.seed)

@@ -17,7 +17,11 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--tiny", action="store_true", help="tiny random models (tests; starts in seconds)")
-    p.add_argument("--checkpoint", help="also offer this trained model (`compactvlm train` output) as a method")
+    from ._common import checkpoint_arg
+
+    p.add_argument("--checkpoint", type=checkpoint_arg,
+                   help="also offer this trained model as a method: a folder (`compactvlm train` output) or a shipped "
+                        "checkpoint demo:NAME (e.g. demo:stf-k2e1; `compactvlm info` lists them)")
     p.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
     p.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
     p.add_argument("--max-new-tokens", type=int, default=16, help="default answer length")
@@ -81,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     model.set_dtype("float32" if args.tiny and args.dtype == "auto" else args.dtype)
     pool = MethodPool(model, repeats=args.repeats, checkpoint_label=ckpt_label)
     app = build_app(pool, max_new_tokens=args.max_new_tokens)
-    print(f"compactvlm serve: {len(pool.presets)} methods: {', '.join(pool.presets)}", flush=True)
+    print(f"compactvlm serve: {len(pool.presets)} methods: {', '.join(shown for shown, _ in pool.choices())}",
+          flush=True)
+    untrained = [lab for lab in pool.presets if pool.untrained(lab)]
+    if untrained:
+        print(f"warning: {len(untrained)} of {len(pool.presets)} methods have random (untrained) compressor weights "
+              "(marked 'untrained'), so their answers are meaningless; add a trained one with --checkpoint DIR "
+              "(e.g. --checkpoint demo:stf-k2e1, trained on SceneQA only)", file=sys.stderr, flush=True)
     launch(app, host=args.host, port=args.port)
     return 0

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..encoders.preprocessing import (DEFAULT_ASPECT, IMAGENET_MEAN, IMAGENET_STD, check_aspect,
+                                    square_image)
 from ..errors import CompactVLMError
 
 MIN_SIDE = 8
@@ -166,20 +168,28 @@ def load_image(path: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 @dataclass
 class ImageProcessor:
-    """Resize to a square ``size`` (bicubic), scale to [0, 1], normalise with mean/std."""
+    """Make the image square (``aspect``: ``pad`` | ``resize`` | ``crop``, see ``encoders.preprocessing``) at
+    ``size`` x ``size`` (bicubic), scale to [0, 1], normalise with mean/std.
+
+    ``pad`` (LLaVA-1.5's mean-colour padding) is the default of new models; a processor read from a checkpoint
+    written before the mode existed is ``resize`` (what those checkpoints were trained with)."""
 
     size: int = 224
-    mean: Sequence[float] = (0.485, 0.456, 0.406)
-    std: Sequence[float] = (0.229, 0.224, 0.225)
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    aspect: str = DEFAULT_ASPECT
+
+    def __post_init__(self) -> None:
+        check_aspect(self.aspect, "image processor aspect")
+
+    def square(self, img: Image.Image) -> Image.Image:
+        """The ``size`` x ``size`` RGB image the encoder sees (before scaling and normalisation)."""
+        if not isinstance(img, Image.Image):
+            raise CompactVLMError(f"expected a PIL image, got {type(img).__name__}", "load images with load_image()")
+        return square_image(check_image(img), int(self.size), self.aspect, self.mean)
 
     def __call__(self, images: Iterable[Image.Image]) -> torch.Tensor:
-        arrs = []
-        for img in images:
-            if not isinstance(img, Image.Image):
-                raise CompactVLMError(f"expected a PIL image, got {type(img).__name__}", "load images with load_image()")
-            img = check_image(img)
-            img = img.resize((self.size, self.size), Image.BICUBIC)
-            arrs.append(np.asarray(img, dtype=np.float32) / 255.0)  # (S, S, 3)
+        arrs = [np.asarray(self.square(img), dtype=np.float32) / 255.0 for img in images]  # each (S, S, 3)
         if not arrs:
             raise CompactVLMError("no images given", "pass at least one image")
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # (B, 3, S, S)
@@ -188,4 +198,4 @@ class ImageProcessor:
         return (x - mean) / std
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "aspect": self.aspect}

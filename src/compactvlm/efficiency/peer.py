@@ -58,7 +58,7 @@ def at_image_size(model, size: int):
 
     m = copy.copy(model)  # the copy shares the modules; only its (plain attribute) processor differs
     p = model.processor
-    m.processor = ImageProcessor(size, p.mean, p.std)
+    m.processor = ImageProcessor(size, p.mean, p.std, p.aspect)
     return m
 
 

@@ -15,14 +15,15 @@ from torch import nn
 
 from ..errors import CompactVLMError
 from .base import EncoderInfo, VisionFeatures
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 ExtraAttention = Literal["isolated", "full"]
 
 
 class HFVisionEncoder(nn.Module):
     def __init__(self, model: nn.Module, image_size: int | None = None,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+                 image_mean: Sequence[float] = IMAGENET_MEAN,
+                 image_std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         self.model = model
         cfg = model.config

@@ -18,13 +18,14 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+from ..encoders.preprocessing import IMAGENET_MEAN
 from ..errors import CompactVLMError
 from .benchmarks.base import EvalItem
 
 CONTROLS = ("shuffled", "blank")
 BLANK_FILE = "control_blank.png"
-#: ImageNet mean colour (0.485, 0.456, 0.406) x 255: the colour the processors normalise to ~0
-BLANK_RGB = (124, 116, 104)
+#: ImageNet mean colour x 255, rounded: (124, 116, 104), the colour the processors normalise to ~0
+BLANK_RGB = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
 
 def check_control(control: str | None) -> None:

@@ -29,9 +29,10 @@ def _module(layout: str):
 def detect_layout(path) -> str:
     """``compactvlm``, ``llava-hf``, ``llava`` or ``llava-stf`` for a checkpoint folder."""
     from ..model.checkpoint import CONFIG_NAME
+    from ..model.shipped import resolve_checkpoint
     from . import common
 
-    p = Path(path)
+    p = resolve_checkpoint(path)  # a folder, or a shipped short name (demo:stf-k2e1)
     if (p / CONFIG_NAME).exists():
         return "compactvlm"
     if not (p / "config.json").exists():
@@ -61,6 +62,9 @@ def load_model(path, layout: str | None = None, dtype: str | None = None, vision
     LLaVA layouts converted in memory (``vision_tower`` / ``projector`` / ``model_base`` / ``tokenizer``: see
     ``llava_orig``). Folders of (or converted from) llava-hf / LLaVA accept their image token in ``input_ids``
     (``image_tokens``)."""
+    from ..model.shipped import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     layout = layout or detect_layout(path)
     if layout == "compactvlm":
         from ..model.checkpoint import load_pretrained

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
+from ..encoders.preprocessing import CLIP_MEAN, CLIP_STD  # LLaVA's CLIP tower's defaults
 from ..errors import CompactVLMError
 
 #: LLaVA-1.5's conversation format (``conv_vicuna_v1`` / ``conv_llava_v1`` of the LLaVA code: SeparatorStyle.TWO,
@@ -34,8 +35,6 @@ LLAVA_V1_TEMPLATE = (
     "{% elif m['role'] == 'assistant' %}{{ 'ASSISTANT: ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -238,8 +237,9 @@ def load_tokenizer(folder: Path, chat_template: str | None = LLAVA_V1_TEMPLATE):
 
 
 def assemble(vision, image_size: int, mean, std, compressor: str, params: dict, comp_sd: dict[str, torch.Tensor],
-             llm, tokenizer, dtype: str, source: str, names: tuple[str, str]):
-    """A CompactVLM (eval mode, frozen encoder) from a HF vision model, compressor weights, LLM and tokenizer."""
+             llm, tokenizer, dtype: str, source: str, names: tuple[str, str], aspect: str = "resize"):
+    """A CompactVLM (eval mode, frozen encoder) from a HF vision model, compressor weights, LLM and tokenizer;
+    ``aspect``: how the source made images square (``encoders.preprocessing``)."""
     from ..compressors.base import create_compressor
     from ..data.images import ImageProcessor
     from ..encoders.hf import HFVisionEncoder
@@ -249,8 +249,9 @@ def assemble(vision, image_size: int, mean, std, compressor: str, params: dict, 
     enc = HFVisionEncoder(vision, image_size=image_size, image_mean=mean, image_std=std)
     comp = create_compressor(compressor, enc=enc.info, llm_dim=llm.get_input_embeddings().embedding_dim, **params)
     load_exact(comp, comp_sd, "projector", source)
-    model = CompactVLM(enc.to(dt), comp.to(dt), llm.to(dt), tokenizer, ImageProcessor(image_size, mean, std))
-    model.config_dict = {"encoder": names[0], "llm": names[1], "image_size": int(image_size), "compressor": compressor,
+    model = CompactVLM(enc.to(dt), comp.to(dt), llm.to(dt), tokenizer, ImageProcessor(image_size, mean, std, aspect))
+    model.config_dict = {"encoder": names[0], "llm": names[1], "image_size": int(image_size), "image_aspect": aspect,
+                         "compressor": compressor,
                          "compressor_params": dict(params), "system_prompt": None, "dtype": dtype,
                          "attn_implementation": "sdpa"}
     for p in model.encoder.parameters():
@@ -259,8 +260,14 @@ def assemble(vision, image_size: int, mean, std, compressor: str, params: dict, 
 
 
 def processor_stats(folder: Path, default_mean=CLIP_MEAN, default_std=CLIP_STD) -> tuple[tuple, tuple]:
-    pp = Path(folder) / "preprocessor_config.json"
-    if not pp.exists():
-        return tuple(default_mean), tuple(default_std)
-    d = read_json(pp)
-    return tuple(d.get("image_mean", default_mean)), tuple(d.get("image_std", default_std))
+    """(mean, std) of ``folder``'s preprocessor_config.json, CLIP's where it has none."""
+    from ..encoders.preprocessing import norm_stats
+
+    return norm_stats(folder, default_mean, default_std)
+
+
+def llava_aspect(raw: dict) -> str:
+    """How the original LLaVA code makes an image square for a config.json ``raw``: ``image_aspect_ratio: pad``
+    -> ``pad`` (``expand2square`` with the mean colour, LLaVA-1.5's setting); anything else -> ``crop`` (the
+    CLIP image processor alone: shortest-edge resize + centre crop)."""
+    return "pad" if raw.get("image_aspect_ratio") == "pad" else "crop"

@@ -12,7 +12,8 @@ as are models carrying a test-time reduction (``--reduce``) or LoRA adapters not
 Written files (``out``): ``config.json`` (LlavaConfig: the encoder's config as ``vision_config``, the LLM's as
 ``text_config``, ``vision_feature_layer`` = the compressor's ``layer``, ``image_token_index``), the weights
 (``model.safetensors``, transformers' own save), the tokenizer (with ``<image>``), ``preprocessor_config.json``
-(a CLIPImageProcessor that resizes the whole image to the square, as compactvlm does: no centre crop; where
+(an image processor that makes the image square as the model's processor does: LlavaImageProcessor with
+``do_pad`` for ``pad``, CLIPImageProcessor with a centre crop for ``crop`` or a whole-image resize for ``resize``; where
 torchvision is installed transformers runs its torchvision backend, whose bicubic resize can differ from PIL's in
 the last bits) and
 ``processor_config.json`` (LlavaProcessor: ``<image>`` in a prompt expands to one position per vision token).
@@ -119,14 +120,22 @@ def to_llava_hf(model):
 
 
 def image_processor(model):
-    """A CLIPImageProcessor doing what compactvlm's ImageProcessor does: bicubic resize of the whole image to
-    the square, /255, mean/std."""
-    from transformers import CLIPImageProcessor
+    """A transformers image processor doing what compactvlm's ImageProcessor does: the image made square by the
+    processor's ``aspect`` (pad: LlavaImageProcessor's ``do_pad`` with the mean colour; crop: CLIP's
+    shortest-edge resize + centre crop; resize: a bicubic resize of the whole image), then /255, mean/std."""
+    from transformers import CLIPImageProcessor, LlavaImageProcessor
 
     p = model.processor
-    return CLIPImageProcessor(do_resize=True, size={"height": int(p.size), "width": int(p.size)}, resample=3,
-                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                              image_mean=list(p.mean), image_std=list(p.std), do_convert_rgb=True)
+    side = int(p.size)
+    common = dict(do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                  image_mean=list(p.mean), image_std=list(p.std), do_convert_rgb=True)
+    aspect = getattr(p, "aspect", "resize")
+    if aspect == "pad":
+        return LlavaImageProcessor(do_pad=True, size={"height": side, "width": side}, do_center_crop=False, **common)
+    if aspect == "crop":
+        return CLIPImageProcessor(size={"shortest_edge": side}, do_center_crop=True,
+                                  crop_size={"height": side, "width": side}, **common)
+    return CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False, **common)
 
 
 def export(model, out) -> Path:

@@ -18,8 +18,9 @@ Weight names, three spellings (the hub's, transformers >= 4.52's in-memory one, 
 Mapping: ``vision_feature_layer`` -> ``mlp2x_gelu(layer=...)``; ``vision_feature_select_strategy: default``
 (CLS dropped) is what compactvlm does; ``full`` (CLS kept), a list of feature layers, a projector activation
 other than ``gelu`` or a projector without bias are refused. Image processor: mean/std from
-``preprocessor_config.json``, size = ``vision_config.image_size``; compactvlm resizes the whole image to a square
-(no shortest-edge resize + centre crop), which equals HF's preprocessing for square images only.
+``preprocessor_config.json``, size = ``vision_config.image_size``; the image-to-square mode follows the
+processor's settings (``encoders.preprocessing.aspect_of_hf_processor``): ``do_pad`` -> pad, a shortest-edge resize
+with centre crop (llava-1.5-7b-hf's CLIPImageProcessor) -> crop, else resize.
 Chat template: LLaVA-1.5's (``common.LLAVA_V1_TEMPLATE``), the format the model was trained with.
 """
 
@@ -92,8 +93,11 @@ def read(src, dtype: str | None = None, vision_tower: str | None = None, tokeniz
     comp_sd = {"proj." + k: v for k, v in proj_sd.items()}
     tok = common.pick_tokenizer(tokenizer, [src], source)
     mean, std = common.processor_stats(src)
+    from ..encoders.preprocessing import aspect_of_hf_processor, read_preprocessor_config
+
+    aspect = aspect_of_hf_processor(read_preprocessor_config(src))
     model = common.assemble(vision, int(vcfg.image_size), mean, std, "mlp2x_gelu", {"layer": int(layer)},
-                            comp_sd, llm, tok, dtype, source, names=(str(src), str(src)))
+                            comp_sd, llm, tok, dtype, source, names=(str(src), str(src)), aspect=aspect)
     index = raw.get("image_token_index", raw.get("image_token_id"))
     return accept_image_token(model, int(index) if index is not None else None)
 

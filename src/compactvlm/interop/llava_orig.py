@@ -23,8 +23,9 @@ tower's config (and, otherwise, its weights) come from ``mm_vision_tower`` when 
 Mapping: ``mm_projector.0`` -> ``proj.linear_1``, ``mm_projector.2`` -> ``proj.linear_2``,
 ``mm_vision_select_layer`` -> ``layer``. Refused: ``cls_patch`` features, ``mm_use_im_start_end``,
 anyres / spatial patch merging (LLaVA-NeXT), projector types other than ``mlp2x_gelu``.
-Known difference: ``image_aspect_ratio: pad`` (LLaVA pads non-square images to a square with the mean colour);
-compactvlm resizes them to the square, so answers on non-square images can differ.
+Image to square as LLaVA's ``process_images``: ``image_aspect_ratio: pad`` (LLaVA-1.5) -> the ``pad`` mode
+(``expand2square`` with the mean colour, then the CLIP processor), anything else -> ``crop`` (the CLIP processor's
+shortest-edge resize + centre crop); see ``common.llava_aspect``.
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
     comp_sd = {f"proj.linear_{j}.{w}": p[f"mm_projector.{i}.{w}"]
                for i, j in ((0, 1), (2, 2)) for w in ("weight", "bias") if f"mm_projector.{i}.{w}" in p}
     model = common.assemble(vision, size, mean, std, "mlp2x_gelu", {"layer": int(parts.raw["mm_vision_select_layer"])},
-                            comp_sd, llm, tok, dtype, source, names=(str(parts.tower_dir), str(src)))
+                            comp_sd, llm, tok, dtype, source, names=(str(parts.tower_dir), str(src)),
+                            aspect=common.llava_aspect(parts.raw))
     return accept_image_token(model, llava_image_token(parts.raw, tok))
 
 

@@ -99,5 +99,5 @@ def read(src, dtype: str | None = None, projector=None, vision_tower=None, model
     params = compressor_params(parts.raw["mm_vision_select_layer"], c, hidden=p["mm_projector.0.weight"].shape[0],
                                mbtf_hidden=cl0.shape[0])
     model = common.assemble(vision, size, mean, std, "stf", params, comp_sd, llm, tok, dtype, source,
-                            names=(str(parts.tower_dir), str(src)))
+                            names=(str(parts.tower_dir), str(src)), aspect=common.llava_aspect(parts.raw))
     return accept_image_token(model, llava_image_token(parts.raw, tok))

@@ -4,9 +4,12 @@ Every folder written by ``save_pretrained`` carries (besides ``compactvlm.json``
 
 - ``tokenizer/``: the model's tokenizer (``tokenizer.save_pretrained``), chat template included; loading
   uses it instead of the LLM's own tokenizer, so a pad token or template set on the model survives;
-- ``preprocessor_config.json``: the image processor (square resize to ``size`` with bicubic resampling,
-  rescale to [0, 1], normalise with ``image_mean`` / ``image_std``), written with the field names of HF's
-  ``CLIPImageProcessor`` (``size`` as height/width, no centre crop) plus compactvlm's own ``compactvlm_processor``.
+- ``preprocessor_config.json``: the image processor (made square by its ``aspect``: pad / resize / crop, see
+  ``encoders.preprocessing``, at ``size`` with bicubic resampling; rescale to [0, 1], normalise with
+  ``image_mean`` / ``image_std``), written with the field names of HF's image processors (``do_pad`` for pad,
+  shortest-edge resize + centre crop for crop, a height/width resize otherwise) plus compactvlm's own
+  ``compactvlm_processor`` (size, mean, std, aspect). A ``compactvlm_processor`` without ``aspect`` (written
+  before the mode existed) reads as ``resize``, what those models were trained with.
 
 With ``embed=True`` the folder is self-contained: the vision encoder and the LLM are written as HF folders
 ``encoder/`` and ``llm/`` (safetensors; ``llm/`` holds the tokenizer as well so it stands alone), and
@@ -20,10 +23,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..encoders.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, LEGACY_ASPECT, PREPROCESSOR_CONFIG,
+                                      aspect_of_hf_processor, read_preprocessor_config)
 from ..errors import CompactVLMError
 
 TOKENIZER_DIR = "tokenizer"
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
 ENCODER_DIR = "encoder"
 LLM_DIR = "llm"
 
@@ -31,38 +35,46 @@ LLM_DIR = "llm"
 def processor_dict(processor) -> dict:
     size = int(processor.size)
     mean, std = [float(v) for v in processor.mean], [float(v) for v in processor.std]
-    return {
-        "image_processor_type": "CLIPImageProcessor",
+    aspect = getattr(processor, "aspect", LEGACY_ASPECT)
+    d = {
+        "image_processor_type": "LlavaImageProcessor" if aspect == "pad" else "CLIPImageProcessor",
         "do_convert_rgb": True,
         "do_resize": True,
-        "size": {"height": size, "width": size},
+        "size": {"shortest_edge": size} if aspect == "crop" else {"height": size, "width": size},
         "resample": 3,  # PIL bicubic
-        "do_center_crop": False,
+        "do_center_crop": aspect == "crop",
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
         "image_mean": mean,
         "image_std": std,
-        "compactvlm_processor": {"size": size, "mean": mean, "std": std},
+        "compactvlm_processor": {"size": size, "mean": mean, "std": std, "aspect": aspect},
     }
+    if aspect == "crop":
+        d["crop_size"] = {"height": size, "width": size}
+    if aspect == "pad":
+        d["do_pad"] = True
+    return d
 
 
 def read_processor(path: Path):
+    """The ImageProcessor of a ``preprocessor_config.json``: compactvlm's own block when present (no ``aspect``
+    in it: ``resize``, as such folders were written before the mode existed), else HF's fields."""
     from ..data.images import ImageProcessor
 
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CompactVLMError(f"{path} is not valid JSON: {e}", "the checkpoint is damaged; re-save it") from None
+    d = read_preprocessor_config(path)
+    if d is None:
+        raise CompactVLMError(f"{path} not found", "re-save the checkpoint with save_pretrained()")
     own = d.get("compactvlm_processor")
     if own:
-        return ImageProcessor(int(own["size"]), tuple(own["mean"]), tuple(own["std"]))
+        return ImageProcessor(int(own["size"]), tuple(own["mean"]), tuple(own["std"]),
+                              aspect=own.get("aspect", LEGACY_ASPECT))
     size = d.get("size", {})
     side = (size.get("height") or size.get("shortest_edge")) if isinstance(size, dict) else size
     if not side:
         raise CompactVLMError(f"{path} has no image size", "re-save the checkpoint with save_pretrained()")
-    return ImageProcessor(int(side), tuple(d.get("image_mean", (0.485, 0.456, 0.406))),
-                          tuple(d.get("image_std", (0.229, 0.224, 0.225))))
+    return ImageProcessor(int(side), tuple(d.get("image_mean", IMAGENET_MEAN)), tuple(d.get("image_std", IMAGENET_STD)),
+                          aspect=aspect_of_hf_processor(d))
 
 
 def write_assets(model, folder: Path, cfg: dict, embed: bool = False) -> None:

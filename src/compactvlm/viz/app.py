@@ -10,7 +10,9 @@ prefill) and its token map, side by side.
   (``concurrency_limit=1``); further requests wait in the queue.
 - Bad uploads (not an image, corrupt, too small, too large) get the message of ``data.images.load_image``;
   a method that fails shows its error in its own panel; nothing takes the server down.
-- Untrained presets give meaningless answers; start the server with ``--checkpoint`` to add a trained one.
+- Untrained presets give meaningless answers: the method list marks every preset whose compressor is at its
+  random initialisation (``model.init_state``; every preset but a ``--checkpoint`` one, e.g. ``--checkpoint
+  demo:stf-k2e1``, which adds a trained method).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from typing import Any
 import torch
 
 from ..errors import CompactVLMError
+from ..model.init_state import is_random, mark_random
 from .draw import cell_size, render
 from .token_maps import token_map
 
 CHECKPOINT = "__checkpoint__"
+#: appended to a method's name in the method list when its compressor has random (untrained) weights
+UNTRAINED_MARK = " — untrained"
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,24 @@ class MethodPool:
             comp = create_compressor(p.compressor, enc=m.encoder.info, llm_dim=m.llm_dim, **dict(p.params))
             ref = next(m.llm.parameters())
             comp = comp.to(device=ref.device, dtype=ref.dtype).eval()
+            mark_random(comp)  # a fresh preset compressor: random weights
             self._compressors[key] = comp
         return comp
+
+    def untrained(self, label: str) -> bool:
+        """Whether the preset's compressor has learned weights at their random initialisation (without building
+        it: a fresh preset compressor is random unless its class is training-free)."""
+        from ..registry import COMPRESSORS
+
+        p = self.presets[label]
+        comp = self._compressors.get((CHECKPOINT,) if p.compressor == CHECKPOINT else (p.compressor, p.params))
+        if comp is not None:
+            return is_random(comp)
+        return not getattr(COMPRESSORS.get(p.compressor), "training_free", False)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(shown name, preset label) per preset, untrained ones marked (the method list of the page)."""
+        return [(lab + (UNTRAINED_MARK if self.untrained(lab) else ""), lab) for lab in self.presets]
 
     def activate(self, p: Preset):
         """Put the preset's compressor (and reduction) into the model; returns the model."""
@@ -225,7 +246,7 @@ class MethodPool:
                 out.ttft_ms = ttft_ms
                 out.flops = prefill_flops(m, question)
                 out.notes = list(tmap.notes)
-                out.picture = render(tmap, image, ttft_ms=out.ttft_ms, flops=out.flops,
+                out.picture = render(tmap, m.processor.square(image), ttft_ms=out.ttft_ms, flops=out.flops,
                                      cell=cell_size(tmap.grid, 320), font_size=12)
             except CompactVLMError as e:
                 out.error = str(e)
@@ -291,8 +312,10 @@ def build_app(pool: MethodPool, title: str = "compactvlm: compare vision-token c
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nUpload an image, ask a question, tick two or more methods. Each answer comes "
                     "with the vision tokens that reached the LLM, the LLM prefill FLOPs, the time to first token "
-                    "(encode + compress + LLM prefill) and a map of the tokens. Untrained compressors give "
-                    "meaningless answers.")
+                    "(encode + compress + LLM prefill) and a map of the tokens. Methods marked \"untrained\" "
+                    "have random compressor weights and give meaningless answers; "
+                    "start the server with --checkpoint demo:stf-k2e1 (or your own trained folder) to add a "
+                    "trained one.")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="image", file_count="single", type="filepath", elem_id="image-upload")
@@ -301,7 +324,7 @@ def build_app(pool: MethodPool, title: str = "compactvlm: compare vision-token c
                 status = gr.Markdown("Upload an image (PNG, JPEG, WebP, ...).", elem_id="status")
             with gr.Column(scale=2):
                 question = gr.Textbox(label="question", value="What is in the image?", elem_id="question")
-                methods = gr.CheckboxGroup(labels, value=default, label="methods", elem_id="methods")
+                methods = gr.CheckboxGroup(pool.choices(), value=default, label="methods", elem_id="methods")
                 new_tokens = gr.Slider(1, 64, value=max_new_tokens, step=1, label="max new tokens",
                                        elem_id="max-new-tokens")
                 run_btn = gr.Button("Compare", variant="primary", elem_id="run")

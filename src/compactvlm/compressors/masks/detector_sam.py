@@ -23,27 +23,19 @@ Masks are returned at pixel resolution of ``extra_state["pixel_values"]``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ...encoders.base import VisionFeatures
+from ...encoders.preprocessing import IMAGENET_MEAN, IMAGENET_STD, norm_stats
 from ...errors import CompactVLMError
 from ...registry import MASK_SOURCES
 from . import MaskSource, check_max_masks, limit_and_cover
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def _stats(path: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    cfg = path / "preprocessor_config.json" if path is not None else None
-    if cfg is not None and cfg.is_file():
-        d = json.loads(cfg.read_text())
-        return tuple(d.get("image_mean", IMAGENET_MEAN)), tuple(d.get("image_std", IMAGENET_STD))
-    return IMAGENET_MEAN, IMAGENET_STD
+    return norm_stats(path)  # the folder's preprocessor_config.json, ImageNet's where there is none
 
 
 def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
