@@ -83,7 +83,11 @@ class Compressor(nn.Module):
 
 
 def create_compressor(name: str, enc: EncoderInfo, llm_dim: int, **params: Any) -> Compressor:
-    """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...)."""
+    """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...). ``name`` may be a
+    named variant (``stf_k2e1``), whose options ``params`` override."""
+    from ..spec import resolve_variant
+
+    name, params = resolve_variant(COMPRESSORS, name, params)
     cls = COMPRESSORS.get(name)
     try:
         comp = cls(enc=enc, llm_dim=llm_dim, **params)

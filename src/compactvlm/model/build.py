@@ -34,6 +34,13 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
     def validate(self) -> None:
+        """Checks the values; a named variant (``compressor: stf_k2e1``) becomes its method and options here, so
+        configs, checkpoints and ``init.from`` comparisons all see ``stf`` with ``{k: 2, E: 1}``."""
+        from ..registry import COMPRESSORS
+        from ..spec import resolve_variant
+
+        self.compressor, self.compressor_params = resolve_variant(COMPRESSORS, self.compressor,
+                                                                  self.compressor_params)
         if self.dtype not in DTYPE_CHOICES:
             raise CompactVLMError(f"model.dtype {self.dtype!r} is not supported",
                                   "use auto, float32, bfloat16 or float16")
