@@ -102,6 +102,19 @@ def tiny_vlm(compressor: str = "mlp2x_gelu", encoder: str = "dinov2", image: int
     return model.eval()
 
 
+def sharpen(*modules, std: float = 0.3, seed: int = 0):
+    """Redraw every 2-D weight of ``modules`` from N(0, std^2), one generator in module order, and return the first
+    module: tiny random models then answer differently for different inputs (at the default init every greedy
+    answer repeats one token, and comparing answers would prove nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                if p.dim() == 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+    return modules[0]
+
+
 def random_images(n: int, size: int = 32, seed: int = 0):
     import numpy as np
     from PIL import Image
