@@ -41,9 +41,16 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+def _tensors(*modules):
+    for m in modules:
+        yield from m.parameters()
+        yield from m.buffers()
+
+
+def _unique_bytes(tensors, seen: set) -> int:
+    """Bytes of ``tensors`` not on ``meta`` whose storage is not in ``seen`` (which collects them)."""
+    total = 0
+    for t in tensors:
         if t.device.type == "meta" or t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
@@ -51,17 +58,14 @@ def weight_bytes(model) -> int:
     return total
 
 
+def weight_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers, shared tensors counted once."""
+    return _unique_bytes(_tensors(model), set())
+
+
 def exclusive_bytes(others: list, model) -> int:
     """Bytes of the weights of ``others`` that ``model`` does not share."""
-    mine = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-    seen, total = set(mine), 0
-    for m in others:
-        for t in list(m.parameters()) + list(m.buffers()):
-            if t.device.type == "meta" or t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
+    return _unique_bytes(_tensors(*others), {t.data_ptr() for t in _tensors(model)})
 
 
 @contextlib.contextmanager
