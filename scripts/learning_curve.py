@@ -33,19 +33,17 @@ def gauge_at(run: Path, step: int) -> dict:
 
 
 def evaluate_step(args, ckpt: Path, step: int, samples: int, gauge: dict) -> Path:
-    import torch
-
     from compactvlm.evaluate.benchmarks.base import read_jsonl
     from compactvlm.evaluate.answer import make_answer_fn
     from compactvlm.evaluate.controls import blind_gap
     from compactvlm.evaluate.harness import PREDICTIONS, evaluate, load_predictions
     from compactvlm.model.checkpoint import load_pretrained
+    from compactvlm.runtime import set_threads
 
     dest = Path(args.out) / f"curve-{args.row}-step{step:05d}.json"
     if dest.exists():
         return dest
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_pretrained(ckpt, progress=False)
     answer = make_answer_fn(model, args.data)
     base = Path(args.out) / "eval" / f"{args.row}-step{step:05d}"

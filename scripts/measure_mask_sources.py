@@ -20,6 +20,7 @@ from compactvlm.compressors.base import create_compressor
 from compactvlm.data.images import load_image
 from compactvlm.data.sceneqa.masks import object_masks
 from compactvlm.model.build import ModelConfig, build_model
+from compactvlm.runtime import set_threads
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = build_model(ModelConfig(), progress=False)
     rows = [json.loads(l) for l in (Path(args.data) / "test_questions.jsonl").read_text().splitlines()]
     paths = list(dict.fromkeys(r["image"] for r in rows))[: args.images]

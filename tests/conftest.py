@@ -1,4 +1,5 @@
-"""Test-suite summary: which optional test groups were skipped, and the one command that enables each."""
+"""The test session's settings (one CPU thread, set once here, as every entry point sets its own) and its summary:
+which optional test groups were skipped, and the one command that enables each."""
 
 import os
 
@@ -9,6 +10,12 @@ OPTIONAL_GROUPS = {
     "gradio": ("Gradio app of `compactvlm serve`", "bash scripts/setup_browser.sh"),
     "selenium": ("browser test of `compactvlm serve`", "bash scripts/setup_browser.sh"),
 }
+
+
+def pytest_configure(config):
+    from compactvlm.runtime import set_threads
+
+    set_threads(1)  # tiny models: one thread is fastest and keeps timings comparable on a busy machine
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -4,22 +4,13 @@ early stop at the answer's end; the answers equal the plain batched generate's, 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from compactvlm.evaluate.answer import Answerer, make_answer_fn
 from compactvlm.evaluate.benchmarks.base import EvalItem
-from compactvlm.testing import random_images, tiny_vlm
+from compactvlm.testing import random_images, sharpen, tiny_vlm
 
 QUESTIONS = ["is there a red cube?", "how many objects are there in the picture?", "what colour is it?",
              "which one is left of the sphere, the cube or the cylinder?", "is it big?"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def items(tmp_path, n_images: int = 3):
@@ -36,11 +27,7 @@ def items(tmp_path, n_images: int = 3):
 def varied(model):
     """Larger random weights: the tiny model's greedy answers then differ between images and questions (at the
     default init every answer repeats one token, and equal answers would prove nothing)."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in list(model.llm.parameters()) + list(model.compressor.parameters()):
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    sharpen(model.llm, model.compressor)
     return model
 
 

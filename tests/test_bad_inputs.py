@@ -35,7 +35,6 @@ from compactvlm.errors import CompactVLMError
 from compactvlm.model.checkpoint import load_pretrained, load_weights, read_config, save_pretrained
 from compactvlm.train.fixtures import write_llava_json, write_tiny_models
 
-torch.set_num_threads(1)
 
 FIX = Path(__file__).parent / "fixtures"
 

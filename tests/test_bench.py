@@ -14,14 +14,6 @@ from compactvlm.efficiency.presets import resolve_model
 from compactvlm.errors import CompactVLMError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """An HF llava-style folder (config.json only): CLIP 32 px / patch 4 (8x8 = 64 patches) + a 4-layer Llama."""

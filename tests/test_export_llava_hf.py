@@ -10,7 +10,6 @@ from compactvlm.model.prompting import IMAGE_TOKEN_ID
 from compactvlm.testing import random_images, tiny_vlm
 from test_interop import _cli, make_llava_hf
 
-torch.set_num_threads(1)
 QUESTION = "what is in the image ?"
 
 

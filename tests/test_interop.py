@@ -15,8 +15,6 @@ from compactvlm.errors import CompactVLMError
 from compactvlm.model.prompting import IMAGE_TOKEN_ID
 from compactvlm.testing import random_images, tiny_tokenizer, tiny_vlm
 
-torch.set_num_threads(1)
-
 
 def _clip_cfg(layers=3, hidden=32, image=32, patch=4):
     from transformers import CLIPVisionConfig

@@ -13,7 +13,6 @@ from compactvlm.model.prompting import IGNORE_INDEX, IMAGE_TOKEN_ID
 from compactvlm.testing import random_images
 from test_interop import _cli, make_llava_hf
 
-torch.set_num_threads(1)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "added_tokens.json")
 

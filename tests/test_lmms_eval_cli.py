@@ -27,7 +27,6 @@ from compactvlm.interop.lmms_eval_tasks import write_sceneqa_tasks  # noqa: E402
 from compactvlm.testing import tiny_vlm  # noqa: E402
 from tiny_sceneqa import write_tiny_sceneqa  # noqa: E402
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 

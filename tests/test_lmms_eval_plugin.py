@@ -15,7 +15,6 @@ from lmms_eval.api.instance import Instance  # noqa: E402
 from compactvlm.errors import CompactVLMError  # noqa: E402
 from compactvlm.testing import random_images, tiny_vlm  # noqa: E402
 
-torch.set_num_threads(1)
 
 QUESTIONS = ["what is in the image ?", "how many red circle are there in the picture ? answer using a single word",
              "what colour is the square ?", "is there a shoe ?"]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from compactvlm.errors import CompactVLMError
@@ -28,7 +27,6 @@ from compactvlm.model.checkpoint import save_pretrained
 from compactvlm.model.manifest import MARKER_NAME, marker_kind, write_marker, write_manifest
 from compactvlm.train.fixtures import write_llava_json, write_tiny_models
 
-torch.set_num_threads(1)
 FIX = Path(__file__).parent / "fixtures"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -12,34 +12,10 @@ import torch.nn.functional as F
 
 from compactvlm.errors import CompactVLMError
 from compactvlm.registry import REDUCTIONS
-from compactvlm.testing import random_images, tiny_llama, tiny_vlm
+from compactvlm.testing import tiny_vlm
+from reduction_setup import QUESTIONS, N, batch, reduction_fixtures
 
-N = 64  # 8 x 8 patch tokens
-QUESTIONS = ["what is in the image", "how many red shoe are there"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = tiny_vlm("mlp2x_gelu")
-    m.llm = tiny_llama(vocab_size=len(m.tokenizer), layers=4)  # fastv needs K < L layers
-    return m
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(2, seed=3)
-
-
-@pytest.fixture(autouse=True)
-def no_reduction(model):
-    model.reduction = None
-    yield
-    model.reduction = None
-
-
-def batch(model, images, questions=QUESTIONS):
-    ids, mask = model.pad_left([model.prompt_ids(q) for q in questions])
-    return ids, mask, model.processor(images)
+model, images, no_reduction = reduction_fixtures(sharp=False)
 
 
 def test_all_four_are_registered():

@@ -12,46 +12,15 @@ import torch
 from compactvlm.errors import CompactVLMError
 from compactvlm.model.prompting import IMAGE_TOKEN_ID
 from compactvlm.registry import REDUCTIONS
-from compactvlm.testing import random_images, tiny_llama, tiny_vlm
+from reduction_setup import QUESTIONS, L, N, batch, reduction_fixtures
 
-N = 64  # 8 x 8 vision tokens from mlp2x_gelu
-L = 4  # LLM layers
-QUESTIONS = ["what is in the image", "how many red shoe are there on the left"]  # different lengths: left padding
-
-
-def sharp_llama(vocab_size: int, layers: int = L, seed: int = 0):
-    llm = tiny_llama(vocab_size=vocab_size, layers=layers, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in llm.parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return llm
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = tiny_vlm("mlp2x_gelu")
-    m.llm = sharp_llama(len(m.tokenizer))
-    return m
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(2, seed=3)
-
-
-@pytest.fixture(autouse=True)
-def no_reduction(model):
-    model.reduction = None
-    yield
-    model.reduction = None
+model, images, no_reduction = reduction_fixtures(sharp=True)
 
 
 def prompt(model, images, questions=QUESTIONS):
-    ids, mask = model.pad_left([model.prompt_ids(q) for q in questions])
+    ids, mask, pix = batch(model, images, questions)
     with torch.no_grad():
-        embeds = model.merge(ids, model.encode_images(model.processor(images)))
+        embeds = model.merge(ids, model.encode_images(pix))
     return ids, mask, embeds
 
 

@@ -17,49 +17,14 @@ from compactvlm.model.prompting import IMAGE_TOKEN_ID
 from compactvlm.reduction.staged import StagedPruning
 from compactvlm.reduction.tome import bipartite_merge
 from compactvlm.registry import REDUCTIONS
-from compactvlm.testing import random_images, tiny_llama, tiny_vlm
+from compactvlm.testing import tiny_vlm
+from reduction_setup import QUESTIONS, L, N, batch, reduction_fixtures
 
-N = 64
-L = 4
-QUESTIONS = ["what is in the image", "how many red shoe are there on the left"]  # different lengths: left padding
 NEW = ["dart", "divprune", "pyramiddrop", "sparsevlm", "tome"]
 BEFORE_LLM = ["dart", "divprune", "tome"]
 STAGED = ["pyramiddrop", "sparsevlm"]
 
-
-def sharp_llama(vocab_size: int, seed: int = 0):
-    """Random weights large enough that attention is far from uniform and answers differ by input."""
-    llm = tiny_llama(vocab_size=vocab_size, layers=L, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in llm.parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return llm
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = tiny_vlm("mlp2x_gelu")
-    m.llm = sharp_llama(len(m.tokenizer))
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(2, seed=3)
-
-
-@pytest.fixture(autouse=True)
-def no_reduction(model):
-    model.reduction = None
-    yield
-    model.reduction = None
-
-
-def batch(model, images, questions=QUESTIONS):
-    ids, mask = model.pad_left([model.prompt_ids(q) for q in questions])
-    return ids, mask, model.processor(images)
+model, images, no_reduction = reduction_fixtures(sharp=True)
 
 
 def test_all_five_are_registered():
@@ -391,8 +356,7 @@ def test_bad_options_are_clear_errors(model, name, options, match):
 def test_staged_default_layers_start_after_layer_1_when_the_budget_needs_it(model):
     assert REDUCTIONS.create("pyramiddrop", budget=40, model=model).drop_layers == [2, 3]
     assert REDUCTIONS.create("pyramiddrop", budget=30, model=model).drop_layers == [1, 2, 3]
-    big = tiny_vlm("mlp2x_gelu")
-    big.llm = tiny_llama(vocab_size=len(big.tokenizer), layers=30)
+    big = tiny_vlm("mlp2x_gelu", llm_layers=30)
     assert REDUCTIONS.create("pyramiddrop", budget=6, model=big).drop_layers == [2, 11, 21]
     assert REDUCTIONS.create("pyramiddrop", budget=5, model=big).drop_layers == [1, 11, 20]  # (2*64+28)/30 > 5
     assert REDUCTIONS.create("sparsevlm", budget=30, model=big).drop_layers == [2, 6, 14]

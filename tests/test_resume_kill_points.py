@@ -27,7 +27,6 @@ from compactvlm.train.config import to_plain
 from compactvlm.train.fixtures import tiny_train_config
 from compactvlm.train.state import list_checkpoints
 
-torch.set_num_threads(1)
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -20,7 +20,6 @@ import torch
 
 from compactvlm.errors import CompactVLMError
 
-torch.set_num_threads(1)
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "compactvlm"
 

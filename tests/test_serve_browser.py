@@ -22,7 +22,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parents[1] / "artifacts" / "serve_screenshot.png"
 QUESTION = "what colour is the shirt ?"
-METHODS = {"mlp2x_gelu (all tokens)": 64, "stf k=2": 16, "random 16": 16}  # tiny model: 8 x 8 patches
+METHODS = {"mlp2x_gelu": 64, "stf_k2e1": 16, "mlp2x_gelu+random:budget=16": 16}  # tiny model: 8 x 8 patches
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     pytest.skip("Debian chromium + chromium-driver are not installed (run: bash scripts/setup_browser.sh)",
@@ -105,7 +105,7 @@ def browser(tmp_path):
 
 
 def expected_answers(image_path: Path) -> dict[str, str]:
-    """What the server should show: the same seeded tiny model and presets, run here."""
+    """What the server should show: the same seeded tiny model and methods, run here."""
     from compactvlm.data.images import load_image
     from compactvlm.testing import tiny_vlm
     from compactvlm.viz.app import MethodPool, format_answer
@@ -174,7 +174,7 @@ def test_serve_compares_methods_in_a_real_browser(server, browser, tmp_path):
         assert lab in table
         token_map = drv.find_element(By.CSS_SELECTOR, f"#map-{s} img")
         assert drv.execute_script("return arguments[0].complete && arguments[0].naturalWidth", token_map) > 0
-    assert not drv.find_elements(By.ID, "stats-avgpool-k-2") or not drv.find_element(By.ID, "stats-avgpool-k-2").is_displayed()
+    assert not drv.find_elements(By.ID, "stats-avgpool-k2") or not drv.find_element(By.ID, "stats-avgpool-k2").is_displayed()
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     drv.save_screenshot(str(SCREENSHOT))

@@ -9,13 +9,16 @@ import torch.nn.functional as F
 from compactvlm.compressors import create_compressor
 from compactvlm.compressors.concat import depth_to_space, space_to_depth
 from compactvlm.compressors.stf import default_mbtf_layers, evenly_sampled_layers
-from compactvlm.compressors.summary import PRESETS, param_table, parse_spec
+from compactvlm.compressors.summary import param_table, table_specs
+from compactvlm.model.presets import PRESETS, get_preset
+from compactvlm.spec import parse_options
 from compactvlm.encoders.base import EncoderInfo, VisionFeatures
 from compactvlm.errors import CompactVLMError
 
 C = 6
 INFO = EncoderInfo(hidden_size=C, num_layers=4, patch_size=4, image_size=32, num_heads=2)  # 8x8 grid
-LLAVA = PRESETS["llava-1.5-7b"]
+LLAVA = get_preset("llava-1.5-7b")
+LLAVA_ENC = LLAVA.encoder_info
 
 
 def feats_of(blocks: dict[int, torch.Tensor], grid: tuple[int, int], info: EncoderInfo = INFO) -> VisionFeatures:
@@ -154,15 +157,15 @@ def test_stf_forward_layers_follow_table_1b():
 def test_paper_token_counts_on_24x24(k, E, want):
     # the counts of v1 Table 4 / v2 Table 5 (576 -> 144 at 1.9 TFLOPs, 288 at 3.8, 36 at 0.5, 72 at 0.9)
     with torch.device("meta"):
-        comp = create_compressor("stf", LLAVA.enc, LLAVA.llm_dim, k=k, E=E)
-        feats = feats_of({-2: torch.empty(1, 576, 1024)}, (24, 24), LLAVA.enc)
+        comp = create_compressor("stf", LLAVA_ENC, LLAVA.llm_dim, k=k, E=E)
+        feats = feats_of({-2: torch.empty(1, 576, 1024)}, (24, 24), LLAVA_ENC)
         out = comp(feats)
     assert comp.num_output_tokens() == want == (24 // k) ** 2 * E
     assert tuple(out.shape) == (1, want, 4096)
 
 
 def test_table_1_parameter_arithmetic_on_llava_7b():
-    rows = param_table(LLAVA.enc, LLAVA.llm_dim, [("stf", {"k": 2, "E": 1}), ("stf_mbtf", {"k": 2, "E": 1})])
+    rows = param_table(LLAVA_ENC, LLAVA.llm_dim, [("stf", {"k": 2, "E": 1}), ("stf_mbtf", {"k": 2, "E": 1})])
     stf = (2 * 2 * 1024 * 4096 + 4096) + (4096 * 16384 + 16384) + (16384 * 4096 + 4096)
     mbtf = (8 * 1024 * 4096 + 4096) + (4096 * 1024 + 1024)
     assert [r["params"] for r in rows] == [stf, stf + mbtf]
@@ -213,7 +216,7 @@ def test_mbtf_default_blocks():
     assert len(set(sixteen)) == 16 and sixteen == sorted(sixteen) and sixteen[-1] == 24
     assert evenly_sampled_layers(24, 24) == list(range(1, 25))
     with torch.device("meta"):
-        comp = create_compressor("stf_mbtf", LLAVA.enc, LLAVA.llm_dim)
+        comp = create_compressor("stf_mbtf", LLAVA_ENC, LLAVA.llm_dim)
     assert comp.feature_layers() == list(range(3, 25, 3))
     assert comp.mbtf.conv1.weight.shape == (4096, 8192) and comp.mbtf.conv2.weight.shape == (1024, 4096)
     assert create_compressor("stf", INFO, 10).feature_layers() == [-2]
@@ -283,20 +286,31 @@ def test_random_drop_budget_above_the_grid_is_a_user_error():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_param_table_matches_real_modules(preset):
-    p = PRESETS[preset]
-    specs = [("avgpool", {"k": 2}), ("concat", {"k": 2}), ("stf", {"k": 2, "E": 2}), ("stf", {"k": 5})]
-    rows = param_table(p.enc, p.llm_dim, specs)
-    h, w = p.enc.grid
+    p = get_preset(preset)
+    enc = p.encoder_info
+    specs = [("avgpool", {"k": 2}), "concat_k2", "stf:k=2,E=2", ("stf", {"k": 5})]
+    rows = param_table(enc, p.llm_dim, specs)
+    h, w = enc.grid
     assert [r["tokens"] for r in rows[:3]] == [h * w // 4, h * w // 4, h * w // 2]
-    c, d = p.enc.hidden_size, p.llm_dim
+    c, d = enc.hidden_size, p.llm_dim
     assert rows[0]["params"] == (c * d + d) + (d * d + d)
     assert rows[1]["params"] == (4 * c * d + d) + (d * d + d)
     assert rows[3]["error"] and rows[3]["params"] is None  # 5 divides neither 24 nor 16
 
 
-def test_parse_spec():
-    assert parse_spec("stf:k=4,E=8,mbtf_layers=[3,6]") == ("stf", {"k": 4, "E": 8, "mbtf_layers": [3, 6]})
-    assert parse_spec("stf_mbtf:mbtf_layers=3,6,9,E=2") == ("stf_mbtf", {"mbtf_layers": (3, 6, 9), "E": 2})
-    assert parse_spec("avgpool") == ("avgpool", {})
+def test_the_default_table_is_the_registry_s_variants():
+    rows = {r["name"]: r for r in param_table(LLAVA_ENC, LLAVA.llm_dim)}
+    assert list(rows) == table_specs() and table_specs()[0] == "mlp2x_gelu"
+    assert rows["stf_k2e1"]["options"] == "k=2,E=1" and rows["stf_k2e1"]["tokens"] == 144
+    assert rows["stf_mbtf_k2e1"]["params"] == 188_773_376  # MBTF + STF (k=2, E=1), Table 1 of the paper
+    assert rows["concat_k4"]["tokens"] == 36 and rows["avgpool_k4"]["tokens"] == 36
+    with pytest.raises(CompactVLMError, match="reduction"):
+        param_table(LLAVA_ENC, LLAVA.llm_dim, ["mlp2x_gelu+fastv:budget=16"])
+
+
+def test_parse_options():
+    assert parse_options("stf:k=4,E=8,mbtf_layers=[3,6]") == ("stf", {"k": 4, "E": 8, "mbtf_layers": [3, 6]})
+    assert parse_options("stf_mbtf:mbtf_layers=3,6,9,E=2") == ("stf_mbtf", {"mbtf_layers": (3, 6, 9), "E": 2})
+    assert parse_options("avgpool") == ("avgpool", {})
     with pytest.raises(CompactVLMError):
-        parse_spec("stf:k")
+        parse_options("stf:k")

@@ -27,7 +27,6 @@ from compactvlm.errors import CompactVLMError  # noqa: E402
 from compactvlm.model.prompting import IMAGE_TOKEN_ID  # noqa: E402
 from compactvlm.registry import COMPRESSORS, REDUCTIONS  # noqa: E402
 
-torch.set_num_threads(1)
 
 WIDTH, PATCH, LLM_DIM = 32, 4, 24
 SIDES = [4, 6, 8, 12]  # patch-grid sides

@@ -1,4 +1,4 @@
-"""The web demo's request handling without a browser: presets, bad uploads, one run at a time, caching."""
+"""The web demo's request handling without a browser: methods, bad uploads, one run at a time, caching."""
 
 import os
 import threading
@@ -6,8 +6,11 @@ import time
 
 import pytest
 
+from compactvlm.errors import CompactVLMError
 from compactvlm.testing import random_images, tiny_vlm
-from compactvlm.viz.app import MethodPool, check_upload, compare, default_presets, format_answer
+from compactvlm.viz.app import MethodPool, check_upload, compare, format_answer
+
+FULL, STF, RANDOM, AVGPOOL = "mlp2x_gelu", "stf_k2e1", "mlp2x_gelu+random:budget=16", "avgpool_k2"
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -24,16 +27,22 @@ def image_path(tmp_path_factory):
     return str(p)
 
 
-def test_presets_scale_with_the_grid():
-    real = {p.label: p for p in default_presets((16, 16), 30)}
-    tiny = {p.label: p for p in default_presets((8, 8), 2)}
-    for want in ("mlp2x_gelu (all tokens)", "stf k=2", "avgpool k=2", "random 64", "visionzip 64", "vistog 32",
-                 "objects 16"):
-        assert want in real
-    assert "random 16" in tiny and "vistog 8" in tiny
-    assert dict(tiny["fastv 16"].reduce_params)["k"] == 1  # the tiny LLM has 2 layers
-    odd = {p.label for p in default_presets((7, 7), 30)}
-    assert "stf k=2" not in odd  # k=2 does not divide a 7x7 grid
+def test_default_methods_come_from_the_registry_and_fit_the_model(pool):
+    from compactvlm.registry import REDUCTIONS
+    from compactvlm.spec import default_comparison
+
+    real = default_comparison(16 * 16)  # DINOv2-S/14 at 224 px
+    assert real[0] == FULL and {"stf_k2e1", "avgpool_k2", "vistog_32", "objects_16", "qformer_64"} <= set(real)
+    assert {f"{FULL}+{r}:budget=64" for r in REDUCTIONS.names()} <= set(real)
+    tiny = set(pool.methods)  # 8 x 8 patches, a 2-layer LLM: the defaults it cannot run are left out
+    assert {FULL, STF, AVGPOOL, RANDOM, "vistog_32", "objects_16", "mlp2x_gelu+visionzip:budget=16"} <= tiny
+    assert "mlp2x_gelu+fastv:budget=16" not in tiny  # fastv's default k=2 needs more than 2 LLM layers
+    odd = MethodPool(tiny_vlm(image=28), repeats=1)  # 7 x 7 patches
+    assert STF not in odd.methods and FULL in odd.methods  # k=2 does not divide a 7x7 grid
+    with pytest.raises(CompactVLMError, match="method 'stf:k=3'.*does not divide"):
+        MethodPool(tiny_vlm(), ["stf:k=3"])  # a method asked for is refused, not left out
+    given = MethodPool(tiny_vlm(), ["stf:k=2,E=1", "mlp2x_gelu+fastv:budget=16,k=1"], repeats=1)
+    assert list(given.methods) == ["stf:k=2,E=1", "mlp2x_gelu+fastv:budget=16,k=1"]
 
 
 @pytest.mark.parametrize("content,expect", [(b"not an image at all", "not an image"), (b"", "empty"),
@@ -43,7 +52,7 @@ def test_bad_uploads_get_a_message(pool, tmp_path, content, expect):
     if content is not None:
         path = tmp_path / "upload.png"
         path.write_bytes(content)
-    message, rows, results = compare(pool, None if path is None else str(path), "what is it?", ["stf k=2"])
+    message, rows, results = compare(pool, None if path is None else str(path), "what is it?", [STF])
     assert expect in message and rows == [] and results == {}
     assert str(tmp_path) not in message  # the server's temp folder is not shown
 
@@ -52,15 +61,15 @@ def test_tiny_image_and_missing_question_or_methods(pool, tmp_path, image_path):
     small = tmp_path / "small.png"
     random_images(1, 4)[0].save(small)
     assert "too small" in check_upload(str(small))[0]
-    assert "question" in compare(pool, image_path, "  ", ["stf k=2"])[0]
+    assert "question" in compare(pool, image_path, "  ", [STF])[0]
     assert "at least one" in compare(pool, image_path, "what?", [])[0]
 
 
 def test_compare_reports_each_method(pool, image_path):
-    labels = ["mlp2x_gelu (all tokens)", "stf k=2", "random 16"]
+    labels = [FULL, STF, RANDOM]
     message, rows, results = compare(pool, image_path, "what is in the image ?", labels, max_new_tokens=4)
     assert message.startswith("Compared 3 methods")
-    assert "TTFT from 3 interleaved rounds; speedup over mlp2x_gelu (all tokens): stf k=2" in message
+    assert f"TTFT from 3 interleaved rounds; speedup over {FULL}: {STF}" in message
     assert [r[0] for r in rows] == labels
     assert [r[1] for r in rows] == ["64", "16", "16"]
     for lab in labels:
@@ -74,13 +83,13 @@ def test_compare_reports_each_method(pool, image_path):
 
 def test_compressors_are_built_once_and_swapped(pool):
     m = pool.model
-    a = pool.activate(pool.presets["stf k=2"]).compressor
-    pool.activate(pool.presets["random 16"])
+    a = pool.activate(pool.methods[STF]).compressor
+    pool.activate(pool.methods[RANDOM])
     assert m.reduction is not None and m.num_image_tokens() == 16
     red = m.reduction
-    b = pool.activate(pool.presets["stf k=2"]).compressor
+    b = pool.activate(pool.methods[STF]).compressor
     assert a is b and m.reduction is None
-    assert pool.activate(pool.presets["random 16"]).reduction is red
+    assert pool.activate(pool.methods[RANDOM]).reduction is red
 
 
 def test_a_failing_method_does_not_stop_the_others(pool, image_path, monkeypatch):
@@ -90,7 +99,7 @@ def test_a_failing_method_does_not_stop_the_others(pool, image_path, monkeypatch
         raise RuntimeError("kaputt")
 
     monkeypatch.setattr(app_mod, "token_map", boom)
-    message, rows, results = compare(pool, image_path, "what?", ["stf k=2", "avgpool k=2"], max_new_tokens=2)
+    message, rows, results = compare(pool, image_path, "what?", [STF, AVGPOOL], max_new_tokens=2)
     assert "2 failed" in message and all("kaputt" in r[4] for r in rows)
 
 
@@ -109,7 +118,7 @@ def test_one_model_run_at_a_time(pool, image_path):
 
     pool.model.generate = spy
     try:
-        threads = [threading.Thread(target=compare, args=(pool, image_path, "what?", ["stf k=2"], 2)) for _ in range(3)]
+        threads = [threading.Thread(target=compare, args=(pool, image_path, "what?", [STF], 2)) for _ in range(3)]
         for t in threads:
             t.start()
         for t in threads:

@@ -77,8 +77,10 @@ def tiny_clip(hidden: int = 32, layers: int = 4, patch: int = 4, image: int = 32
 
 
 def tiny_vlm(compressor: str = "mlp2x_gelu", encoder: str = "dinov2", image: int = 32, seed: int = 0,
-             system_prompt: str | None = None, **params):
-    """A CompactVLM from tiny random parts; ``params`` are the compressor's options."""
+             system_prompt: str | None = None, llm_layers: int = 2, **params):
+    """A CompactVLM from tiny random parts; ``params`` are the compressor's options (``compressor`` may be a
+    spec, ``"stf:k=2,E=1"``, or a named variant). ``llm_layers``: FastV's default ``k=2`` needs at least 3."""
+    from .spec import parse_options
     from .compressors.base import create_compressor
     from .data.images import ImageProcessor
     from .encoders.hf import HFVisionEncoder
@@ -88,16 +90,30 @@ def tiny_vlm(compressor: str = "mlp2x_gelu", encoder: str = "dinov2", image: int
     tok = tiny_tokenizer()
     vis = (tiny_dinov2 if encoder == "dinov2" else tiny_clip)(image=image, seed=seed)
     enc = HFVisionEncoder(vis, image_size=image)
-    llm = tiny_llama(vocab_size=len(tok), seed=seed)
+    llm = tiny_llama(vocab_size=len(tok), layers=llm_layers, seed=seed)
     torch.manual_seed(seed)
-    comp = mark_random(create_compressor(compressor, enc=enc.info, llm_dim=llm.config.hidden_size, **params))
+    name, opts = parse_options(compressor)
+    comp = mark_random(create_compressor(name, enc=enc.info, llm_dim=llm.config.hidden_size, **{**opts, **params}))
     model = CompactVLM(enc, comp, llm, tok, ImageProcessor(image), system_prompt=system_prompt)
-    model.config_dict = {"encoder": "tiny", "llm": "tiny", "image_size": image, "compressor": compressor,
-                         "compressor_params": params, "system_prompt": system_prompt, "dtype": "float32",
+    model.config_dict = {"encoder": "tiny", "llm": "tiny", "image_size": image, "compressor": comp.registry_name,
+                         "compressor_params": dict(comp.params), "system_prompt": system_prompt, "dtype": "float32",
                          "attn_implementation": "sdpa"}
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def sharpen(*modules, std: float = 0.3, seed: int = 0):
+    """Redraw every 2-D weight of ``modules`` from N(0, std^2), one generator in module order, and return the first
+    module: tiny random models then answer differently for different inputs (at the default init every greedy
+    answer repeats one token, and comparing answers would prove nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                if p.dim() == 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+    return modules[0]
 
 
 def random_images(n: int, size: int = 32, seed: int = 0):

@@ -46,54 +46,36 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def check_runtime_args(args: argparse.Namespace) -> None:
     """``--device`` and ``--threads`` checked before any model load (exit 2 with a message, not a traceback)."""
-    from ..errors import CompactVLMError
+    from ..runtime import check_device, check_threads
 
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise CompactVLMError(f"--threads must be >= 1, got {threads}", "leave it out for torch's default")
-    dev = str(getattr(args, "device", "cpu") or "cpu")
-    if dev.startswith("cuda"):
-        import torch
+    check_threads(getattr(args, "threads", None))
+    check_device(getattr(args, "device", "cpu"))
 
-        if not torch.cuda.is_available():
-            raise CompactVLMError(f"--device {dev} but this torch has no usable CUDA GPU",
-                                  "use --device cpu (the default), or install a CUDA build of torch")
-    elif dev != "cpu":
-        raise CompactVLMError(f"--device {dev!r} is not supported", "use cpu or cuda[:N]")
+
+def setup_runtime(args: argparse.Namespace) -> None:
+    """The one place a command fixes its process settings, before any model load: ``--threads`` set
+    (``runtime.set_threads``), ``--device`` checked."""
+    from ..runtime import set_threads
+
+    check_runtime_args(args)
+    set_threads(getattr(args, "threads", None))
 
 
 def resolve_spec(args: argparse.Namespace) -> argparse.Namespace:
-    """Parse ``--compressor SPEC`` / ``--reduce NAME[:k=v]`` once (``compactvlm.spec``) onto the plain options:
+    """Parse ``--compressor SPEC`` (a name, a named variant or the whole syntax), ``--reduce NAME[:k=v]`` and
+    ``--budget`` once into one ``compactvlm.spec.MethodSpec`` (``args.spec``) and onto the plain options:
     ``args.compressor``, ``args.spec_params``, ``args.reduce``, ``args.budget``, ``args.reduce_params``. A setting
     given twice (in the spec and as its own flag) is refused."""
-    from ..errors import CompactVLMError
-    from ..spec import MethodSpec, parse_options
+    from ..spec import MethodSpec
 
     if getattr(args, "_spec_resolved", False):
         return args
-    args.spec_params, args.reduce_params = {}, {}
-    comp = getattr(args, "compressor", None)
-    if comp and (":" in comp or "+" in comp):
-        spec = MethodSpec.parse(comp)
-        args.compressor, args.spec_params = spec.compressor, dict(spec.compressor_params)
-        if spec.reduction:
-            if getattr(args, "reduce", None):
-                raise CompactVLMError(f"--compressor {comp} names a reduction and --reduce {args.reduce} another",
-                                      "give the reduction once (in the spec, or with --reduce)")
-            if spec.budget is not None and getattr(args, "budget", None) is not None:
-                raise CompactVLMError(f"--compressor {comp} sets budget and --budget sets it again",
-                                      "give the budget once")
-            args.reduce, args.reduce_params = spec.reduction, spec.reduction_options
-            if spec.budget is not None:
-                args.budget = spec.budget
-    red = getattr(args, "reduce", None)
-    if red and ":" in red:
-        name, opts = parse_options(red)
-        if "budget" in opts:
-            if getattr(args, "budget", None) is not None:
-                raise CompactVLMError(f"--reduce {red} sets budget and --budget sets it again", "give the budget once")
-            args.budget = int(opts.pop("budget"))
-        args.reduce, args.reduce_params = name, {**args.reduce_params, **opts}
+    spec = MethodSpec.combine(getattr(args, "compressor", None), getattr(args, "reduce", None),
+                              getattr(args, "budget", None))
+    args.spec = spec
+    args.compressor, args.spec_params = spec.compressor or None, dict(spec.compressor_params)
+    args.reduce, args.reduce_params = spec.reduction, spec.reduction_options
+    args.budget = spec.budget if spec.reduction else spec.own_budget
     args._spec_resolved = True
     return args
 
@@ -144,9 +126,8 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         if args.llm:
             cfg.llm = args.llm
         model = build_model(cfg, progress=progress)
-    warn_untrained(model)
-    if args.budget is not None or args.reduce:
-        model.set_budget(args.budget, args.reduce, **args.reduce_params)
+    warn_untrained(model)  # every model: a checkpoint's init_state says which parts were never trained
+    args.spec.apply(model)  # the test-time reduction or the compressor's own budget (CompactVLM.set_budget)
     if args.device != "cpu":
         model.to(args.device)
     model.set_dtype(getattr(args, "dtype", None) or "auto")

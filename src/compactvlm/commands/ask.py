@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_model_args, check_runtime_args, model_from_args
+from ._common import add_model_args, model_from_args, setup_runtime
 
 
 def add_parser(sub) -> None:
@@ -19,8 +19,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.images import load_image
     from ..errors import CompactVLMError
 
@@ -35,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise CompactVLMError(f"the question contains control text {', '.join(found)}",
                               "remove it: chat-template markers and <image> are refused, not escaped (the image is "
                               "placed by compactvlm)")
-    check_runtime_args(args)
+    setup_runtime(args)
     image = load_image(args.image)
-    torch.set_num_threads(args.threads) if args.threads else None
     t = time.perf_counter()
     model = model_from_args(args)
     load_s = time.perf_counter() - t

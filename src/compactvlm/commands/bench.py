@@ -11,9 +11,8 @@ compressor's share of TTFT. Writes JSON (``--json``) and optionally a PNG (``--p
 from __future__ import annotations
 
 import argparse
-import math
 
-REFERENCE = "mlp2x_gelu"
+from ..spec import REFERENCE, default_comparison
 
 
 def add_parser(sub) -> None:
@@ -74,24 +73,10 @@ def add_parser(sub) -> None:
 
 # ---- rows -------------------------------------------------------------------------------------------------
 def default_rows(preset) -> list[str]:
-    """Reference, STF, pooling, and each training-free reduction at a quarter of the patch tokens."""
-    side = preset.image_size // int(preset.vision_config.patch_size)
-    n = side * side
-    q = max(1, n // 4)
-    rows = [REFERENCE]
-    if side % 2 == 0:
-        rows += ["stf:k=2,E=1", "avgpool:k=2"]
-    rows.append(f"{REFERENCE}+random:budget={q}")
-    if math.isqrt(q) ** 2 == q:
-        rows.append(f"{REFERENCE}+avgpool:budget={q}")
-    rows.append(f"{REFERENCE}+visionzip:budget={q}")
-    rows += [f"{REFERENCE}+dart:budget={q}", f"{REFERENCE}+divprune:budget={q}", f"{REFERENCE}+tome:budget={q}"]
-    layers = int(preset.llm_config.num_hidden_layers)
-    if layers > 2:
-        rows.append(f"{REFERENCE}+fastv:budget={q},k=2")
-        if (n + layers - 1) / layers <= q:  # staged pruning (first drop after layer 1 or 2) reaches q equivalent tokens
-            rows += [f"{REFERENCE}+pyramiddrop:budget={q}", f"{REFERENCE}+sparsevlm:budget={q}"]
-    return rows
+    """``spec.default_comparison`` at the preset's patch count: the reference, the registry's default variants and
+    every reduction at a quarter of the patch tokens (rows the model cannot run are left out by ``run``)."""
+    h, w = preset.grid
+    return default_comparison(h * w)
 
 
 def _check_args(args) -> None:
@@ -102,8 +87,9 @@ def _check_args(args) -> None:
         if v < low:
             raise CompactVLMError(f"--{name.replace('_', '-')} must be >= {low}, got {v}",
                                   f"use e.g. --{name.replace('_', '-')} {max(low, 1)}")
-    if args.threads is not None and args.threads < 1:
-        raise CompactVLMError(f"--threads must be >= 1, got {args.threads}", "use e.g. --threads 2")
+    from ..runtime import check_threads
+
+    check_threads(args.threads)
     if args.flops_only and args.random_weights:
         raise CompactVLMError("--flops-only and --random-weights exclude each other",
                               "--flops-only builds no weights; drop one of them")
@@ -247,8 +233,6 @@ def run_answers(args: argparse.Namespace) -> int:
     from ..model.checkpoint import load_pretrained
     from .demo import assets_dir
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         raise CompactVLMError(f"--limit must be >= 1, got {args.limit}", "leave it out to answer every question")
     src = Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()
@@ -315,8 +299,6 @@ def run_peer(args: argparse.Namespace) -> int:
     from ..model.checkpoint import load_pretrained
     from .demo import assets_dir
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     src = (Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()) / "full-mlp2x"
     if not (src / "compactvlm.json").exists():
         raise CompactVLMError(f"checkpoint {src} is missing", "pass --checkpoint-dir with a full-mlp2x/ folder")
@@ -369,20 +351,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..efficiency.flops import FlopsCounter
-    from ..efficiency.presets import BenchSpec, build_backbone, build_vlm, check_device, resolve_model
+    from ..efficiency.presets import BenchSpec, build_backbone, build_vlm, resolve_model
     from ..efficiency.timing import SPREAD_LIMIT, time_rows
     from ..errors import CompactVLMError
     from ..model.prompting import build_prompt
+    from ..runtime import check_device, set_threads
 
     _check_args(args)
+    set_threads(args.threads)  # the one place the bench fixes its threads (rows, --answers, --peer)
     if getattr(args, "answers", None):
         return run_answers(args)
     if getattr(args, "peer", False):
         return run_peer(args)
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     logging.getLogger("transformers.utils.generic").addFilter(_no_cache_deprecation)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     preset = resolve_model(args.model)
     timing = not args.flops_only
@@ -393,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
         from ..model.build import resolve_dtype
 
         dtype = resolve_dtype("auto", device) if timing else "bfloat16"
-    texts = list(dict.fromkeys(r.strip() for r in (args.compressor or default_rows(preset)) if r.strip()))
+    given = [r.strip() for r in args.compressor if r.strip()]
+    texts = list(dict.fromkeys(given or default_rows(preset)))
     specs = [BenchSpec.parse(t) for t in texts]
     if REFERENCE not in texts:
         specs.insert(0, BenchSpec.parse(REFERENCE))
@@ -401,11 +384,14 @@ def run(args: argparse.Namespace) -> int:
         specs.insert(0, specs.pop(texts.index(REFERENCE)))
 
     counter = FlopsCounter(preset, dtype)
-    for spec in specs:  # every row is validated on meta (seconds) before any weight is built
+    for spec in list(specs):  # every row is validated on meta (seconds) before any weight is built
         try:
             counter.meta_model(spec)
         except CompactVLMError as e:
-            raise CompactVLMError(f"row {spec.text!r}: {e.problem}", e.fix) from None
+            if given:
+                raise CompactVLMError(f"row {spec.text!r}: {e.problem}", e.fix) from None
+            specs.remove(spec)  # a default row this model cannot run (e.g. fastv k=2 on a 2-layer LLM)
+            print(f"default row {spec.text} left out: {e.problem}", flush=True)
 
     backbone = None
     text_tokens = args.text_tokens

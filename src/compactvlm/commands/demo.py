@@ -44,8 +44,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.images import load_image
     from ..data.sceneqa import build_sceneqa
     from ..errors import CompactVLMError
@@ -56,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model.checkpoint import load_pretrained
     from ..efficiency.timing import compare_ttft
     from ..study import measure_cost
+    from ..runtime import set_threads
     from ..zoo.cache import cache_dir
     from .eval import make_answer_fn
 
@@ -63,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise CompactVLMError(f"--images must be >= 1, got {args.images}", "use e.g. --images 40")
     if args.repeats < 1:
         raise CompactVLMError(f"--repeats must be >= 1, got {args.repeats}", "use e.g. --repeats 7")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     src = Path(args.checkpoint_dir) if args.checkpoint_dir else assets_dir()
     for row in ROWS:
         if not (src / row / "compactvlm.json").exists():

@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CompactVLMError(f"--batch-size must be >= 1, got {args.batch_size}", "use e.g. 8")
-    if args.threads is not None and args.threads < 1:
-        raise CompactVLMError(f"--threads must be >= 1, got {args.threads}", "leave it out for torch's default")
     if args.max_new_tokens < 1:
         raise CompactVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "use e.g. 12")
     if args.control and args.with_controls:
@@ -62,12 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.benchmarks.base import get_benchmark
     from ..evaluate.harness import hold_run, run_identity
 
-    if args.device != "cpu":
-        import torch
+    from ._common import setup_runtime
 
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise CompactVLMError(f"--device {args.device} but this torch has no usable CUDA GPU",
-                                  "use --device cpu (the default), or install a CUDA build of torch")
+    setup_runtime(args)  # --threads set, --device checked
     reader = get_benchmark(args.benchmark, args.data, rules=args.rules,
                            **({"split": args.split} if args.split else {}))
     items = reader.items()
@@ -105,13 +100,9 @@ def eval_producer(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, reader, producer: dict) -> int:
-    import torch
-
     from ..evaluate.harness import evaluate
     from ._common import model_from_args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = model_from_args(args, progress=not args.quiet)
     tokens = model.num_image_tokens()
     method = args.reduce or model.compressor.registry_name

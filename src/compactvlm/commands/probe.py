@@ -41,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise CompactVLMError(f"{args.json} already exists", "choose a new --json path (nothing is overwritten)")
     data = Path(args.data)
     train, test = read_scenes(data, "train", args.train), read_scenes(data, "test", args.test)  # before the load
-    import torch
-
     from ..data.images import ImageProcessor
     from ..encoders.hf import HFVisionEncoder
     from ..model.build import DEFAULT_ENCODER, load_vision_model
+    from ..runtime import set_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     t0 = time.perf_counter()
     name = args.encoder or DEFAULT_ENCODER
     vision, mean, std = load_vision_model(name)

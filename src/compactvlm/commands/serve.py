@@ -1,4 +1,4 @@
-"""compactvlm serve [--port P] [--host 127.0.0.1] [--tiny] [--checkpoint DIR]"""
+"""compactvlm serve [--port P] [--host 127.0.0.1] [--tiny] [--checkpoint DIR] [--methods SPEC ...]"""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
                         "checkpoint demo:NAME (e.g. demo:stf-k2e1; `compactvlm info` lists them)")
     p.add_argument("--encoder", default=None, help="vision encoder: 'dinov2-s' (packaged) or a local HF folder")
     p.add_argument("--llm", default=None, help="LLM: 'smollm2-135m' (packaged) or a local HF folder")
+    p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
+                   help="methods to offer, each NAME[:k=v,...][+REDUCTION[:k=v,...]] or a named variant, e.g. "
+                        "stf_k2e1 vistog:tokens=32 mlp2x_gelu+fastv:budget=16,k=2 (default: the full-token reference, "
+                        "the registry's default variants and every reduction at a quarter of the patch tokens)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="default answer length")
     p.add_argument("--repeats", type=int, default=2, help="prefill runs for each TTFT median")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -33,7 +37,7 @@ def add_parser(sub) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model, checkpoint label or None): the encoder + LLM shared by every preset."""
+    """(model, checkpoint label or None): the encoder + LLM shared by every method."""
     from ..errors import CompactVLMError
 
     if args.tiny:
@@ -57,6 +61,13 @@ def load_model(args: argparse.Namespace):
     return build_model(cfg), None
 
 
+def method_specs(args: argparse.Namespace):
+    """``--methods`` parsed (``compactvlm.spec.MethodSpec``) before any model is loaded; None for the defaults."""
+    from ..spec import MethodSpec
+
+    return None if not args.methods else [MethodSpec.parse(m) for m in args.methods]
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -72,24 +83,23 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise CompactVLMError("the web demo needs gradio, which is not installed",
                               "pip install 'compactvlm[demo]' (or bash scripts/setup_browser.sh)") from None
-    import torch
-
+    from ..runtime import set_threads
     from ..viz.app import MethodPool, build_app, launch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    methods = method_specs(args)
+    set_threads(args.threads)
     if args.host not in LOOPBACK:
         print(f"warning: binding {args.host}: anyone who can reach this address can use the demo", file=sys.stderr)
     model, ckpt_label = load_model(args)
     # --tiny: random models that the tests rebuild in float32 as the reference, so auto keeps them float32
     model.set_dtype("float32" if args.tiny and args.dtype == "auto" else args.dtype)
-    pool = MethodPool(model, repeats=args.repeats, checkpoint_label=ckpt_label)
+    pool = MethodPool(model, methods, repeats=args.repeats, checkpoint_label=ckpt_label)
     app = build_app(pool, max_new_tokens=args.max_new_tokens)
-    print(f"compactvlm serve: {len(pool.presets)} methods: {', '.join(shown for shown, _ in pool.choices())}",
+    print(f"compactvlm serve: {len(pool.methods)} methods: {', '.join(shown for shown, _ in pool.choices())}",
           flush=True)
-    untrained = [lab for lab in pool.presets if pool.untrained(lab)]
+    untrained = [lab for lab in pool.methods if pool.untrained(lab)]
     if untrained:
-        print(f"warning: {len(untrained)} of {len(pool.presets)} methods have random (untrained) compressor weights "
+        print(f"warning: {len(untrained)} of {len(pool.methods)} methods have random (untrained) compressor weights "
               "(marked 'untrained'), so their answers are meaningless; add a trained one with --checkpoint DIR "
               "(e.g. --checkpoint demo:stf-k2e1, trained on SceneQA only)", file=sys.stderr, flush=True)
     launch(app, host=args.host, port=args.port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_args, compressor_params, model_from_args
+from ._common import add_model_args, compressor_params, model_from_args, setup_runtime
 
 
 def add_parser(sub) -> None:
@@ -36,14 +36,11 @@ def build(args: argparse.Namespace, progress: bool = True):
         raise CompactVLMError("--tiny and --checkpoint exclude each other", "drop one of them")
     params = compressor_params(args)  # parses a --compressor spec first
     model = tiny_vlm(args.compressor or "mlp2x_gelu", **params)
-    if args.budget is not None or args.reduce:
-        model.set_budget(args.budget, args.reduce, **args.reduce_params)
+    args.spec.apply(model)
     return model
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.images import load_image
     from ..errors import CompactVLMError
     from ..viz import visualize
@@ -59,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 32:
         raise CompactVLMError(f"--size {args.size} is too small to draw", "use e.g. 448")
     image = load_image(args.image)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_runtime(args)
     model = build(args)
     picture, tmap, ttft = visualize(model, image, args.question, measure=args.repeats > 0,
                                     repeats=max(args.repeats, 1), cell=cell_size(model.grid, args.size))

@@ -43,3 +43,7 @@ class AvgPool(Compressor):
 
     def forward(self, feats: VisionFeatures) -> torch.Tensor:
         return self.proj(self.pool(feats))  # (B, H/k*W/k, D)
+
+
+COMPRESSORS.variant("avgpool_k2", "avgpool:k=2", default=True)
+COMPRESSORS.variant("avgpool_k4", "avgpool:k=4")

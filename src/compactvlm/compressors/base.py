@@ -28,6 +28,10 @@ class Compressor(nn.Module):
     #: False for compressors that read the image itself (not only encoder features): training cannot cache
     #: frozen-encoder features for them (``train.objective.check_cacheable``).
     cacheable_features: bool = True
+    #: a per-token projection ``project(x)``: (B, N, C) encoder features -> (B, N, D_llm), for compressors that have
+    #: one (``mlp2x_gelu``); patch reductions (random, VisionZip, DART, ...) select patches and then call it. None:
+    #: the compressor already compresses or mixes tokens, and those reductions refuse it.
+    project = None
 
     @property
     def has_budget(self) -> bool:
@@ -83,7 +87,11 @@ class Compressor(nn.Module):
 
 
 def create_compressor(name: str, enc: EncoderInfo, llm_dim: int, **params: Any) -> Compressor:
-    """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...)."""
+    """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...). ``name`` may be a
+    named variant (``stf_k2e1``), whose options ``params`` override."""
+    from ..spec import resolve_variant
+
+    name, params = resolve_variant(COMPRESSORS, name, params)
     cls = COMPRESSORS.get(name)
     try:
         comp = cls(enc=enc, llm_dim=llm_dim, **params)

@@ -65,3 +65,7 @@ class TokenConcat(Compressor):
     def forward(self, feats: VisionFeatures) -> torch.Tensor:
         x = space_to_depth(feats.patches(self.layer), feats.grid, self.k)  # (B, H/k*W/k, k²C)
         return self.proj(x)  # (B, H/k*W/k, D)
+
+
+COMPRESSORS.variant("concat_k2", "concat:k=2")
+COMPRESSORS.variant("concat_k4", "concat:k=4")

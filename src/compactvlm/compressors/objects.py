@@ -302,3 +302,6 @@ def _subset(feats: VisionFeatures, idx: list[int]) -> VisionFeatures:
         es["masks"] = [es["masks"][i] for i in idx]
     return VisionFeatures(hidden={k: v[idx] for k, v in feats.hidden.items()}, grid=feats.grid,
                           num_prefix=feats.num_prefix, num_extra=feats.num_extra, info=feats.info, extra_state=es)
+
+
+COMPRESSORS.variant("objects_16", "objects:budget=16", default=True)

@@ -77,3 +77,7 @@ class QFormer(Compressor):
         mem = self.inp(feats.patches(self.layer))  # (B, H*W, dim)
         q = self.queries.unsqueeze(0).expand(mem.shape[0], -1, -1)  # (B, tokens, dim)
         return self.proj(self.blocks(q, mem))  # (B, tokens, D)
+
+
+COMPRESSORS.variant("qformer_64", "qformer:tokens=64", default=True)
+COMPRESSORS.variant("qformer_144", "qformer:tokens=144")

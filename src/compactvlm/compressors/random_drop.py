@@ -68,3 +68,7 @@ class RandomDrop(Compressor):
         idx = self.keep_indices(x.shape[0], x.shape[1], x.device)  # (B, tokens)
         x = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, tokens, C)
         return self.proj(x)  # (B, tokens, D)
+
+
+COMPRESSORS.variant("random_drop_64", "random_drop:tokens=64")
+COMPRESSORS.variant("random_drop_144", "random_drop:tokens=144")

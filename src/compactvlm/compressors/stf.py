@@ -237,3 +237,13 @@ class SpatialTokenFusionMBTF(SpatialTokenFusion):
         super().__init__(enc, llm_dim, k=k, E=E, layer=layer, mbtf=mbtf, mbtf_layers=mbtf_layers,
                          mbtf_blocks=mbtf_blocks, fuse_dim=fuse_dim, hidden=hidden, mbtf_hidden=mbtf_hidden,
                          learned_fuse=learned_fuse, act_last=act_last)
+
+
+# ---- named variants (``--compressor stf_k2e1``; the configurations of the STF paper's tables) -----------------
+COMPRESSORS.variant("stf_k2e1", "stf:k=2,E=1", default=True)
+for _k, _e in ((2, 2), (4, 1), (4, 4), (4, 8), (8, 4), (8, 8), (8, 16), (8, 32)):
+    COMPRESSORS.variant(f"stf_k{_k}e{_e}", f"stf:k={_k},E={_e}")
+COMPRESSORS.variant("stf_mbtf_k1e1", "stf_mbtf:k=1,E=1")
+COMPRESSORS.variant("stf_mbtf_k2e1", "stf_mbtf:k=2,E=1")
+COMPRESSORS.variant("stf_mbtf_k2e1_b16", "stf_mbtf:k=2,E=1,mbtf_blocks=16")
+COMPRESSORS.variant("stf_mbtf_k2e1_b24", "stf_mbtf:k=2,E=1,mbtf_blocks=24")

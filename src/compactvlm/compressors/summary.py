@@ -1,11 +1,12 @@
 """Parameter and token-count table of compressors, built on the meta device (no memory, no weights).
 
-    from compactvlm.compressors.summary import PRESETS, param_table, format_table
-    p = PRESETS["llava-1.5-7b"]
-    print(format_table(param_table(p.enc, p.llm_dim, [("stf", {"k": 2, "E": 1}), ("avgpool", {})])))
+    from compactvlm.compressors.summary import param_table, format_table
+    from compactvlm.model.presets import get_preset
+    p = get_preset("llava-1.5-7b")
+    print(format_table(param_table(p.encoder_info, p.llm_dim, ["stf_k2e1", "stf:k=4,E=8", ("avgpool", {})])))
 
-or ``python -c "from compactvlm.compressors.summary import main; main()"`` for every preset and the
-default list of configurations (``DEFAULT_SPECS``).
+or ``compactvlm info --table`` for every preset and every named variant of the registry (``table_specs``; the
+STF variants are the configurations of the paper's tables), ``compactvlm info --compressor SPEC`` for others.
 
 Table 1 of Tang & Shen (compact-vision-tokens_stf-mbtf_v1.txt) against the modules, LLaVA-1.5-7B shapes
 (CLIP ViT-L/14-336: width 1024, 24 blocks, 24 x 24 grid; Vicuna-7B width 4096), counts include biases:
@@ -23,70 +24,39 @@ k=8 on ViT-L (the paper's "SFC parameters increase with kernel size"); ``fuse_di
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from ..encoders.base import EncoderInfo
 from ..errors import CompactVLMError
+from ..registry import COMPRESSORS
+from ..spec import REFERENCE, parse_options, resolve_variant
 from .base import create_compressor
 
 
-@dataclass(frozen=True)
-class Preset:
-    enc: EncoderInfo
-    llm_dim: int
-    description: str
+def table_specs() -> list[str]:
+    """The full-token reference and every named compressor variant, in registration order."""
+    return [REFERENCE] + [v.name for v in COMPRESSORS.variants()]
 
 
-PRESETS: dict[str, Preset] = {
-    "llava-1.5-7b": Preset(
-        EncoderInfo(hidden_size=1024, num_layers=24, patch_size=14, image_size=336, num_heads=16),
-        4096,
-        "CLIP ViT-L/14-336 (1024 wide, 24 blocks, 24x24 grid) + Vicuna-7B (4096)",
-    ),
-    "default": Preset(
-        EncoderInfo(hidden_size=384, num_layers=12, patch_size=14, image_size=224, num_heads=6),
-        576,
-        "DINOv2-S/14 at 224 (384 wide, 12 blocks, 16x16 grid) + SmolLM2-135M (576)",
-    ),
-}
-
-#: The configurations of the STF paper's tables (Tables 1, 3-7 of v1/v2) plus the full-token reference.
-DEFAULT_SPECS: list[tuple[str, dict[str, Any]]] = [
-    ("mlp2x_gelu", {}),
-    ("stf", {"k": 2, "E": 1}),
-    ("stf", {"k": 2, "E": 2}),
-    ("stf", {"k": 4, "E": 4}),
-    ("stf", {"k": 4, "E": 8}),
-    ("stf", {"k": 8, "E": 4}),
-    ("stf", {"k": 8, "E": 8}),
-    ("stf", {"k": 8, "E": 16}),
-    ("stf", {"k": 8, "E": 32}),
-    ("stf_mbtf", {"k": 1, "E": 1}),
-    ("stf_mbtf", {"k": 2, "E": 1}),
-    ("stf_mbtf", {"k": 2, "E": 1, "mbtf_blocks": 16}),
-    ("stf_mbtf", {"k": 2, "E": 1, "mbtf_blocks": 24}),
-    ("avgpool", {"k": 2}),
-    ("concat", {"k": 2}),
-    ("qformer", {}),
-    ("random_drop", {}),
-]
-
-
-def param_table(enc: EncoderInfo, llm_dim: int, specs: Sequence[tuple[str, dict[str, Any]]] = DEFAULT_SPECS,
+def param_table(enc: EncoderInfo, llm_dim: int, specs: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
                 grid: tuple[int, int] | None = None) -> list[dict[str, Any]]:
-    """One row per (name, options): name, options, params, trainable, tokens (on ``grid``, default the
-    encoder's), and error (None, or why that configuration does not apply to this encoder)."""
+    """One row per compressor spec (``"stf:k=2,E=1"``, a variant name, or a ``(name, options)`` pair; default
+    ``table_specs()``): name as given, options (a variant's resolved), params, trainable, tokens (on ``grid``,
+    default the encoder's), and error (None, or why that configuration does not apply to this encoder)."""
     rows = []
-    for name, params in specs:
-        row: dict[str, Any] = {"name": name, "options": _fmt_opts(params), "params": None, "trainable": None,
-                               "tokens": None, "error": None}
+    for item in table_specs() if specs is None else specs:
+        if isinstance(item, str) and "+" in item:
+            raise CompactVLMError(f"{item!r} names a reduction; the parameter table lists compressors only",
+                                  "drop the +REDUCTION part")
+        name, params = parse_options(item) if isinstance(item, str) else (item[0], dict(item[1]))
+        method, resolved = resolve_variant(COMPRESSORS, name, params)
+        row: dict[str, Any] = {"name": name, "options": _fmt_opts(resolved),
+                               "params": None, "trainable": None, "tokens": None, "error": None}
         try:
             with torch.device("meta"):
-                comp = create_compressor(name, enc, llm_dim, **params)
+                comp = create_compressor(method, enc, llm_dim, **resolved)
             row["params"] = sum(p.numel() for p in comp.parameters())
             row["trainable"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
             row["tokens"] = comp.num_output_tokens(grid or enc.grid)
@@ -109,26 +79,3 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         else:
             lines.append(f"| {r['name']} | {r['options']} | {r['tokens']} | {r['params']:,} |")
     return "\n".join(lines)
-
-
-def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """``"stf:k=4,E=8"`` -> ("stf", {"k": 4, "E": 8}) (``compactvlm.spec.parse_options``)."""
-    from ..spec import parse_options
-
-    return parse_options(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Parameter and token counts of compressors (meta device).")
-    ap.add_argument("--preset", choices=sorted(PRESETS), action="append",
-                    help="encoder/LLM shapes (default: all presets)")
-    ap.add_argument("--spec", action="append", metavar="NAME[:k=v,...]",
-                    help="configurations to list (default: the paper's table of configurations)")
-    args = ap.parse_args(argv)
-    specs = [parse_spec(s) for s in args.spec] if args.spec else DEFAULT_SPECS
-    for key in args.preset or list(PRESETS):
-        p = PRESETS[key]
-        print(f"\n### {key}: {p.description}, grid {p.enc.grid[0]}x{p.enc.grid[1]} "
-              f"= {p.enc.grid[0] * p.enc.grid[1]} patch tokens\n")
-        print(format_table(param_table(p.enc, p.llm_dim, specs)))
-    return 0

@@ -187,3 +187,9 @@ class VisToG(Compressor):
         reported missing keys equal this list."""
         have = set(other_state_dict_keys)
         return [k for k in self.state_dict() if k not in have]
+
+
+COMPRESSORS.variant("vistog_16", "vistog:tokens=16")
+COMPRESSORS.variant("vistog_32", "vistog:tokens=32", default=True)
+COMPRESSORS.variant("vistog_64", "vistog:tokens=64")
+COMPRESSORS.variant("vistog_128", "vistog:tokens=128")

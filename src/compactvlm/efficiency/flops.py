@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CompactVLMError
+from .memory import available_bytes, cache_bytes
 from .presets import Backbone, BenchSpec, Preset, build_backbone, build_vlm
 
 META = torch.device("meta")
@@ -94,16 +95,6 @@ def text_split(text_tokens: int) -> tuple[int, int]:
     """Text tokens before and after the image in a synthetic prompt (placement does not change FLOPs)."""
     pre = text_tokens // 2
     return pre, text_tokens - pre
-
-
-def cache_bytes(cache) -> int:
-    """Bytes of keys + values held by a transformers cache (works on meta tensors)."""
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 def _new_cache(llm):
@@ -248,7 +239,7 @@ class FlopsCounter:
         """Random-weight float32 CPU encoder (for data-dependent vision stages) + the meta LLM."""
         if self._cpu is None:
             from ..encoders.hf import HFVisionEncoder
-            from .presets import _vision_class, available_bytes
+            from .presets import _vision_class
 
             vcfg = copy.deepcopy(self.preset.vision_config)
             vcfg._attn_implementation = "sdpa"

@@ -1,118 +1,45 @@
-"""Model shapes to benchmark: named presets, local folders, and the spec syntax of one benchmark row.
+"""Model shapes to benchmark: named presets, local folders, and the backbones the bench's rows share.
 
-A ``Preset`` holds transformers *configs* (no weights) for the vision encoder and the LLM plus the image size,
-so the same shapes can be built three ways (``build_backbone``):
+A ``Preset`` (``model.presets``, the one class for model shapes) holds transformers *configs* (no weights) for the
+vision encoder and the LLM plus the image size, so the same shapes can be built three ways (``build_backbone``):
 
 - ``weights="meta"``: on the ``meta`` device, for FLOP counting (no memory, seconds even for 7B);
 - ``weights="random"``: random initialisation on a real device, for timings (no trained weights needed);
 - ``weights="real"``: the real weights (``default``: the packaged DINOv2-S + SmolLM2 via ``build_model``;
   a compactvlm checkpoint folder: ``load_pretrained``).
 
-Presets (shapes from the models' published configs):
-- ``llava-1.5-7b``: CLIP ViT-L/14-336 (1024 wide, 24 blocks, 16 heads, MLP 4096, patch 14, 336 px: 24x24 = 576
-  patches) + Vicuna-7B (Llama: 4096 wide, 32 layers, 32 heads, MLP 11008, vocab 32000);
-- ``default``: DINOv2-S/14 at 224 px (384 wide, 12 blocks, 6 heads, 16x16 = 256 patches) + SmolLM2-135M (576
-  wide, 30 layers, 9 heads, 3 KV heads, MLP 1536, vocab 49152, tied embeddings).
+Named presets: ``model.presets`` (``llava-1.5-7b``, ``default``).
 A path may name a compactvlm checkpoint folder (``compactvlm.json``) or an HF folder whose ``config.json`` has a
 ``vision_config`` and a ``text_config`` (e.g. a llava-hf checkpoint; shapes only, so random weights).
 
-A benchmark row is ``COMPRESSOR[:k=v,...][+REDUCTION[:k=v,...]]``, e.g. ``stf:k=2,E=1`` or
-``mlp2x_gelu+fastv:budget=144,k=2``; option values are Python literals (``parse_spec`` of the compressors).
+A benchmark row is a spec of ``compactvlm.spec`` (``COMPRESSOR[:k=v,...][+REDUCTION[:k=v,...]]`` or a named
+variant), e.g. ``stf:k=2,E=1``, ``stf_k2e1`` or ``mlp2x_gelu+fastv:budget=144,k=2``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CompactVLMError
+from .memory import available_bytes
+from ..model.presets import (PRESETS, Preset, default_llm_config, default_vision_config,  # noqa: F401 (re-exported)
+                             get_preset, preset_names)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-@dataclass
-class Preset:
-    name: str
-    description: str
-    vision_config: Any  # a transformers vision config (CLIPVisionConfig, Dinov2Config, SiglipVisionConfig)
-    llm_config: Any  # a transformers causal-LM config (LlamaConfig, ...)
-    image_size: int
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
-    #: where real weights come from: "packaged" (build_model's default), a checkpoint folder, or None (none offline)
-    weights: str | None = None
-    system_prompt: str | None = None
-
-    def summary(self) -> dict[str, Any]:
-        v, l = self.vision_config, self.llm_config
-        return {
-            "name": self.name,
-            "description": self.description,
-            "image_size": self.image_size,
-            "vision": {"model_type": v.model_type, "hidden_size": v.hidden_size, "layers": v.num_hidden_layers,
-                       "heads": v.num_attention_heads, "patch_size": v.patch_size},
-            "llm": {"model_type": l.model_type, "hidden_size": l.hidden_size, "layers": l.num_hidden_layers,
-                    "heads": l.num_attention_heads,
-                    "kv_heads": getattr(l, "num_key_value_heads", None) or l.num_attention_heads,
-                    "intermediate_size": getattr(l, "intermediate_size", None), "vocab_size": l.vocab_size,
-                    "tie_word_embeddings": bool(getattr(l, "tie_word_embeddings", False))},
-        }
-
-
-def _llava_15_7b() -> Preset:
-    from transformers import CLIPVisionConfig, LlamaConfig
-
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              patch_size=14, image_size=336, hidden_act="quick_gelu", projection_dim=768)
-    llm = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return Preset("llava-1.5-7b", "CLIP ViT-L/14-336 + Vicuna-7B (LLaVA-1.5-7B shapes, 576 patch tokens)",
-                  vision, llm, 336, CLIP_MEAN, CLIP_STD, weights=None)
-
-
-def _default() -> Preset:
-    return Preset("default", "DINOv2-S/14 at 224 px + SmolLM2-135M (the packaged offline default, 256 patch tokens)",
-                  _default_vision_config(), _default_llm_config(), 224, IMAGENET_MEAN, IMAGENET_STD,
-                  weights="packaged")
-
-
-def _default_vision_config():
-    from transformers import Dinov2Config
-
-    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
-                        image_size=518, layerscale_value=1.0)
-
-
-def _default_llm_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
-                       rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-
-
-PRESETS = {"llava-1.5-7b": _llava_15_7b, "default": _default}
-
-
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
 def resolve_model(spec: str) -> Preset:
     """A preset name, a compactvlm checkpoint folder, or an HF folder with vision_config + text_config."""
     if spec in PRESETS:
-        return PRESETS[spec]()
+        return get_preset(spec)
     path = Path(spec)
     if not path.is_dir():
         raise CompactVLMError(f"--model {spec!r} is neither a preset nor a folder",
@@ -133,12 +60,12 @@ def _from_checkpoint(path: Path) -> Preset:
 
     cfg, _ = read_config(path)
     if cfg.encoder == DEFAULT_ENCODER:
-        vision, mean, std = _default_vision_config(), IMAGENET_MEAN, IMAGENET_STD
+        vision, mean, std = default_vision_config(), IMAGENET_MEAN, IMAGENET_STD
     else:
         vision = AutoConfig.from_pretrained(cfg.encoder)
         vision = getattr(vision, "vision_config", vision)
         mean, std = _norm_stats(Path(cfg.encoder))
-    llm = _default_llm_config() if cfg.llm == DEFAULT_LLM else AutoConfig.from_pretrained(cfg.llm)
+    llm = default_llm_config() if cfg.llm == DEFAULT_LLM else AutoConfig.from_pretrained(cfg.llm)
     return Preset(str(path), f"compactvlm checkpoint {path.name} ({cfg.encoder} + {cfg.llm}, {cfg.compressor})",
                   vision, llm, cfg.image_size, mean, std, weights=str(path), system_prompt=cfg.system_prompt)
 
@@ -194,19 +121,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CompactVLMError(f"device {device!r} is not a torch device", "use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompactVLMError("--device cuda was asked for but CUDA is not available here",
-                              "run on a machine with a GPU, or use --device cpu (or --flops-only)")
-    if dev.type not in ("cpu", "cuda", "meta"):
-        raise CompactVLMError(f"device {device!r} is not supported by the bench", "use cpu or cuda")
-    return dev
-
-
 def _vision_class(cfg):
     from transformers import CLIPVisionModel, Dinov2Model, SiglipVisionModel
 
@@ -234,25 +148,15 @@ def parameter_bytes(preset: Preset, dtype: torch.dtype) -> int:
     return sum(p.numel() * p.element_size() for m in (vision, llm) for p in m.parameters())
 
 
-def available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def build_backbone(preset: Preset, device: str | torch.device = "meta", dtype: str = "float32",
                    weights: str = "meta", progress: bool = False) -> Backbone:
     from ..data.images import ImageProcessor
     from ..encoders.hf import HFVisionEncoder
 
     dt = torch_dtype(dtype)
-    dev = torch.device("meta") if weights == "meta" else check_device(str(device))
+    from ..runtime import check_device
+
+    dev = torch.device("meta") if weights == "meta" else check_device(device, allow_meta=True)
     if weights == "real":
         return _real_backbone(preset, dev, dtype, progress)
     if weights not in ("meta", "random"):

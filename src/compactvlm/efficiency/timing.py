@@ -7,7 +7,7 @@ per round (both ran back to back) and reported as the median over rounds with it
 next to it barely moves when other processes compete for the cores. ``Comparison.warnings`` flags results not
 to trust: a wide spread of the per-round ratios, a speedup above its FLOPs ideal (measured/ideal > 1), or a
 process that got much less CPU than its threads asked for. ``compare_ttft`` applies it to whole models (demo,
-study cost, serve, ``CompactVLM.prefill_ms``); ``time_rows`` to the bench's rows.
+study cost, serve, ``ask``, ``viz``: ``ttft_ms``); ``time_rows`` to the bench's rows.
 
 How the bench's rows are timed:
 - inside ``torch.inference_mode()``, on prepared inputs (one random pixel batch for every row and round; the
@@ -18,23 +18,19 @@ How the bench's rows are timed:
   logits) filling a ``DynamicCache``, and the argmax of those logits. The encoder's share is read from forward
   hooks on the encoder, so one run gives the split encode / compress / LLM;
 - a call's TTFT is ``time.perf_counter`` around it (on CUDA with ``torch.cuda.synchronize()`` before and after);
-  the split inside it uses CUDA events on a GPU. The thread count is fixed by the caller (``torch.set_num_threads``);
+  the split inside it uses CUDA events on a GPU. The thread count is fixed by the entry point (``runtime.set_threads``);
 - decode: greedy generation of ``1 + N`` and of 1 tokens from the same inputs (alternating, medians); the
   difference over N is the time of one decode step with the KV cache. FastV decodes with its own pruned cache
   (``FastV.generate``). tokens/s is per sequence; the batch makes ``batch`` times as many;
-- peak memory, one extra run of the ``1 + N`` generation: on CUDA ``torch.cuda.max_memory_allocated`` (weights
-  included; the weights of the other rows' compressors, resident at the same time, are subtracted); on the CPU the weights' bytes plus the peak of the tensor allocations the profiler records during
-  the run (``profile_memory=True``);
+- peak memory, one extra run of the ``1 + N`` generation (``memory.peak_memory``; on CUDA the weights of the other
+  rows' compressors, resident at the same time, are subtracted);
 - KV-cache bytes: keys + values in the cache after the prefill (the whole batch).
 Attention is whatever the model was built with (SDPA in the bench's backbones).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -42,7 +38,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..model.prompting import IMAGE_TOKEN_ID
-from .flops import cache_bytes, text_split
+from .flops import text_split
+from .memory import cache_bytes, exclusive_bytes, peak_memory
 
 
 class Clock:
@@ -431,70 +428,6 @@ def generate_once(model, ids, mask, pix, new_tokens: int) -> torch.Tensor:
         out = model.llm(input_ids=tok[:, None], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
         tok = out.logits[:, -1].argmax(dim=-1)
     return tok
-
-
-def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.device.type == "meta" or t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total
-
-
-def exclusive_bytes(others: list, model) -> int:
-    """Bytes of the weights of ``others`` that ``model`` does not share."""
-    mine = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-    seen, total = set(mine), 0
-    for m in others:
-        for t in list(m.parameters()) + list(m.buffers()):
-            if t.device.type == "meta" or t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
-
-
-@contextlib.contextmanager
-def quiet_stderr_fd():
-    """Silence file descriptor 2 (the profiler's C++ start/stop lines) for the duration."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def peak_memory(model, fn: Callable[[], Any], device: torch.device) -> tuple[int | None, str]:
-    """Peak bytes while ``fn`` runs (weights included) and how they were measured."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr_fd(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    cur = top = 0
-    for e in events:
-        cur += e.nbytes()
-        top = max(top, cur)
-    return weight_bytes(model) + int(top), "weights + peak of profiled CPU allocations"
 
 
 # ---- rows -----------------------------------------------------------------------------------------------

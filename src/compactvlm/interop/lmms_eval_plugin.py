@@ -8,13 +8,19 @@ callable returning a ``ModelManifest`` is one of the payloads it accepts. The cl
 
     pip install -e ".[lmms-eval]"
     lmms-eval --model compactvlm --model_args pretrained=DIR,budget=64,reduce=avgpool --tasks mme --batch_size 8
+    lmms-eval --model compactvlm --model_args 'pretrained=DIR,method="mlp2x_gelu+fastv:budget=64,k=2"' ...
 
 SceneQA as local lmms-eval tasks (no hub): ``interop.lmms_eval_tasks.write_sceneqa_tasks`` (``--include_path``).
 
 Model arguments (``--model_args k=v,...``):
     pretrained      a compact folder, or a llava-hf / LLaVA / LLaVA-STF folder read directly (``interop.load_model``)
+    method          the one spec syntax of ``compactvlm.spec`` (``NAME[:k=v,...][+REDUCTION[:k=v,...]]`` or a named
+                    variant), as ``compactvlm ask --compressor``: the compressor part names the checkpoint's
+                    compressor (test-time options may differ), the reduction part is applied at test time; quote it
+                    when it holds commas (lmms-eval splits model_args at commas outside quotes)
     budget, reduce  test-time token budget: the compressor's own (``objects``), or a training-free reduction
-                    (``reduce=random|avgpool|visionzip|fastv|dart|divprune|pyramiddrop|sparsevlm|tome``), as ``compactvlm ask --budget --reduce``
+                    (``reduce=random|avgpool|visionzip|fastv|dart|divprune|pyramiddrop|sparsevlm|tome``, also
+                    ``reduce=fastv:k=3``), as ``compactvlm ask --budget --reduce``
     device, dtype   default: cuda when available, else cpu; the checkpoint's dtype
     vision_tower    local CLIP folder for LLaVA / LLaVA-STF folders whose mm_vision_tower is a hub name
     max_new_tokens  for tasks whose generation_kwargs set none (default 128)
@@ -67,23 +73,25 @@ class CompactVLMLmms(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, budget: int | None = None, reduce: str | None = None,
-                 device: str | None = None, dtype: str | None = None, batch_size: int | str = 1,
-                 max_new_tokens: int = 128, vision_tower: str | None = None, threads: int | None = None,
-                 max_batch_size: int | None = None, **kwargs: Any) -> None:
+                 method: str | None = None, device: str | None = None, dtype: str | None = None,
+                 batch_size: int | str = 1, max_new_tokens: int = 128, vision_tower: str | None = None,
+                 threads: int | None = None, max_batch_size: int | None = None, **kwargs: Any) -> None:
         super().__init__()
         if kwargs:
             raise CompactVLMError(f"unknown compactvlm model_args: {', '.join(sorted(kwargs))}",
-                                  "valid: pretrained, budget, reduce, device, dtype, vision_tower, max_new_tokens, "
-                                  "threads, batch_size")
+                                  "valid: pretrained, method, budget, reduce, device, dtype, vision_tower, "
+                                  "max_new_tokens, threads, batch_size")
         import torch
 
+        from ..runtime import set_threads
+        from ..spec import MethodSpec
         from . import load_model
 
-        if threads:
-            torch.set_num_threads(int(threads))
-        model = load_model(str(pretrained), dtype=dtype, vision_tower=vision_tower)
-        if budget is not None or reduce:
-            model.set_budget(None if budget is None else int(budget), reduce or None)
+        spec = MethodSpec.combine(method, reduce, budget)  # checked before the model load
+        set_threads(threads or None)
+        own = {"compressor": spec.compressor, "compressor_params": spec.compressor_params or None} if spec.compressor else {}
+        model = load_model(str(pretrained), dtype=dtype, vision_tower=vision_tower, **own)
+        spec.apply(model)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self._device).eval()
         if isinstance(batch_size, str) and batch_size.startswith("auto"):

@@ -38,6 +38,19 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
     def validate(self) -> None:
+        """Checks the values. ``compressor`` may be a spec (``stf:k=2,E=1``) or a named variant (``stf_k2e1``): it
+        becomes its method and options here (``compressor_params`` override them), so configs, checkpoints and
+        ``init.from`` comparisons all see ``stf`` with ``{k: 2, E: 1}``."""
+        from ..registry import COMPRESSORS
+        from ..spec import parse_options, resolve_variant
+
+        if "+" in str(self.compressor):
+            raise CompactVLMError(f"model.compressor {self.compressor!r} names a test-time reduction",
+                                  "a model config names its compressor only; reductions are chosen at test time "
+                                  "(--compressor SPEC+REDUCTION or --reduce in ask/eval/viz/bench)")
+        name, opts = parse_options(str(self.compressor))
+        self.compressor, self.compressor_params = resolve_variant(COMPRESSORS, name,
+                                                                  {**opts, **(self.compressor_params or {})})
         if self.dtype not in DTYPE_CHOICES:
             raise CompactVLMError(f"model.dtype {self.dtype!r} is not supported",
                                   "use auto, float32, bfloat16 or float16")
@@ -191,6 +204,7 @@ def build_model(cfg: ModelConfig | None = None, progress: bool = True):
     from .vlm import CompactVLM
 
     cfg = cfg or ModelConfig()
+    cfg.validate()  # a spec or variant name in cfg.compressor becomes its method and options
     with tqdm(total=3, desc="loading model", disable=not progress, unit="part") as bar:
         vision, mean, std = load_vision_model(cfg.encoder, cfg.attn_implementation)
         encoder = HFVisionEncoder(vision, image_size=cfg.image_size, image_mean=mean, image_std=std)

@@ -224,8 +224,9 @@ class Trainer:
 
         cfg = self.cfg
         self.log_lines: list[str] = []
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        from ..runtime import set_threads
+
+        set_threads(cfg.threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         acc = self.accelerator = self._accelerator()
         self.main = acc.is_main_process

@@ -1,18 +1,20 @@
 """The side-by-side web demo behind ``compactvlm serve`` (Gradio; LLaVA ships a Gradio demo too).
 
-Upload an image, ask a question, tick two or more presets (compressor / reduction at a budget); each
-answer comes with its vision-token count, the LLM's prefill FLOPs, the TTFT (encode + compress + LLM
-prefill) and its token map, side by side.
+Upload an image, ask a question, tick two or more methods (each a spec of ``compactvlm.spec``: a compressor
+or named variant, optionally ``+REDUCTION:budget=N``); each answer comes with its vision-token count, the LLM's
+prefill FLOPs, the TTFT (encode + compress + LLM prefill) and its token map, side by side. The default methods
+are ``spec.default_comparison`` (the reference, the registry's default variants, every reduction at a quarter of
+the patch tokens), minus those the model cannot run; ``compactvlm serve --methods SPEC ...`` picks others.
 
-- One model: the encoder and the LLM are loaded once; presets swap ``model.compressor`` and
-  ``model.reduction`` (compressors and reductions are built once per preset, seeded, and cached).
+- One model: the encoder and the LLM are loaded once; methods swap ``model.compressor`` and
+  ``model.reduction`` (compressors and reductions are built once per method, seeded, and cached).
 - One model run at a time: ``MethodPool`` holds a lock and the app's queue runs one request at a time
   (``concurrency_limit=1``); further requests wait in the queue.
 - Bad uploads (not an image, corrupt, too small, too large) get the message of ``data.images.load_image``;
   a method that fails shows its error in its own panel; nothing takes the server down.
-- Untrained presets give meaningless answers: the method list marks every preset whose compressor is at its
-  random initialisation (``model.init_state``; every preset but a ``--checkpoint`` one, e.g. ``--checkpoint
-  demo:stf-k2e1``, which adds a trained method).
+- Untrained methods give meaningless answers: the method list marks every method whose compressor is at its
+  random initialisation (``model.init_state``; every method but a ``--checkpoint`` one, e.g. ``--checkpoint
+  demo:stf-k2e1``, which adds a trained method, and training-free ones).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import CompactVLMError
 from ..model.init_state import is_random, mark_random
+from ..spec import MethodSpec, default_comparison
 from .draw import cell_size, render
 from .token_maps import token_map
 
@@ -36,55 +39,8 @@ CHECKPOINT = "__checkpoint__"
 UNTRAINED_MARK = " — untrained"
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A compressor (with options) and optionally a test-time reduction, at a budget."""
-
-    label: str
-    compressor: str
-    params: tuple[tuple[str, Any], ...] = ()
-    reduce: str | None = None
-    budget: int | None = None
-    reduce_params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def slug(self) -> str:
-        return slug(self.label)
-
-
 def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-def default_presets(grid: tuple[int, int], llm_layers: int) -> list[Preset]:
-    """Presets scaled to the patch grid (on DINOv2-S's 16 x 16: 64-token budgets, VisToG 32, objects 16);
-    those whose compressor or reduction is not registered are left out."""
-    from ..registry import COMPRESSORS, REDUCTIONS
-
-    h, w = grid
-    n = h * w
-    quarter, eighth = max(n // 4, 1), max(n // 8, 1)
-    out = [Preset("mlp2x_gelu (all tokens)", "mlp2x_gelu")]
-    if h % 2 == 0 and w % 2 == 0:
-        out += [Preset("stf k=2", "stf", (("k", 2), ("E", 1))), Preset("avgpool k=2", "avgpool", (("k", 2),))]
-    out += [
-        Preset(f"random {quarter}", "mlp2x_gelu", reduce="random", budget=quarter),
-        Preset(f"visionzip {quarter}", "mlp2x_gelu", reduce="visionzip", budget=quarter),
-        Preset(f"fastv {quarter}", "mlp2x_gelu", reduce="fastv", budget=quarter,
-               reduce_params=(("k", max(1, min(2, llm_layers - 1))),)),
-        Preset(f"dart {quarter}", "mlp2x_gelu", reduce="dart", budget=quarter),
-        Preset(f"divprune {quarter}", "mlp2x_gelu", reduce="divprune", budget=quarter),
-        Preset(f"tome {quarter}", "mlp2x_gelu", reduce="tome", budget=quarter),
-    ]
-    if llm_layers > 1 and (n + llm_layers - 1) / llm_layers <= quarter:  # staged in-LLM pruning reaches the budget
-        out += [Preset(f"{name} {quarter}", "mlp2x_gelu", reduce=name, budget=quarter)
-                for name in ("pyramiddrop", "sparsevlm")]
-    out += [
-        Preset(f"vistog {eighth}", "vistog", (("tokens", eighth),)),
-        Preset("objects 16", "objects", budget=16),
-        Preset(f"qformer {quarter}", "qformer", (("tokens", quarter),)),
-    ]
-    return [p for p in out if p.compressor in COMPRESSORS and (p.reduce is None or p.reduce in REDUCTIONS)]
 
 
 @dataclass
@@ -144,82 +100,86 @@ def prefill_flops(model, question: str) -> float | None:
 
 
 class MethodPool:
-    """One CompactVLM whose compressor / reduction is swapped per preset (built once, cached)."""
+    """One CompactVLM whose compressor / reduction is swapped per method (built once, cached)."""
 
-    def __init__(self, model, presets: list[Preset] | None = None, seed: int = 0, repeats: int = 2,
+    def __init__(self, model, methods: Sequence[str | MethodSpec] | None = None, seed: int = 0, repeats: int = 2,
                  checkpoint_label: str | None = None):
         self.model = model
         self.seed = seed
         self.repeats = repeats
         self.lock = threading.Lock()
         self._compressors: dict[tuple, torch.nn.Module] = {}
-        self._reductions: dict[Preset, torch.nn.Module] = {}
-        presets = list(presets if presets is not None else default_presets(model.grid, model.llm.config.num_hidden_layers))
+        self._reductions: dict[str, torch.nn.Module] = {}
+        given = methods is not None
+        if methods is None:
+            methods = default_comparison(model.grid[0] * model.grid[1])
+        specs = [m if isinstance(m, MethodSpec) else MethodSpec.parse(m) for m in methods]
+        own, self.methods = model.compressor, {}
         if checkpoint_label:
             self._compressors[(CHECKPOINT,)] = model.compressor
-            presets.insert(0, Preset(checkpoint_label, CHECKPOINT))
-        self.presets: dict[str, Preset] = {p.label: p for p in presets}
+            self.methods[checkpoint_label] = MethodSpec(checkpoint_label, CHECKPOINT)
+        for spec in specs:  # built once here: the defaults the model cannot run are left out, a given one is refused
+            try:
+                self.activate(spec)
+            except CompactVLMError as e:
+                if given:
+                    raise CompactVLMError(f"method {spec.text!r}: {e.problem}", e.fix) from None
+                continue
+            self.methods[spec.label] = spec
+        model.compressor, model.reduction = own, None
 
-    def _compressor(self, p: Preset):
+    def _compressor(self, spec: MethodSpec):
         from ..compressors.base import create_compressor
 
-        key = (CHECKPOINT,) if p.compressor == CHECKPOINT else (p.compressor, p.params)
+        key = (CHECKPOINT,) if spec.compressor == CHECKPOINT else (spec.compressor, repr(sorted(spec.compressor_params.items())))
         comp = self._compressors.get(key)
         if comp is None:
             torch.manual_seed(self.seed)
             m = self.model
-            comp = create_compressor(p.compressor, enc=m.encoder.info, llm_dim=m.llm_dim, **dict(p.params))
+            comp = create_compressor(spec.compressor, enc=m.encoder.info, llm_dim=m.llm_dim, **spec.compressor_params)
             ref = next(m.llm.parameters())
             comp = comp.to(device=ref.device, dtype=ref.dtype).eval()
-            mark_random(comp)  # a fresh preset compressor: random weights
+            mark_random(comp)  # a fresh method compressor: random weights
             self._compressors[key] = comp
         return comp
 
     def untrained(self, label: str) -> bool:
-        """Whether the preset's compressor has learned weights at their random initialisation (without building
-        it: a fresh preset compressor is random unless its class is training-free)."""
-        from ..registry import COMPRESSORS
-
-        p = self.presets[label]
-        comp = self._compressors.get((CHECKPOINT,) if p.compressor == CHECKPOINT else (p.compressor, p.params))
-        if comp is not None:
-            return is_random(comp)
-        return not getattr(COMPRESSORS.get(p.compressor), "training_free", False)
+        """Whether the method's compressor has learned weights at their random initialisation
+        (``model.init_state``: every method's compressor is built, and marked, in ``__init__``)."""
+        return is_random(self._compressor(self.methods[label]))
 
     def choices(self) -> list[tuple[str, str]]:
-        """(shown name, preset label) per preset, untrained ones marked (the method list of the page)."""
-        return [(lab + (UNTRAINED_MARK if self.untrained(lab) else ""), lab) for lab in self.presets]
+        """(shown name, method label) per method, untrained ones marked (the method list of the page)."""
+        return [(lab + (UNTRAINED_MARK if self.untrained(lab) else ""), lab) for lab in self.methods]
 
-    def activate(self, p: Preset):
-        """Put the preset's compressor (and reduction) into the model; returns the model."""
+    def activate(self, spec: MethodSpec):
+        """Put the method's compressor (and reduction) into the model; returns the model."""
         from ..registry import REDUCTIONS
 
         m = self.model
         m.reduction = None
-        comp = self._compressor(p)
+        comp = self._compressor(spec)
         m.compressor = comp
-        if p.reduce is None:
-            if comp.has_budget:
-                comp.set_budget(p.budget)
-            elif p.budget is not None:
-                raise CompactVLMError(f"preset {p.label!r}: compressor {p.compressor} has no budget", "drop the budget")
-        else:
-            red = self._reductions.get(p)
+        if spec.own_budget is not None:
+            comp.set_budget(spec.own_budget)  # refuses for compressors without a budget
+        if spec.reduction:
+            red = self._reductions.get(spec.text)
             if red is None:
-                red = REDUCTIONS.create(p.reduce, budget=p.budget, model=m, **dict(p.reduce_params))
-                self._reductions[p] = red
+                red = REDUCTIONS.create(spec.reduction, model=m, **spec.reduction_params)
+                self._reductions[spec.text] = red
             m.reduction = red
+        m.num_image_tokens()  # checks the budget against this model's grid
         return m
 
     def time_methods(self, labels: list[str], image, question: str):
-        """TTFT of the presets ``labels`` on one image and question, interleaved rounds (``efficiency.timing.
-        compare_ttft``; the first label is the reference); None when a preset cannot run (its own run says why)."""
+        """TTFT of the methods ``labels`` on one image and question, interleaved rounds (``efficiency.timing.
+        compare_ttft``; the first label is the reference); None when a method cannot run (its own run says why)."""
         from ..efficiency.timing import compare_ttft
 
         with self.lock:
             try:
                 torch.manual_seed(self.seed)
-                before = {lab: (lambda p=self.presets[lab]: self.activate(p)) for lab in labels}
+                before = {lab: (lambda p=self.methods[lab]: self.activate(p)) for lab in labels}
                 return compare_ttft([(lab, self.model) for lab in labels], [image], question,
                                     repeats=max(self.repeats, 3), warmup=1, before=before)
             except Exception:  # noqa: BLE001 - each method's own run reports its error
@@ -227,9 +187,9 @@ class MethodPool:
 
     def run(self, label: str, image, question: str, max_new_tokens: int = 16,
             ttft_ms: float | None = None) -> MethodResult:
-        """Answer with one preset: answer, token count, FLOPs, TTFT and the token-map picture. ``ttft_ms`` from
+        """Answer with one method: answer, token count, FLOPs, TTFT and the token-map picture. ``ttft_ms`` from
         an interleaved comparison (``time_methods``); measured here, alone, when None."""
-        p = self.presets[label]
+        p = self.methods[label]
         out = MethodResult(label)
         with self.lock:
             try:
@@ -278,7 +238,7 @@ def compare(pool: MethodPool, path: str | None, question: str, labels: list[str]
     question = (question or "").strip()
     if not question:
         return "Type a question first.", [], {}
-    labels = [lab for lab in (labels or []) if lab in pool.presets]
+    labels = [lab for lab in (labels or []) if lab in pool.methods]
     if not labels:
         return "Pick at least one method (two or more to compare).", [], {}
     t = time.perf_counter()
@@ -307,7 +267,7 @@ def build_app(pool: MethodPool, title: str = "compactvlm: compare vision-token c
               default: list[str] | None = None, max_new_tokens: int = 16):
     import gradio as gr
 
-    labels = list(pool.presets)
+    labels = list(pool.methods)
     default = default or labels[:2]
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nUpload an image, ask a question, tick two or more methods. Each answer comes "
@@ -332,14 +292,13 @@ def build_app(pool: MethodPool, title: str = "compactvlm: compare vision-token c
                              elem_id="results-table")
         panels, outputs = [], []
         with gr.Row(equal_height=False):
-            for p in pool.presets.values():
-                with gr.Column(visible=False, min_width=240, elem_id=f"panel-{p.slug}") as col:
-                    pic = gr.Image(label=p.label, type="pil", format="png", interactive=False,
-                                   elem_id=f"map-{p.slug}")
-                    stats = gr.Markdown(elem_id=f"stats-{p.slug}")
-                    answer = gr.Textbox(label=f"answer: {p.label}", interactive=False, lines=2,
-                                        elem_id=f"answer-{p.slug}")
-                panels.append(p.label)
+            for label in pool.methods:
+                sl = slug(label)
+                with gr.Column(visible=False, min_width=240, elem_id=f"panel-{sl}") as col:
+                    pic = gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=f"map-{sl}")
+                    stats = gr.Markdown(elem_id=f"stats-{sl}")
+                    answer = gr.Textbox(label=f"answer: {label}", interactive=False, lines=2, elem_id=f"answer-{sl}")
+                panels.append(label)
                 outputs += [col, pic, stats, answer]
 
         def on_upload(path):
