@@ -66,6 +66,27 @@ def test_data_dependent_reduction_is_counted_with_a_cpu_vision_stage(tiny_folder
     assert vz.vision_tokens == 16 and vz.llm_prefill < full.llm_prefill
 
 
+def test_folder_preset_takes_the_folders_preprocessing(tiny_folder, tmp_path):
+    """An HF folder's preprocessor_config.json gives the bench's processor its mean/std and square mode
+    (encoders.preprocessing, the one place for them); without one: ImageNet statistics, whole-image resize."""
+    import shutil
+
+    from compactvlm.efficiency.presets import build_backbone
+    from compactvlm.encoders.preprocessing import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN
+
+    plain = resolve_model(str(tiny_folder))
+    assert plain.image_mean == IMAGENET_MEAN and plain.image_aspect == "resize"
+    folder = tmp_path / "with-processor"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "size": {"shortest_edge": 32},
+         "do_center_crop": True, "crop_size": {"height": 32, "width": 32}}))
+    preset = resolve_model(str(folder))
+    assert preset.image_mean == CLIP_MEAN and preset.image_std == CLIP_STD and preset.image_aspect == "crop"
+    proc = build_backbone(preset, weights="meta").processor
+    assert tuple(proc.mean) == CLIP_MEAN and proc.aspect == "crop"
+
+
 # ---- timings of a tiny random-weight model through the CLI ----------------------------------------------------
 def test_tiny_random_model_timing_writes_json_and_png(tiny_folder, tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"

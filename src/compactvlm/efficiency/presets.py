@@ -19,20 +19,19 @@ variant), e.g. ``stf:k=2,E=1``, ``stf_k2e1`` or ``mlp2x_gelu+fastv:budget=144,k=
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..encoders.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, aspect_of_hf_processor, norm_stats,
+                                      read_preprocessor_config)
 from ..errors import CompactVLMError
 from .memory import available_bytes
 from ..model.presets import (PRESETS, Preset, default_llm_config, default_vision_config,  # noqa: F401 (re-exported)
                              get_preset, preset_names)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -64,18 +63,11 @@ def _from_checkpoint(path: Path) -> Preset:
     else:
         vision = AutoConfig.from_pretrained(cfg.encoder)
         vision = getattr(vision, "vision_config", vision)
-        mean, std = _norm_stats(Path(cfg.encoder))
+        mean, std = norm_stats(cfg.encoder)
     llm = default_llm_config() if cfg.llm == DEFAULT_LLM else AutoConfig.from_pretrained(cfg.llm)
     return Preset(str(path), f"compactvlm checkpoint {path.name} ({cfg.encoder} + {cfg.llm}, {cfg.compressor})",
-                  vision, llm, cfg.image_size, mean, std, weights=str(path), system_prompt=cfg.system_prompt)
-
-
-def _norm_stats(folder: Path) -> tuple[tuple, tuple]:
-    pp = folder / "preprocessor_config.json"
-    if pp.exists():
-        d = json.loads(pp.read_text())
-        return tuple(d.get("image_mean", IMAGENET_MEAN)), tuple(d.get("image_std", IMAGENET_STD))
-    return IMAGENET_MEAN, IMAGENET_STD
+                  vision, llm, cfg.image_size, mean, std, image_aspect=cfg.image_aspect, weights=str(path),
+                  system_prompt=cfg.system_prompt)
 
 
 def _from_hf_folder(path: Path) -> Preset:
@@ -89,9 +81,10 @@ def _from_hf_folder(path: Path) -> Preset:
     if vision is None or text is None:
         raise CompactVLMError(f"{path} holds a {cfg.model_type!r} config without vision_config and text_config",
                               "give a vision-language (llava-style) folder, a compactvlm checkpoint, or a preset")
-    mean, std = _norm_stats(path)
+    mean, std = norm_stats(path)
     return Preset(str(path), f"{cfg.model_type} shapes from {path.name} (configs only: random weights)",
-                  vision, text, int(vision.image_size), mean, std, weights=None)
+                  vision, text, int(vision.image_size), mean, std,
+                  image_aspect=aspect_of_hf_processor(read_preprocessor_config(path)), weights=None)
 
 
 # ---- one benchmark row -----------------------------------------------------------------------------------
@@ -170,7 +163,8 @@ def build_backbone(preset: Preset, device: str | torch.device = "meta", dtype: s
                 "use --flops-only (FLOPs on the meta device, no memory), bfloat16, or a larger device (--device cuda)")
     vision, llm = _from_configs(preset, dev, dt)
     enc = HFVisionEncoder(vision, image_size=preset.image_size, image_mean=preset.image_mean, image_std=preset.image_std)
-    return Backbone(enc, llm, None, ImageProcessor(preset.image_size, preset.image_mean, preset.image_std), dev, dt,
+    return Backbone(enc, llm, None, ImageProcessor(preset.image_size, preset.image_mean, preset.image_std,
+                                                   preset.image_aspect), dev, dt,
                     weights, preset.system_prompt)
 
 

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..encoders.base import EncoderInfo
+from ..encoders.preprocessing import CLIP_MEAN, CLIP_STD, DEFAULT_ASPECT, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CompactVLMError
-from .build import IMAGENET_MEAN, IMAGENET_STD
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -33,6 +30,8 @@ class Preset:
     image_size: int
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
+    #: how an image becomes square (``encoders.preprocessing.ASPECTS``; LLaVA-1.5 pads)
+    image_aspect: str = DEFAULT_ASPECT
     #: where real weights come from: "packaged" (build_model's default), a checkpoint folder, or None (none offline)
     weights: str | None = None
     system_prompt: str | None = None
