@@ -116,13 +116,12 @@ def test_serve_marks_untrained_methods_without_a_browser():
     pool = MethodPool(base, repeats=1, checkpoint_label="checkpoint: stf (stf-k2e1)")
     shown = dict((label, text) for text, label in pool.choices())
     assert shown["checkpoint: stf (stf-k2e1)"] == "checkpoint: stf (stf-k2e1)"  # trained: unmarked
-    others = [lab for lab in pool.presets if lab != "checkpoint: stf (stf-k2e1)"]
+    others = [lab for lab in pool.methods if lab != "checkpoint: stf (stf-k2e1)"]
     assert others and all(shown[lab] == lab + UNTRAINED_MARK for lab in others)
-    # a built preset compressor is judged by its own mark
-    pool.activate(pool.presets["stf k=2"])
-    assert pool.untrained("stf k=2")
-    mark_random(pool._compressor(pool.presets["stf k=2"]), False)
-    assert not pool.untrained("stf k=2")
+    # a method's compressor is judged by its own mark
+    assert "stf_k2e1" in pool.methods and pool.untrained("stf_k2e1")
+    mark_random(pool._compressor(pool.methods["stf_k2e1"]), False)
+    assert not pool.untrained("stf_k2e1")
 
 
 def test_serve_page_uses_the_marked_list():
