@@ -38,14 +38,16 @@ def _last_stage(result: dict) -> tuple[int, dict]:
     return 1, result.get("train") or {}
 
 
-def row_convergence(runs: Sequence[dict], flat_slope: float) -> dict:
+def row_convergence(runs: Sequence[dict], flat_slope: float, default_batch: int | None = None) -> dict:
     """A row's convergence over its seeds: the last stage's number, the last-third slope per seed, the largest
-    magnitude and ``flat`` (every seed's slope within ±``flat_slope``; None when no seed has a slope)."""
+    magnitude and ``flat`` (every seed's slope within ±``flat_slope``; None when no seed has a slope).
+    ``default_batch``: the global batch of the plan's last stage config, for results that do not record theirs
+    (written before they did)."""
     slopes: dict[int, float | None] = {}
     stage = 1
     for r in runs:
         stage, tr = _last_stage(r)
-        slopes[r["seed"]] = last_third_slope(tr.get("val_loss_curve") or [], tr.get("batch_size"))
+        slopes[r["seed"]] = last_third_slope(tr.get("val_loss_curve") or [], tr.get("batch_size") or default_batch)
     known = [abs(v) for v in slopes.values() if v is not None]
     return {"stage": stage, "slopes": slopes, "max_abs_slope": max(known) if known else None,
             "flat": (all(v <= flat_slope for v in known) and len(known) == len(slopes)) if known else None,
@@ -68,6 +70,5 @@ def pair_flag(names: Sequence[str], convergence: dict[str, dict]) -> str | None:
     if loose:
         return "not converged: " + ", ".join(loose)
     if unknown:
-        return ("convergence unknown: no last-third slope (fewer than two validation points in the last third of "
-                "training, or no recorded batch size) for " + ", ".join(unknown))
+        return "convergence unknown (no last-third slope) for " + ", ".join(unknown)
     return None

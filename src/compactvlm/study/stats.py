@@ -81,6 +81,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         comps = [r["metrics"]["components"] for r in ref_runs]
         ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
     boots = _bootstraps(plan, results)
+    batches = _plan_batches(plan)
     rows = {}
     for name, runs in results.items():
         comps = [r["metrics"]["components"] for r in runs]
@@ -119,8 +120,8 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "retrained_source_seeds": _retrained_source_seeds(results, runs),
             "blind": blind_summary(runs),  # the shuffled-image control, where the results carry one
             # last stage's last-third slope per seed (an evaluation-only row's: its source's, which it carries)
-            "convergence": {**row_convergence(runs, plan.flat_slope), "source": spec.get("from_")},
-            "stage_curves": _stage_curves(runs, spec.get("from_stage1")),
+            "convergence": {**row_convergence(runs, plan.flat_slope, batches[-1]), "source": spec.get("from_")},
+            "stage_curves": _stage_curves(runs, spec.get("from_stage1"), batches),
             "curve": _test_curve(runs),  # test family mean at the plan's eval_steps (trained rows)
             "ci_halfwidth": ((boots[name]["delta"][2] - boots[name]["delta"][1]) / 2
                              if boots.get(name) and boots[name].get("delta") else None),
@@ -138,15 +139,32 @@ def _train_wall(r: dict) -> float:
     return r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
 
 
-def _stage_curves(runs: list[dict], stage1_of: str | None = None) -> list[dict]:
+def _plan_batches(plan: StudyPlan) -> list[int | None]:
+    """The global batch of each stage config of the plan (None where it does not load): the samples per step of
+    results written before they recorded their own."""
+    from ..train import load_train_config
+
+    out = []
+    for path, _ in plan.stages():
+        try:
+            out.append(load_train_config(path).optim.batch_size)
+        except (CompactVLMError, OSError):
+            out.append(None)
+    return out
+
+
+def _stage_curves(runs: list[dict], stage1_of: str | None = None,
+                  batches: list[int | None] | None = None) -> list[dict]:
     """Per training stage: config, steps, batch, the first seed's validation-loss curve, final loss and
-    last-third slope (nats per 1000 samples) per seed; ``shared_with``: the row whose stage 1 it reuses."""
+    last-third slope (nats per 1000 samples) per seed; ``shared_with``: the row whose stage 1 it reuses.
+    ``batches``: each stage's batch from the plan's configs, for results that do not record theirs."""
     per_run = [(r["seed"], r.get("stages") or [{"stage": 1, "config": None, "train": r["train"]}]) for r in runs]
     out = []
     for k, first in enumerate(per_run[0][1]):
         tr0 = first.get("train") or {}
+        plan_batch = batches[k] if batches and k < len(batches) else None
         entry = {"stage": first.get("stage", k + 1), "config": first.get("config"), "steps": tr0.get("steps"),
-                 "batch_size": tr0.get("batch_size"), "curve": tr0.get("val_loss_curve") or [],
+                 "batch_size": tr0.get("batch_size") or plan_batch, "curve": tr0.get("val_loss_curve") or [],
                  "gap_curve": tr0.get("val_gap_shuffled_curve") or [], "final_by_seed": {}, "slopes": {},
                  "shared_with": stage1_of if k == 0 else None}
         for seed, stages in per_run:
@@ -154,7 +172,7 @@ def _stage_curves(runs: list[dict], stage1_of: str | None = None) -> list[dict]:
             c = tr.get("val_loss_curve") or []
             if c:
                 entry["final_by_seed"][seed] = c[-1][1]
-                entry["slopes"][seed] = last_third_slope(c, tr.get("batch_size"))
+                entry["slopes"][seed] = last_third_slope(c, tr.get("batch_size") or plan_batch)
         out.append(entry)
     return out
 
