@@ -30,6 +30,7 @@ def staged(tmp_path_factory):
         "stage": {"modules": {"encoder": "frozen", "compressor": "full", "llm": "frozen"}},
         "optim": {"lr": 1e-3, "batch_size": 4, "per_device_batch_size": 4, "epochs": 1},
         "eval": {"every_steps": 1}, "logging": {"progress": False}, "device": "cpu", "cache_features": True,
+        "checkpoint": {"every_steps": 2, "keep_last": 5},
     }
     (root / "stage1.yaml").write_text(yaml.safe_dump(stage1))
     stage2 = {"_base_": "stage1.yaml", "data": {"max_samples": 24},  # the whole LLM trained, on the mix
@@ -44,6 +45,8 @@ def staged(tmp_path_factory):
         "results_dir": str(root / "results"), "report": str(root / "docs" / "results.md"), "reference": "full",
         "seeds": [0], "eval_batch_size": 4, "ttft_repeats": 1, "threads": 1, "eval_steps": [0, 3, 6, 9],
         "bootstrap": 200, "groups": {"1": "all"},
+        # every stage of every row keeps at most 2 resumable checkpoints while it runs, none once it is finished
+        "train_overrides": ["checkpoint.keep_last=2"], "keep_checkpoints": False,
         "rows": [
             {"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
             {"name": "stf", "group": "1", "compressor": "stf", "params": {"k": 2, "E": 1}},
@@ -90,6 +93,13 @@ def test_two_stage_rows(staged, capsys):
         assert s1["model"]["compressor"] == s2["model"]["compressor"] == ("stf" if row == "stf" else "mlp2x_gelu")
         assert s2["stage"]["modules"]["llm"]["mode"] == "full"
     assert _cfg(runs / "stf" / "s0" / "stage1")["model"]["compressor_params"] == {"k": 2, "E": 1}
+    # the plan's train_overrides reach every stage; finished stages keep their final model only
+    assert _cfg(runs / "stf" / "s0" / "stage1")["checkpoint"]["keep_last"] == 2
+    assert _cfg(runs / "stf" / "s0" / "stage2")["checkpoint"]["keep_last"] == 2
+    events = [json.loads(l) for l in (runs / "stf" / "s0" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [2, 4, 6]  # written while it ran ...
+    assert not list((runs / "stf" / "s0" / "stage1" / "checkpoints").glob("step-*"))  # ... and dropped after
+    assert (runs / "stf" / "s0" / "stage1" / "final" / "compactvlm.json").exists()
     # stf-b shares stf's stage 1 and trains only its own stage 2, with its own override
     assert not (runs / "stf-b" / "s0" / "stage1").exists()
     b2 = _cfg(runs / "stf-b" / "s0" / "stage2")
@@ -108,6 +118,11 @@ def test_two_stage_rows(staged, capsys):
     assert curve[6]["checkpoint"] == str(runs / "stf" / "s0" / "stage2" / "final")
     assert curve[3]["samples"] == 12 and "family_mean" in curve[3] and "ran 6 steps" in curve[9]["missing"]
     assert "blind_gap" in res and "shuffled" in res["blind_gap"]["controls"]
+    # the snapshots went once the result was written; a forced re-run re-scores the curve from the stored answers
+    assert not (runs / "stf" / "s0" / "stage2.snapshots").exists()
+    assert main(["study", "run", "--plan", str(staged), "--rows", "stf", "--force", "--quiet"]) == 0
+    again = json.loads((root / "results" / "stf" / "seed0.json").read_text())
+    assert again["curve"] == res["curve"] and again["metrics"] == res["metrics"]
     rand = json.loads((root / "results" / "rand-4" / "seed0.json").read_text())
     assert "curve" not in rand and rand["stages"][1]["output_dir"] == str(runs / "full" / "s0" / "stage2")
 
