@@ -50,9 +50,9 @@ def staged(tmp_path_factory):
         "rows": [
             {"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
             {"name": "stf", "group": "1", "compressor": "stf", "params": {"k": 2, "E": 1}},
-            # stage 2 only, with another learning rate, from stf's own stage 1
+            # stage 2 only, LoRA on the LLM instead of all of it, from stf's own stage 1
             {"name": "stf-b", "group": "1", "compressor": "stf", "params": {"k": 2, "E": 1}, "from_stage1": "stf",
-             "train_overrides": ["stage.modules.llm.lr=1e-5"]},
+             "train_overrides": ["stage.modules.llm.mode=lora", "stage.modules.llm.lr=1e-5"]},
             {"name": "rand-4", "group": "1", "from": "full", "reduce": "random", "budget": 4},
             {"name": "ablation", "group": "1", "from": "full", "reduce": "random", "budget": 8, "seeds": [1]},
         ],
@@ -104,7 +104,7 @@ def test_two_stage_rows(staged, capsys):
     assert not (runs / "stf-b" / "s0" / "stage1").exists()
     b2 = _cfg(runs / "stf-b" / "s0" / "stage2")
     assert b2["init"]["from"] == str(runs / "stf" / "s0" / "stage1" / "final")
-    assert b2["stage"]["modules"]["llm"]["lr"] == 1e-5
+    assert b2["stage"]["modules"]["llm"] == {"mode": "lora", "lr": 1e-5}
 
     res = json.loads((root / "results" / "stf" / "seed0.json").read_text())
     assert [s["stage"] for s in res["stages"]] == [1, 2]
@@ -140,6 +140,28 @@ def test_two_stage_rows(staged, capsys):
     assert comps[0]["convergence"] == pair_flag(["stf", "rand-4"], {n: summary[n]["convergence"] for n in ("stf", "rand-4")})
     assert summary["rand-4"]["convergence"]["source"] == "full"
     assert "| `stf-b` | 1 (" in md and "`stf`'s |" in md  # its stage 1 is stf's
+
+
+def test_export_ships_lora_adapters_and_refuses_a_fully_trained_llm(staged, tmp_path, capsys):
+    root = staged.parent
+    if not (root / "results" / "stf-b" / "seed0.json").exists():
+        assert main(["study", "run", "--plan", str(staged), "--rows", "stf,stf-b", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["study", "export", "--plan", str(staged), "--rows", "stf", "--out", str(tmp_path)]) == 2
+    assert "trained the LLM's own weights (full)" in capsys.readouterr().err and not (tmp_path / "stf").exists()
+    assert main(["study", "export", "--plan", str(staged), "--rows", "stf-b", "--out", str(tmp_path)]) == 0
+    import torch
+    from safetensors.torch import load_file
+
+    from compactvlm.model.checkpoint import load_pretrained
+
+    final = root / "runs" / "stf-b" / "s0" / "stage2" / "final"
+    mine, shipped = load_file(str(final / "llm.safetensors")), load_file(str(tmp_path / "stf-b" / "llm.safetensors"))
+    assert set(mine) == set(shipped) and all("lora" in k for k in mine)
+    assert all(torch.allclose(mine[k], shipped[k].float(), atol=1e-3) for k in mine)
+    a, b = load_pretrained(final, progress=False), load_pretrained(tmp_path / "stf-b", progress=False)
+    pa, pb = dict(a.llm.named_parameters()), dict(b.llm.named_parameters())
+    assert set(pa) == set(pb) and all(torch.allclose(pa[k], pb[k], atol=1e-3) for k in pa)
 
 
 def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_path):
