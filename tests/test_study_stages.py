@@ -313,6 +313,10 @@ def test_v2_plan_loads_and_validates(tmp_path):
     kinds = {(c.a, c.kind) for c in plan.claims}
     assert {("stf-k2e1", "retains"), ("vistog-16", "retains"), ("vistog-32", "retains")} <= kinds
     assert all(plan.row(r.from_).trained for r in plan.rows if r.from_)
+    from compactvlm.registry import COMPRESSORS, REDUCTIONS
+
+    assert all(r.reduce in REDUCTIONS for r in plan.rows if r.reduce)
+    assert all(r.compressor in COMPRESSORS for r in plan.rows if r.compressor)
     # two stages: dense captions, then the caption + QA mix from the plan's own build, the full LLM trained
     assert plan.train_configs == ["configs/train/recipe_stage1.yaml", "configs/train/recipe_stage2_mix.yaml"]
     assert [(sd.train, sd.val) for _, sd in plan.stages()] == [("caption.json", "caption_val.json"), ("mix", "val.json")]
