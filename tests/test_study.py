@@ -113,7 +113,22 @@ def test_study_run_and_report(plan_file, capsys):
     baselines = json.loads((root / "results" / "test_baselines.json").read_text())
     assert baselines["test"]["existence"]["chance"] == 50.0 and baselines["sizes"]["test"] == 4
     assert "chance line: the test split's chance baseline" in md and "test_baselines.json" in md
-    assert "no blind-control line" in md and "## Claims" not in md  # no controls recorded, no claims in this plan
+    assert "## Claims" not in md  # no claims in this plan
+    # every (row, seed) carries its shuffled-image blind control, in the shape the report's claims read
+    for n, r in res.items():
+        gap = r["blind_gap"]["controls"]["shuffled"]
+        assert gap["family_mean"]["a"] == pytest.approx(r["metrics"]["family_mean"])
+        assert gap["family_mean"]["b"] == pytest.approx(r["controls"]["shuffled"]["family_mean"])
+        d, lo, hi = gap["family_mean"]["delta"]
+        assert lo <= d <= hi and "family_mean" in r["blind_gap"]["sees"]
+        assert len(r["control_predictions"]["shuffled"]) == n_q
+        assert json.loads((root / "runs" / "eval" / n / "s0.shuffled" / "run.json").read_text())["control"] == "shuffled"
+    assert summary["stf"]["blind"]["seeds"] == [0] and summary["stf"]["blind"]["all_seeds"]
+    assert "blind-control line: full answering with every image shuffled" in md
+    assert "real − shuffled (seeds CI > 0)" in md
+    # the CI half-width of each row's difference to the reference, against the plan's target
+    assert "## Precision of the comparisons with the reference" in md and "≤ 2" in md
+    assert summary["stf"]["ci_halfwidth"] == pytest.approx((boot["delta"][2] - boot["delta"][1]) / 2)
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
 

@@ -207,3 +207,39 @@ def test_shipped_plan_reads_untested_reference_at_chance():
     claims = judge_claims(plan, rows, {}, base)
     assert len(claims) == len(plan.claims) >= 10
     assert {(c["verdict"], c["reason"]) for c in claims} == {("untested", "reference at chance")}
+
+
+def test_report_flags_comparisons_of_rows_that_have_not_converged(tmp_path):
+    """Two-stage results whose last-stage validation loss is flat for the reference and still falling for the
+    row: the claim and the precision/convergence sections say so; a flat pair is not flagged."""
+    plan_path = _study(tmp_path, {"existence": 80.0, "counting": 60.0}, {"ref": True, "small": True},
+                       {"existence": 50.0, "counting": 25.0})
+    flat = [[s, 1.0] for s in range(0, 701, 100)]
+    falling = [[s, 2.0 - 0.0008 * s] for s in range(0, 701, 100)]  # -0.1 nats per 1000 samples at batch 8
+    for name in ("ref", "small"):
+        for seed in (0, 1, 2):
+            f = tmp_path / "results" / name / f"seed{seed}.json"
+            r = json.loads(f.read_text())
+            last = {"steps": 700, "batch_size": 8, "val_loss_curve": falling if name == "small" else flat,
+                    "wall_seconds": 1.0}
+            r["stages"] = [{"stage": 1, "config": "s1.yaml", "train": {"steps": 550, "batch_size": 8,
+                                                                       "val_loss_curve": flat, "wall_seconds": 1.0}},
+                           {"stage": 2, "config": "s2.yaml", "train": last}]
+            r["train"] = last
+            r["curve"] = [{"step": 0, "samples": 0, "family_mean": 10.0}, {"step": 700, "samples": 5600,
+                                                                          "family_mean": 60.0 + seed}]
+            f.write_text(json.dumps(r))
+    out = write_report(load_plan(plan_path), plan_path)
+    md = out.read_text()
+    claims = json.loads((out.parent / "results_claims.json").read_text())
+    assert claims[0]["convergence"].startswith("not converged: `small` (last-third slope -0.100")
+    assert "`ref`" not in claims[0]["convergence"]
+    assert "**not converged: `small`" in _claim_row(md)
+    rows = json.loads((out.parent / "results.json").read_text())
+    assert rows["ref"]["convergence"]["flat"] is True and rows["small"]["convergence"]["flat"] is False
+    assert "| `small` | 2 (`s2.yaml`) | 700 × 8 |" in md and "s0: -0.100" in md
+    assert "| `small` | 0 (0): 10.0 ± 0.0; 700 (5600): 61.0 ± 2.5 |" in md  # test-set learning curve over 3 seeds
+    # a flat row alone is not flagged
+    from compactvlm.study.convergence import pair_flag
+
+    assert pair_flag(["ref"], {"ref": rows["ref"]["convergence"]}) is None

@@ -45,6 +45,8 @@ def _ints(text: str, what: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from ..errors import CompactVLMError
     from ..study import load_plan, result_path, run_row
+    from ..study.progress import StudyProgress, build_queue
+    from ..study.run import check_stages
 
     plan = load_plan(args.plan)
     if args.device:
@@ -57,23 +59,35 @@ def run(args: argparse.Namespace) -> int:
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else [r.name for r in plan.rows]
     for name in rows:
         plan.row(name)  # unknown names fail before any work
+    _, warnings = check_stages(plan)  # every stage's config loads before any work
+    for w in warnings:
+        print(f"[study] warning: {w}", flush=True)
     seeds = _ints(args.seeds, "seeds") if args.seeds else plan.seeds
-    failed = []
+    pairs = []
     for seed in seeds:
         for name in rows:
-            done = result_path(plan, name, seed).exists() and not args.force
-            print(f"[study] {name} seed {seed}: {'already done' if done else 'running'}", flush=True)
-            if done:
+            if seed not in plan.row_seeds(name, [seed]):
+                print(f"[study] {name} seed {seed}: not one of the row's seeds {plan.row(name).seeds}", flush=True)
                 continue
-            try:
-                path = run_row(plan, name, seed, progress=not args.quiet, force=args.force)
-            except CompactVLMError as e:
-                if not args.keep_going:
-                    raise
-                failed.append((name, seed, str(e)))
-                print(f"[study] {name} seed {seed} FAILED: {e}", flush=True)
+            if result_path(plan, name, seed).exists() and not args.force:
+                print(f"[study] {name} seed {seed}: already done", flush=True)
                 continue
-            print(f"[study] {name} seed {seed}: wrote {path}", flush=True)
+            pairs.append((name, seed))
+    progress = StudyProgress(plan, build_queue(plan, pairs))
+    failed = []
+    for i, (name, seed) in enumerate(pairs):
+        print(progress.start(i), flush=True)
+        try:
+            path = run_row(plan, name, seed, progress=not args.quiet, force=args.force)
+        except CompactVLMError as e:
+            print(progress.finish(i, failed=True), flush=True)
+            if not args.keep_going:
+                raise
+            failed.append((name, seed, str(e)))
+            print(f"[study] {name} seed {seed} FAILED: {e}", flush=True)
+            continue
+        print(progress.finish(i), flush=True)
+        print(f"[study] {name} seed {seed}: wrote {path}", flush=True)
     for name, seed, why in failed:
         print(f"[study] failed: {name} seed {seed}: {why}")
     return 1 if failed else 0

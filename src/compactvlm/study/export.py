@@ -15,13 +15,15 @@ def export_rows(plan: StudyPlan, rows: list[str], seed: int, out_dir: str | os.P
                 dtype: str = "float16") -> list[Path]:
     """Copy trained rows' compressor checkpoints into ``out_dir/<row>/`` (weights cast to ``dtype`` to keep the
     package small; they load into a float32 model unchanged up to that rounding) with ``provenance.json``: the
-    plan, seed, training config and the row's measured study result."""
+    plan, seed, training config and the row's measured study result. LoRA adapters trained with the LLM (a
+    stage-2 recipe) are copied the same way; a checkpoint holding fully trained LLM weights is refused (a 135M
+    LLM is 545 MB in fp32: too large to ship, and without them the copy would be another model)."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ..model.checkpoint import COMPRESSOR_WEIGHTS, CONFIG_NAME
+    from ..model.checkpoint import COMPRESSOR_WEIGHTS, CONFIG_NAME, LLM_WEIGHTS
     from ..model.manifest import write_manifest
 
     written = []
@@ -35,6 +37,12 @@ def export_rows(plan: StudyPlan, rows: list[str], seed: int, out_dir: str | os.P
         if not (final / CONFIG_NAME).exists() or not res.exists():
             raise CompactVLMError(f"row {name!r} seed {seed} has no finished checkpoint and result",
                                   f"run `compactvlm study run --plan <plan> --rows {name} --seeds {seed}` first")
+        llm = json.loads((final / CONFIG_NAME).read_text()).get("llm_weights")
+        if llm and llm.get("kind") != "lora":
+            raise CompactVLMError(f"row {name!r} seed {seed} trained the LLM's own weights ({llm.get('kind')}); "
+                                  "`study export` ships compressor (and LoRA adapter) weights only, and the "
+                                  "compressor alone would be another model", f"use the checkpoint {final} itself, "
+                                  "or export a row trained with a frozen or LoRA LLM")
         dest = Path(out_dir) / name
         if dest.exists() and not ((dest / "provenance.json").is_file() and (dest / CONFIG_NAME).is_file()):
             raise CompactVLMError(f"{dest} exists and is not an earlier `study export` of a row (no provenance.json "
@@ -44,8 +52,9 @@ def export_rows(plan: StudyPlan, rows: list[str], seed: int, out_dir: str | os.P
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         shutil.copy2(final / CONFIG_NAME, tmp / CONFIG_NAME)
-        sd = load_file(str(final / COMPRESSOR_WEIGHTS))
-        save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()}, tmp / COMPRESSOR_WEIGHTS)
+        for f in (COMPRESSOR_WEIGHTS, LLM_WEIGHTS) if llm else (COMPRESSOR_WEIGHTS,):
+            sd = load_file(str(final / f))
+            save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()}, tmp / f)
         result = json.loads(res.read_text())
         train_cfg = (checkpoint_dir(plan, row, seed) / "train_config.yaml")
         (tmp / "provenance.json").write_text(json.dumps({

@@ -1,5 +1,13 @@
-"""A study plan (``configs/study/*.yaml``): the SceneQA build, one training recipe shared by every row, the seeds,
-the rows and the head-to-head comparisons; and where each (row, seed) keeps its checkpoint and result."""
+"""A study plan (``configs/study/*.yaml``): the SceneQA build, one training recipe shared by every row (one stage,
+``train_config``, or several run in order, ``train_configs``), the seeds, the rows, the head-to-head comparisons
+and claims; and where each (row, seed) keeps its checkpoints and result.
+
+Multi-stage recipes (``train_configs: [stage1.yaml, stage2.yaml]``): each trained row runs every stage in order,
+each stage starting (``init.from``) from the same row's previous stage's final checkpoint at the same seed; the
+row's compressor, ``params`` and ``train_overrides`` apply to every stage. Which file of the plan's SceneQA build
+each stage trains and validates on is ``stage_data`` (default: stage 1 the dense captions, the last stage the
+instruction split or the plan's caption mix, ``data.mix``). A row may take its stage 1 from another row with the
+same compressor and params (``from_stage1``) and differ only from stage 2 on."""
 
 from __future__ import annotations
 
@@ -13,6 +21,28 @@ from ..errors import CompactVLMError
 
 
 @dataclass
+class StudyMix:
+    """A training file mixed from the plan's own SceneQA build (LLaVA-1.5 mixes detailed descriptions into its
+    instruction data, so that answering from priors never lowers all of the loss): the first ``qa`` conversations
+    of ``train.json`` and the captions ``caption.json[captions[0]:captions[1]]`` (a range stage 1 does not train
+    on: stage 1 reads the first ``data.max_samples`` captions), shuffled together with ``seed``. Written once next
+    to the data folder (``run.mix_path``); a stage trains on it with ``stage_data: [{train: mix}]``."""
+
+    qa: int = 0
+    captions: list[int] = field(default_factory=lambda: [0, 0])
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.qa < 0 or len(self.captions) != 2 or not 0 <= self.captions[0] <= self.captions[1]:
+            raise CompactVLMError(f"study data.mix needs qa >= 0 and captions [start, stop] with 0 <= start <= stop, "
+                                  f"got qa={self.qa}, captions={self.captions}",
+                                  "write e.g. mix: {qa: 4200, captions: [4400, 5800], seed: 0}")
+        if self.qa + self.captions[1] - self.captions[0] == 0:
+            raise CompactVLMError("study data.mix is empty (qa 0 and an empty caption range)",
+                                  "give it QA conversations and/or a caption range")
+
+
+@dataclass
 class StudyData:
     dir: str = "data/study"
     seed: int = 0
@@ -20,6 +50,23 @@ class StudyData:
     train: int = 1000
     val: int = 100
     test: int = 150
+    turns: int = 3  # question turns per training conversation (``data build sceneqa --turns``)
+    workers: int = 1  # processes rendering the build
+    mix: StudyMix | None = None  # a captions + QA mix built from this data (a stage's ``train: mix``)
+
+
+#: the training files of a SceneQA build a stage may train / validate on (``mix``: the plan's ``data.mix``)
+STAGE_TRAIN_FILES = ("caption.json", "train.json", "mix")
+STAGE_VAL_FILES = ("caption_val.json", "val.json")
+
+
+@dataclass
+class StudyStageData:
+    """What one training stage reads from the plan's SceneQA build: ``train`` (``caption.json``, ``train.json`` or
+    ``mix``) and ``val`` (``caption_val.json``, ``val.json`` or null: no validation loss)."""
+
+    train: str = "train.json"
+    val: str | None = "val.json"
 
 
 @dataclass
@@ -34,6 +81,8 @@ class StudyRow:
     reduce: str | None = None  # training-free reduction at inference
     reduce_params: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    seeds: list[int] | None = None  # this row's seeds (e.g. [0] for a 1-seed ablation); default: the plan's
+    from_stage1: str | None = None  # multi-stage plans: reuse this trained row's stage-1 checkpoints
 
     @property
     def trained(self) -> bool:
@@ -59,7 +108,16 @@ class StudyPlan:
     name: str = "study"
     description: str = ""
     data: StudyData = field(default_factory=StudyData)
-    train_config: str = "configs/train/study_cpu.yaml"
+    train_config: str = "configs/train/study_cpu.yaml"  # a one-stage recipe
+    # a multi-stage recipe, run in order per row (stage k + 1 starts from stage k's final checkpoint); replaces
+    # train_config
+    train_configs: list[str] = field(default_factory=list)
+    stage_data: list[StudyStageData] = field(default_factory=list)  # per stage (default: see ``stages``)
+    train_overrides: list[str] = field(default_factory=list)  # dotted.key=value for every stage of every row
+    # false: once a stage's final model is written, delete its resumable checkpoints (optimiser state included),
+    # and a row's learning-curve snapshots once its result is written (a fully trained LLM is 545 MB per folder,
+    # its checkpoint with AdamW state ~1.6 GB: a study of ~40 trained runs would not fit on the disk otherwise)
+    keep_checkpoints: bool = True
     runs_dir: str = "runs/study"
     results_dir: str = "results/study"
     report: str = "docs/results.md"
@@ -80,6 +138,42 @@ class StudyPlan:
     # the papers' accuracy claims, each with one of the four verdicts (holds / direction only / not reproduced /
     # untested) in the report's claims table
     claims: list[StudyClaim] = field(default_factory=list)
+    # blind controls evaluated for every (row, seed) next to the real images (``evaluate.controls``); the
+    # shuffled one is what the claims' verdicts read
+    controls: list[str] = field(default_factory=lambda: ["shuffled"])
+    # steps of the last training stage at which trained rows are also evaluated on the test split (a learning
+    # curve; 0 = the stage's starting checkpoint); the weights at those steps are kept for it
+    eval_steps: list[int] = field(default_factory=list)
+    # convergence: a comparison is flagged "not converged" when a row's validation loss still changes by more than
+    # this many nats per 1000 training samples over the last third of its last stage (least-squares slope)
+    flat_slope: float = 0.02
+    ci_target: float = 2.0  # target half-width (points) of each row's paired 95% CI of Δ family mean vs the reference
+    # minutes per (row, seed) for the ETA before any row has finished: keys `trained`, `eval` or a row name
+    cost_hint: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def multi_stage(self) -> bool:
+        return len(self.train_configs) > 1
+
+    def stages(self) -> list[tuple[str, StudyStageData]]:
+        """(train config, data) of each training stage, in order. Default data: one stage trains on the
+        instruction split (``train.json`` / ``val.json``); with several, the first on the dense captions
+        (``caption.json`` / ``caption_val.json``) and the others on ``mix`` when ``data.mix`` is set, else on
+        ``train.json`` (``val.json``)."""
+        configs = list(self.train_configs) or [self.train_config]
+        if self.stage_data:
+            return list(zip(configs, self.stage_data))
+        if len(configs) == 1:
+            return [(configs[0], StudyStageData())]
+        later = StudyStageData(train="mix" if self.data.mix is not None else "train.json", val="val.json")
+        return [(configs[0], StudyStageData(train="caption.json", val="caption_val.json"))] + \
+            [(c, later) for c in configs[1:]]
+
+    def row_seeds(self, name: str, seeds: list[int] | None = None) -> list[int]:
+        """The seeds of ``seeds`` (default: the plan's) that row ``name`` runs at (its own ``seeds`` if set)."""
+        seeds = self.seeds if seeds is None else seeds
+        own = self.row(name).seeds
+        return [s for s in seeds if own is None or s in own]
 
     def row(self, name: str) -> StudyRow:
         for r in self.rows:
@@ -108,6 +202,73 @@ class StudyPlan:
             raise CompactVLMError(f"study reference {self.reference!r} is not a row", "name a row as reference")
         for c in self.claims:
             self._check_claim(c, names)
+        self._check_stages()
+        for r in self.rows:
+            if r.seeds is not None and not r.seeds:
+                raise CompactVLMError(f"study row {r.name!r} has an empty seeds list", "give it e.g. seeds: [0], or drop it")
+            if r.from_stage1 is not None:
+                self._check_from_stage1(r)
+        if not self.flat_slope > 0 or not self.ci_target > 0:
+            raise CompactVLMError(f"study flat_slope ({self.flat_slope}) and ci_target ({self.ci_target}) must be > 0",
+                                  "use e.g. flat_slope: 0.02 (nats per 1000 samples) and ci_target: 2.0 (points)")
+        bad = [s for s in self.eval_steps if s < 0]
+        if bad or len(set(self.eval_steps)) != len(self.eval_steps):
+            raise CompactVLMError(f"study eval_steps must be distinct steps >= 0, got {self.eval_steps}",
+                                  "write e.g. eval_steps: [100, 300, 700]")
+        from ..evaluate.controls import CONTROLS
+
+        if [c for c in self.controls if c not in CONTROLS] or len(set(self.controls)) != len(self.controls):
+            raise CompactVLMError(f"study controls must be distinct entries of {list(CONTROLS)}, got {self.controls}",
+                                  "write e.g. controls: [shuffled] (the claims read the shuffled one), or [] for none")
+        bad_hint = [k for k, v in self.cost_hint.items() if not (k in ("trained", "eval") or k in names) or not v > 0]
+        if bad_hint:
+            raise CompactVLMError(f"study cost_hint has bad entries {bad_hint}",
+                                  "use keys `trained`, `eval` or row names, each with minutes > 0")
+
+    def _check_stages(self) -> None:
+        n = len(self.train_configs) or 1
+        if self.stage_data and len(self.stage_data) != n:
+            raise CompactVLMError(f"study stage_data has {len(self.stage_data)} entries for {n} training stage(s)",
+                                  "give one {train: ..., val: ...} per entry of train_configs, in order")
+        sizes = {"caption.json": self.data.caption, "train.json": self.data.train,
+                 "caption_val.json": self.data.val, "val.json": self.data.val}
+        for k, (cfg, sd) in enumerate(self.stages(), 1):
+            if sd.train not in STAGE_TRAIN_FILES:
+                raise CompactVLMError(f"study stage {k} ({cfg}) trains on {sd.train!r}",
+                                      f"use one of {', '.join(STAGE_TRAIN_FILES)}")
+            if sd.val is not None and sd.val not in STAGE_VAL_FILES:
+                raise CompactVLMError(f"study stage {k} ({cfg}) validates on {sd.val!r}",
+                                      f"use one of {', '.join(STAGE_VAL_FILES)}, or null")
+            if sd.train == "mix" and self.data.mix is None:
+                raise CompactVLMError(f"study stage {k} ({cfg}) trains on `mix`, but the plan's data has no mix",
+                                      "add data.mix: {qa: N, captions: [START, STOP], seed: 0}")
+            empty = [f for f in (sd.train, sd.val) if f in sizes and not sizes[f]]
+            if empty:
+                raise CompactVLMError(f"study stage {k} ({cfg}) reads {', '.join(empty)}, which the plan's data build "
+                                      "does not write (its split size is 0)",
+                                      "raise data.caption / data.train / data.val, or change stage_data")
+        mix = self.data.mix
+        if mix is not None and (mix.qa > self.data.train or mix.captions[1] > self.data.caption):
+            raise CompactVLMError(f"study data.mix takes {mix.qa} QA conversations and captions {mix.captions}, the "
+                                  f"build has {self.data.train} train and {self.data.caption} caption images",
+                                  "raise data.train / data.caption or shrink the mix")
+
+    def _check_from_stage1(self, r: StudyRow) -> None:
+        what = f"study row {r.name!r} has from_stage1 {r.from_stage1!r}"
+        if not self.multi_stage:
+            raise CompactVLMError(f"{what}, but the plan has one training stage",
+                                  "drop from_stage1, or give the plan train_configs with two or more stages")
+        if not r.trained or r.from_stage1 == r.name:
+            raise CompactVLMError(f"{what}: only a trained row can take another row's stage 1",
+                                  "set it on a row with a compressor, naming another trained row")
+        src = self.row(r.from_stage1)
+        if not src.trained or src.from_stage1 is not None:
+            raise CompactVLMError(f"{what}, which is not a trained row with a stage 1 of its own",
+                                  "name a trained row without from_stage1")
+        if (src.compressor, src.params) != (r.compressor, r.params):
+            raise CompactVLMError(f"{what}, whose compressor differs ({src.compressor} {src.params} vs "
+                                  f"{r.compressor} {r.params})", "share stage 1 only between rows with the same "
+                                  "compressor and params")
 
     @staticmethod
     def _check_claim(c: StudyClaim, names: list[str]) -> None:
@@ -138,6 +299,9 @@ class StudyPlan:
 
 def load_plan(path: str | os.PathLike) -> StudyPlan:
     data = read_file(Path(path))
+    if data.get("train_config") and data.get("train_configs"):
+        raise CompactVLMError(f"study plan {path} has both train_config and train_configs",
+                              "keep train_config for a one-stage recipe or train_configs for several stages")
     for r in data.get("rows") or []:
         if isinstance(r, dict) and "from" in r:
             r["from_"] = r.pop("from")
@@ -150,6 +314,20 @@ def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
     return Path(plan.results_dir) / row / f"seed{seed}.json"
 
 
+def stage_dirs(plan: StudyPlan, row: StudyRow, seed: int) -> list[Path]:
+    """The training output folder of each stage of a row (an evaluation-only row: its source's). One stage:
+    ``<runs_dir>/<row>/s<seed>``; several: ``<runs_dir>/<row>/s<seed>/stage<k>``, stage 1 in the ``from_stage1``
+    row's folder when the row shares it."""
+    src = plan.row(row.from_) if row.from_ else row
+    base = Path(plan.runs_dir) / src.name / f"s{seed}"
+    if not plan.multi_stage:
+        return [base]
+    dirs = [base / f"stage{k}" for k in range(1, len(plan.train_configs) + 1)]
+    if src.from_stage1:
+        dirs[0] = Path(plan.runs_dir) / src.from_stage1 / f"s{seed}" / "stage1"
+    return dirs
+
+
 def checkpoint_dir(plan: StudyPlan, row: StudyRow, seed: int) -> Path:
-    name = row.from_ or row.name
-    return Path(plan.runs_dir) / name / f"s{seed}"
+    """The training output folder of the row's last stage (whose ``final`` is the model the row evaluates)."""
+    return stage_dirs(plan, row, seed)[-1]

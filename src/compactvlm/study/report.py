@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import CompactVLMError
 from .plan import StudyPlan
 from .controls import chance_family_mean, environment, load_baselines
+from .convergence import SAMPLES_UNIT, pair_flag
 from .plots import Reference, plot_results
 from .stats import _paired_loss_deltas, attach_predictions, collect, compare, mean_ci, summarize
 from .verdicts import judge_claims
@@ -33,6 +34,19 @@ def _fmt_delta(b: dict | None) -> str:
         return "–"
     d, lo, hi = b["delta"]
     return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _fmt_blind(s: dict) -> str:
+    """A row's real − shuffled family mean (mean over seeds) and at how many seeds its test-image CI is above 0."""
+    b = s.get("blind")
+    if not b:
+        return "–"
+    above = sum(1 for v in b["delta_by_seed"].values() if v[1] > 0)
+    return f"{b['delta']:+.1f} ({above}/{len(b['seeds'])})"
+
+
+def _fmt_slope(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.3f}"
 
 
 def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os.PathLike | None = None) -> Path:
@@ -73,21 +87,29 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     missing = [r.name for r in plan.rows if r.name not in rows]
     if missing:
         lines += [f"**Not yet run** (rows in the plan without a result file): {', '.join(missing)}.", ""]
+    any_blind = any(s.get("blind") for s in rows.values())
+    if any_blind:
+        lines += ["Real − shuffled: the row's family mean with real images minus the same model with every image "
+                  "shuffled across questions (its blind control; `evaluate.controls`), mean over seeds, and at how "
+                  "many seeds that difference's 95% CI (paired bootstrap over test images) is above 0: a row *sees* "
+                  "only where it is.", ""]
     for gid, title in plan.groups.items():
         members = [r for r in plan.rows if r.group == gid and r.name in rows]
         if not members:
             continue
         lines += [f"## {gid}. {title}", "",
                   "| row | seeds | vision tokens | " + " | ".join(f.split("/")[-1] for f in fams)
-                  + " | family mean | Δ vs ref [95% CI, test images] | PRT % | final val loss | LLM prefill GFLOPs "
-                  "| TTFT ms | train s/step |",
-                  "|---|---:|---:|" + "---:|" * (len(fams) + 7)]
+                  + " | family mean | Δ vs ref [95% CI, test images] | PRT % | "
+                  + ("real − shuffled (seeds CI > 0) | " if any_blind else "")
+                  + "final val loss | LLM prefill GFLOPs | TTFT ms | train s/step |",
+                  "|---|---:|---:|" + "---:|" * (len(fams) + 7 + any_blind)]
         for r in members:
             s = rows[r.name]
             lines.append(f"| `{r.name}` | {len(s['seeds'])} | {s['tokens_label']} | "
                          + " | ".join(_fmt(*s["families"][f]) for f in fams)
                          + f" | {_fmt(*s['overall'])} | {_fmt_delta(s['bootstrap'])} | {_fmt(*s['prt'])} | "
-                         f"{_fmt(*s['final_val_loss'], digits=3)} | {s['llm_gflops']:.1f} | "
+                         + (f"{_fmt_blind(s)} | " if any_blind else "")
+                         + f"{_fmt(*s['final_val_loss'], digits=3)} | {s['llm_gflops']:.1f} | "
                          f"{s['ttft_ms']:.0f} | {_fmt(s['sec_per_step'], None, 2)} |")
         notes = [f"- `{r.name}`: " + "; ".join(filter(None, [
                      r.note, f"evaluates `{r.from_}`'s checkpoint" if r.from_ else "",
@@ -106,39 +128,33 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
                   "The papers' direct claims (row a beats or matches row b), from the same result files. Δ a − b: "
                   "family mean over the seeds both rows have, with a 95% CI from the paired test-image bootstrap; "
                   "Δ val loss: final validation loss paired by seed (mean ± 95% CI over seeds; lower is better "
-                  "for a).", "",
-                  "| a | b | tokens a / b | family mean a / b | Δ a − b [95% CI, test images] | Δ val loss a − b |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  f"for a). Converged: both rows' validation loss flat over the last third of their last stage "
+                  f"(|slope| ≤ {plan.flat_slope:g} nats per {SAMPLES_UNIT} samples at every seed; see \"Validation "
+                  "loss and convergence\"); a comparison of rows still learning is flagged **not converged**.", "",
+                  "| a | b | tokens a / b | family mean a / b | Δ a − b [95% CI, test images] | Δ val loss a − b | "
+                  "converged |",
+                  "|---|---|---:|---:|---:|---:|---|"]
         for c in comparisons:
             a, b = rows.get(c["a"]), rows.get(c["b"])
             if a is None or b is None:
-                lines.append(f"| `{c['a']}` | `{c['b']}` | not yet run | | | |")
+                lines.append(f"| `{c['a']}` | `{c['b']}` | not yet run | | | | |")
                 continue
+            flag = pair_flag([c["a"], c["b"]], {n: rows[n]["convergence"] for n in (c["a"], c["b"])})
+            c["convergence"] = flag
             vl = c["val_loss_delta"]
             vl_txt = "–" if vl[0] is None else _fmt_signed(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})"
             n_seeds = f" ({_seeds(len(c['seeds']))})" if c["seeds"] else ""
             lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
                          f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
-                         f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} |")
+                         f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} | "
+                         f"{('**' + flag + '**') if flag and flag.startswith('not') else (flag or 'yes')} |")
         lines += [""]
     claims = _claims(plan, results, rows, comparisons, baselines)
     if claims:
         lines += _claims_table(plan, rows, claims, baselines)
-    ref_row = rows.get(plan.reference)
-    lines += ["## Validation loss during training", "",
-              f"Final val loss per seed, and its difference to `{plan.reference}` paired by seed (same data order and "
-              "validation samples; mean ± 95% CI over the seeds both have, shown with ≥ 2).", "",
-              "| row | steps | final val loss by seed | Δ vs ref (paired) | val loss curve, first seed (step: loss) |",
-              "|---|---:|---|---:|---|"]
-    for name, s in rows.items():
-        if s["from"] is None and s["val_loss_curve"]:
-            curve = ", ".join(f"{st}: {v:.3f}" for st, v in s["val_loss_curve"])
-            by_seed = s["final_val_loss_by_seed"]
-            pairs = _paired_loss_deltas(s, ref_row) if ref_row and name != plan.reference else []
-            delta = _fmt_signed(*mean_ci(pairs), digits=3) if pairs else "–"
-            seeds_txt = ", ".join(f"s{k}: {v:.3f}" for k, v in sorted(by_seed.items()))
-            lines.append(f"| `{name}` | {s['train_steps']} | {seeds_txt} | {delta} | {curve} |")
-    lines += ["", f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", "",
+    lines += _precision_section(plan, rows)
+    lines += _convergence_section(plan, rows)
+    lines += [f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", "",
               f"Accuracy figure: {captions[0]} TTFT figure: {captions[1]}", ""]
     out.write_text("\n".join(lines) + "\n")
     (out.parent / (out.stem + ".json")).write_text(json.dumps(rows, indent=1))
@@ -146,6 +162,80 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     if claims:
         (out.parent / (out.stem + "_claims.json")).write_text(json.dumps(claims, indent=1))
     return out
+
+
+def _precision_section(plan: StudyPlan, rows: dict) -> list[str]:
+    """Each row's paired-bootstrap 95% CI half-width of Δ family mean vs the reference, against the plan's target."""
+    have = [(n, s) for n, s in rows.items() if n != plan.reference and s.get("ci_halfwidth") is not None]
+    if not have:
+        return []
+    n_img = next(s["bootstrap"]["clusters"] for _, s in have)
+    met = [n for n, s in have if s["ci_halfwidth"] <= plan.ci_target]
+    hw = sorted(s["ci_halfwidth"] for _, s in have)
+    lines = ["## Precision of the comparisons with the reference", "",
+             f"Target: the 95% CI of each row's family-mean difference to `{plan.reference}` (paired cluster "
+             f"bootstrap over the {n_img} test images, {plan.bootstrap} draws, over the seeds both have) is at most "
+             f"±{plan.ci_target:g} points, so that a 3-point difference is resolvable. Measured: {len(met)} of "
+             f"{len(have)} rows meet it; half-widths {hw[0]:.2f}–{hw[-1]:.2f} (median {hw[len(hw) // 2]:.2f}).", "",
+             "| row | seeds | Δ vs ref [95% CI] | half-width | target |", "|---|---:|---:|---:|---|"]
+    for n, s in have:
+        ok = s["ci_halfwidth"] <= plan.ci_target
+        lines.append(f"| `{n}` | {len(s['bootstrap'].get('seeds', s['seeds']))} | {_fmt_delta(s['bootstrap'])} | "
+                     f"{s['ci_halfwidth']:.2f} | {'met' if ok else '**not met**'} (≤ {plan.ci_target:g}) |")
+    return lines + [""]
+
+
+def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
+    """Per trained row and stage: steps, final validation loss per seed, the paired Δ to the reference (last
+    stage), the last-third slope per seed and whether it is flat, and the first seed's curve; then the test-set
+    learning curves (``eval_steps``) where the results have them."""
+    ref_row = rows.get(plan.reference)
+    lines = ["## Validation loss and convergence", "",
+             f"Validation loss during training, per stage of each trained row (evaluation-only rows use their source's "
+             f"model). Final val loss per seed, and the last stage's difference to `{plan.reference}` paired by seed "
+             "(same data order and validation samples; mean ± 95% CI over the seeds both have, shown with ≥ 2). Slope: "
+             f"least-squares slope of the validation loss over the last third of the stage's training samples, in nats "
+             f"per {SAMPLES_UNIT} samples, per seed (`compactvlm.study.convergence`); the last stage is *flat* when "
+             f"every seed's |slope| ≤ {plan.flat_slope:g} (the plan's `flat_slope`). Under a cosine schedule the "
+             "learning rate is small at the end, which flattens a curve by itself: read the slope with the test-set "
+             "learning curve below, where the plan asks for one.", "",
+             "| row | stage | steps × batch | final val loss by seed | Δ vs ref (paired) | last-third slope by seed | "
+             "flat | val loss curve, first seed (step: loss) |",
+             "|---|---:|---:|---|---:|---|---|---|"]
+    for name, s in rows.items():
+        if s["from"] is not None or not s["val_loss_curve"]:
+            continue
+        curves = s.get("stage_curves") or []
+        for k, st in enumerate(curves):
+            last = k == len(curves) - 1
+            curve = ", ".join(f"{x}: {v:.3f}" for x, v in st["curve"])
+            seeds_txt = ", ".join(f"s{q}: {v:.3f}" for q, v in sorted(st["final_by_seed"].items()))
+            slopes = ", ".join(f"s{q}: {_fmt_slope(v)}" for q, v in sorted(st["slopes"].items()))
+            delta, flat = "", ""
+            if last:
+                pairs = _paired_loss_deltas(s, ref_row) if ref_row and name != plan.reference else []
+                delta = _fmt_signed(*mean_ci(pairs), digits=3) if pairs else "–"
+                f = s["convergence"]["flat"]
+                flat = "unknown" if f is None else ("yes" if f else "**no**")
+            steps = f"{st['steps']} × {st['batch_size']}" if st.get("batch_size") else f"{st['steps']}"
+            cfg = f" (`{st['config']}`)" if st.get("config") and len(curves) > 1 else ""
+            if st.get("shared_with"):
+                cfg += f", `{st['shared_with']}`'s"
+            lines.append(f"| `{name}` | {st['stage']}{cfg} | {steps} | {seeds_txt} | {delta} | {slopes} | {flat} | "
+                         f"{curve} |")
+    lines.append("")
+    curved = [(n, s) for n, s in rows.items() if s.get("curve")]
+    if curved:
+        lines += ["Test-set learning curves: family mean (mean ± 95% CI over seeds, real images) at the plan's "
+                  f"`eval_steps` of the last stage ({', '.join(map(str, plan.eval_steps))}; step 0 = the stage's "
+                  "starting checkpoint).", "",
+                  "| row | step (samples): family mean |", "|---|---|"]
+        for n, s in curved:
+            pts = "; ".join(f"{p['step']} ({p['samples'] if p['samples'] is not None else '?'}): "
+                            f"{_fmt(*p['family_mean'])}" for p in s["curve"])
+            lines.append(f"| `{n}` | {pts} |")
+        lines.append("")
+    return lines
 
 
 def _figure_context(plan: StudyPlan, results: dict, rows: dict, baselines: dict | None,
@@ -183,7 +273,12 @@ def _claims(plan: StudyPlan, results: dict, rows: dict, comparisons: list[dict],
     extra = [[c.a, c.b] for c in plan.claims if c.b and c.b != plan.reference and (c.a, c.b) not in pairs
              and c.a in rows and c.b in rows]
     pairs.update({(c["a"], c["b"]): c for c in compare(plan, results, rows, extra)} if extra else {})
-    return judge_claims(plan, rows, pairs, baselines)
+    claims = judge_claims(plan, rows, pairs, baselines)
+    for e in claims:  # a comparison made before both curves flattened is flagged (the verdict's rule is unchanged)
+        names = [e["a"], e["b"] or plan.reference]
+        e["convergence"] = (pair_flag(names, {n: rows[n]["convergence"] for n in names})
+                            if all(n in rows for n in names) else None)
+    return claims
 
 
 def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: dict | None) -> list[str]:
@@ -197,7 +292,9 @@ def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: di
              "claim is about; a model that does not look at the image cannot test what a compressor keeps of it). "
              "Where the results carry no blind control, a reference whose family mean (95% CI, test images) reaches "
              "down to chance is reported as \"reference at chance\". Δ: the paired test-image bootstrap of the "
-             "comparisons above; PRT: mean ± 95% CI over seeds.", "",
+             "comparisons above; PRT: mean ± 95% CI over seeds. A claim whose rows' validation loss had not "
+             "flattened is flagged **not converged** in its evidence (its verdict is still given by the rule, but "
+             "it compares models that were still learning).", "",
              "| paper's claim | rows | evidence | blind controls | verdict |", "|---|---|---|---|---|"]
     for e in claims:
         rows_txt = f"`{e['a']}`" + (f" vs `{e['b']}`" if e["b"] else f" vs `{plan.reference}`")
@@ -212,6 +309,8 @@ def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: di
             ev[-1] += f" ({_seeds(len(e['seeds']))})"
         if e["kind"] in ("retains", "equal"):
             ev.append(f"tolerance ±{e['tol']:g}")
+        if e.get("convergence"):
+            ev.append(("**" + e["convergence"] + "**") if e["convergence"].startswith("not") else e["convergence"])
         blind = [_blind_text(plan.reference, ref, e["families"], baselines) if ref else "",
                  _blind_text(e["a"], rows.get(e["a"]), e["families"], None) if e["a"] != plan.reference else ""]
         verdict_txt = e["verdict"] + (f": {e['reason']}" if e["reason"] else "")

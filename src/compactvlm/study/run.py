@@ -1,5 +1,6 @@
-"""Running one (row, seed) of a plan: build the data once, train (or resume), evaluate, measure TTFT and FLOPs,
-write ``results/<plan>/<row>/seed<S>.json``."""
+"""Running one (row, seed) of a plan: build the data once (and the plan's caption mix), train every stage (or
+resume), evaluate on the test split with real images and with each blind control, evaluate the learning-curve
+points (``eval_steps``), measure TTFT and FLOPs, write ``results/<plan>/<row>/seed<S>.json``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..errors import CompactVLMError
 from .controls import record_baselines
-from .plan import StudyPlan, StudyRow, checkpoint_dir, result_path
+from .plan import StudyPlan, StudyRow, checkpoint_dir, result_path, stage_dirs
 
 
 def data_build_lock(d: Path):
@@ -24,44 +26,156 @@ def data_build_lock(d: Path):
 
 
 def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
-    """Build the plan's SceneQA once. Safe when several study processes start at once on a fresh checkout: the
-    first builds under a lock next to the folder, the others wait for it and then reuse its build (without the lock
-    a second process found the half-written folder and failed with "is not empty and holds no SceneQA build")."""
+    """Build the plan's SceneQA once (and its caption mix, ``data.mix``). Safe when several study processes start
+    at once on a fresh checkout: the first builds under a lock next to the folder, the others wait for it and then
+    reuse its build (without the lock a second process found the half-written folder and failed with "is not
+    empty and holds no SceneQA build")."""
     d = Path(plan.data.dir)
-    if (d / "manifest.json").exists():
+    if (d / "manifest.json").exists() and (plan.data.mix is None or mix_path(plan).exists()):
         return d
     with data_build_lock(d):
         if not (d / "manifest.json").exists():  # another process may have built it while this one waited
             from ..data.sceneqa import build_sceneqa
 
-            build_sceneqa(d, seed=plan.data.seed, progress=progress,
+            build_sceneqa(d, seed=plan.data.seed, progress=progress, turns=plan.data.turns, workers=plan.data.workers,
                           sizes={"caption": plan.data.caption, "train": plan.data.train, "val": plan.data.val,
                                  "test": plan.data.test})
+        if plan.data.mix is not None and not mix_path(plan).exists():
+            write_mix(plan, d)
     return d
 
 
-def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path) -> Path:
-    """Train (or resume) a row's model; returns the final checkpoint folder."""
-    from ..train import load_train_config, train
+def mix_path(plan: StudyPlan) -> Path:
+    """Where the plan's caption + QA mix lives: next to the data folder (a SceneQA build folder holds only the
+    build's own files), named by its recipe, e.g. ``data/study_v2.mix-qa4200-cap4400-5800-s0.json``. Its image
+    paths are relative to the data folder (the stage trains with ``data.image_root`` set to it)."""
+    m, d = plan.data.mix, Path(plan.data.dir)
+    return d.with_name(f"{d.name}.mix-qa{m.qa}-cap{m.captions[0]}-{m.captions[1]}-s{m.seed}.json")
 
-    out = checkpoint_dir(plan, row, seed)
-    final = out / "final"
-    if (final / "compactvlm.json").exists():
-        return final
-    overrides = [f"output_dir={out}", f"seed={seed}", f"data.train={data_dir / 'train.json'}",
-                 f"data.val={data_dir / 'val.json'}", f"model.compressor={row.compressor}",
-                 f"threads={plan.threads}", f"device={plan.device}"]
-    cfg = load_train_config(plan.train_config, overrides + list(row.train_overrides))
+
+def write_mix(plan: StudyPlan, data_dir: Path) -> Path:
+    """The first ``mix.qa`` conversations of ``train.json`` and ``caption.json[start:stop]``, shuffled with
+    ``mix.seed`` into one LLaVA-format JSON (written atomically)."""
+    import random
+
+    m = plan.data.mix
+    qa = json.loads((data_dir / "train.json").read_text()) if m.qa else []
+    caps = json.loads((data_dir / "caption.json").read_text()) if m.captions[1] > m.captions[0] else []
+    start, stop = m.captions
+    if m.qa > len(qa) or stop - start > len(caps[start:stop]):
+        raise CompactVLMError(f"data.mix asks for {m.qa} QA conversations and captions {start}:{stop}; {data_dir} "
+                              f"has {len(qa)} and {len(caps)}", "raise data.train / data.caption (a new data.dir) "
+                              "or shrink the mix")
+    mix = qa[: m.qa] + caps[start:stop]
+    random.Random(m.seed).shuffle(mix)
+    out = mix_path(plan)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(mix, ensure_ascii=False))
+    tmp.replace(out)
+    return out
+
+
+def stage_overrides(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k: int, out: Path,
+                    init: Path | None) -> list[str]:
+    """The dotted overrides that turn stage ``k`` (0-based) of the plan's recipe into this row's run: output
+    folder, seed, the stage's data from the plan's build, the row's compressor, threads, device, the previous
+    stage's checkpoint, then the plan's ``train_overrides`` and the row's own (last, so they win)."""
+    _, sd = plan.stages()[k]
+    train = mix_path(plan) if sd.train == "mix" else data_dir / sd.train
+    ov = [f"output_dir={out}", f"seed={seed}", f"data.train={train}",
+          f"data.val={data_dir / sd.val}" if sd.val else "data.val=null", f"model.compressor={row.compressor}",
+          f"threads={plan.threads}", f"device={plan.device}"]
+    if sd.train == "mix":
+        ov.append(f"data.image_root={data_dir}")  # the mix file lives outside the data folder
+    if init is not None:
+        ov.append(f"init.from={init}")
+    return ov + list(plan.train_overrides) + list(row.train_overrides)
+
+
+def stage_config(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k: int, out: Path, init: Path | None):
+    """Stage ``k``'s ``TrainConfig`` for this row and seed."""
+    from ..train import load_train_config
+
+    cfg = load_train_config(plan.stages()[k][0], stage_overrides(plan, row, seed, data_dir, k, out, init))
     cfg.model.compressor_params = dict(row.params)  # a mapping, not a dotted override
-    return train(cfg).final_dir
+    return cfg
+
+
+def check_stages(plan: StudyPlan) -> tuple[list, list[str]]:
+    """Load every stage's config (for the reference row, seed 0) before any work, so a missing file or a bad
+    key fails at once, and check that a caption mix does not repeat captions stage 1 trains on (stage 1 reads
+    the first ``data.max_samples`` captions; an error). Returns the stage configs and warnings: a stage whose
+    ``data.max_samples`` exceeds what the plan's data gives it trains fewer steps than its recipe says."""
+    row = plan.row(plan.reference)
+    row = row if row.trained else plan.row(row.from_)
+    data_dir = Path(plan.data.dir)
+    cfgs, warnings = [], []
+    avail = {"caption.json": plan.data.caption, "train.json": plan.data.train}
+    if plan.data.mix is not None:
+        m = plan.data.mix
+        avail["mix"] = m.qa + m.captions[1] - m.captions[0]
+    stages = plan.stages()
+    for k, (path, sd) in enumerate(stages):
+        cfg = stage_config(plan, row, 0, data_dir, k, Path(plan.runs_dir) / "check", Path("prev") if k else None)
+        cfgs.append(cfg)
+        n = cfg.data.max_samples
+        if n is not None and n > avail[sd.train]:
+            warnings.append(f"stage {k + 1} ({path}) reads up to data.max_samples={n} samples of {sd.train}, the "
+                            f"plan's data gives it {avail[sd.train]}: it trains fewer steps than its recipe says")
+    mix = plan.data.mix
+    if mix is not None and stages[0][1].train == "caption.json" and any(sd.train == "mix" for _, sd in stages[1:]):
+        used = min(cfgs[0].data.max_samples or plan.data.caption, plan.data.caption)
+        if mix.captions[0] < used and mix.captions[1] > mix.captions[0]:
+            raise CompactVLMError(f"data.mix takes captions {mix.captions}, but stage 1 ({stages[0][0]}) trains on "
+                                  f"the first {used}: the mix would repeat them",
+                                  f"start the mix's caption range at {used} or later")
+    return cfgs, warnings
+
+
+def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, snapshot_steps: list[int] | None = None) -> Path:
+    """Train (or resume) every stage of a row's model, each from the previous stage's final checkpoint; returns
+    the last stage's final checkpoint folder. ``snapshot_steps``: keep the last stage's weights at these steps
+    (``curve.SnapshotAt``) for the learning curve."""
+    from ..train import train
+
+    dirs = stage_dirs(plan, row, seed)
+    init = None
+    for k, out in enumerate(dirs):
+        final = out / "final"
+        if not (final / "compactvlm.json").exists():
+            who = plan.row(row.from_stage1) if k == 0 and row.from_stage1 else row
+            cfg = stage_config(plan, who, seed, data_dir, k, out, init)
+            callbacks = []
+            if snapshot_steps and k == len(dirs) - 1:
+                from .curve import SnapshotAt, snapshot_root
+
+                callbacks.append(SnapshotAt(snapshot_steps, snapshot_root(out)))
+            train(cfg, callbacks)
+        if not plan.keep_checkpoints:
+            drop_checkpoints(out)
+        init = final
+    return init
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete the resumable checkpoints of a finished training run (its ``final`` model stays)."""
+    import shutil
+
+    from ..train.state import list_checkpoints
+
+    if (run_dir / "final" / "compactvlm.json").exists():
+        for _, d in list_checkpoints(run_dir):
+            shutil.rmtree(d)
 
 
 def _train_stats(run_dir: Path) -> dict:
-    """Seconds per optimiser step (median over the run, first two steps left out: warm-up), val-loss curve."""
+    """Seconds per optimiser step (median over the run, first two steps left out: warm-up), val-loss curve
+    ([step, loss]), the shuffled-image gap of the blindness gauge at each validation pass ([step, gap]), global
+    batch size (samples per step, from the run's ``train_config.yaml``) and wall time."""
     f = run_dir / "metrics.jsonl"
     if not f.exists():
         return {}
-    steps, curve, tps = [], [], []
+    steps, curve, tps, gaps = [], [], [], []
     segments: list[float] = []  # wall clock of each (resumed) segment of the run: its last logged time
     for line in f.read_text().splitlines():
         try:
@@ -70,12 +184,13 @@ def _train_stats(run_dir: Path) -> dict:
             continue
         if e.get("event") == "start":
             if e.get("resumed_from") is None:  # a fresh start: what an earlier, abandoned attempt logged is void
-                steps, curve, tps, segments = [], [], [], []
+                steps, curve, tps, gaps, segments = [], [], [], [], []
             else:  # resumed at step S: steps after S that the killed segment logged are done again
                 s0 = int(e.get("step", 0))
                 keep = [i for i, (st, _) in enumerate(steps) if st <= s0]
                 steps, tps = [steps[i] for i in keep], [tps[i] for i in keep]
                 curve = [c for c in curve if c[0] <= s0]
+                gaps = [g for g in gaps if g[0] <= s0]
             segments.append(0.0)
         if segments and e.get("time") is not None:
             segments[-1] = max(segments[-1], float(e["time"]))
@@ -84,11 +199,21 @@ def _train_stats(run_dir: Path) -> dict:
             tps.append(e["tokens_per_sec"])
         elif e.get("event") == "eval" and e.get("val_loss") is not None:
             curve.append([e["step"], e["val_loss"]])
+            if e.get("gap_shuffled") is not None:
+                gaps.append([e["step"], e["gap_shuffled"]])
     secs = [sec for _, sec in steps]
     tail = secs[2:] or secs
-    return {"steps": len(secs), "sec_per_step": statistics.median(tail) if tail else None,
-            "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve,
-            "wall_seconds": sum(segments)}
+    out = {"steps": len(secs), "sec_per_step": statistics.median(tail) if tail else None,
+           "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve,
+           "wall_seconds": sum(segments)}
+    if gaps:
+        out["val_gap_shuffled_curve"] = gaps
+    cfg = run_dir / "train_config.yaml"
+    if cfg.exists():
+        import yaml
+
+        out["batch_size"] = int(((yaml.safe_load(cfg.read_text()) or {}).get("optim") or {}).get("batch_size") or 0) or None
+    return out
 
 
 def measure_cost(model, image, question: str, repeats: int, extra_state: dict | None = None) -> dict:
@@ -122,12 +247,27 @@ def measure_cost(model, image, question: str, repeats: int, extra_state: dict | 
             "flops_llm": int(total - vision), "threads": torch.get_num_threads()}
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force: bool = False) -> Path:
-    """Train/evaluate/measure one (row, seed) and write its result JSON (skipped when it exists, unless force)."""
+    """Train/evaluate/measure one (row, seed) and write its result JSON (skipped when it exists, unless force).
+
+    The result holds the test metrics and every answer, each blind control of the plan (``controls``: the same
+    questions with the images replaced, and ``blind_gap``: real minus control per family with paired bootstrap
+    CIs, as ``evaluate.controls.blind_gap`` computes it), the training summary of every stage (``stages``; ``train``
+    is the last stage's, with its validation-loss curve), the learning-curve points (``curve``, trained rows with
+    ``eval_steps``), cost, wall time and machine."""
     import torch
 
-    from ..evaluate.answer import make_answer_fn
     from ..data.images import load_image
+    from ..evaluate.answer import make_answer_fn
+    from ..evaluate.benchmarks.base import read_jsonl
+    from ..evaluate.controls import blind_gap
     from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
     from ..model.checkpoint import load_pretrained
 
@@ -141,7 +281,8 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     data_dir = ensure_data(plan, progress)
     record_baselines(plan, data_dir)  # the test split's chance baseline, for the report's chance line
     src = plan.row(row.from_) if row.from_ else row
-    ckpt = train_row(plan, src, seed, data_dir)
+    curve_steps = list(plan.eval_steps) if row.trained else []
+    ckpt = train_row(plan, src, seed, data_dir, snapshot_steps=curve_steps)
     t_train = time.perf_counter() - t0
     # evaluation-only rows may change test-time compressor options (e.g. mask_source: given)
     model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False)
@@ -158,9 +299,28 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed}
     t1 = time.perf_counter()
-    metrics = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir)), out,
+    answer = make_answer_fn(model, str(data_dir))
+    metrics = evaluate("sceneqa", str(data_dir), answer, out,
                        batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress, run_info=run_info)
     t_eval = time.perf_counter() - t1
+    # blind controls: the same questions, each image replaced (shuffled across questions / blank)
+    t2 = time.perf_counter()
+    answered_now = metrics.get("answered_now")
+    controls, control_preds = {}, {}
+    for c in plan.controls:
+        folder = out.with_name(f"{out.name}.{c}")
+        cm = evaluate("sceneqa", str(data_dir), answer, folder, batch_size=plan.eval_batch_size,
+                      limit=plan.eval_limit, progress=progress, run_info={**run_info, "control": c}, control=c)
+        answered_now = (answered_now or 0) + (cm.get("answered_now") or 0)
+        controls[c] = {k: cm[k] for k in ("components", "family_mean", "n")}
+        control_preds[c] = load_predictions(folder / PREDICTIONS)
+    predictions = load_predictions(out / PREDICTIONS)
+    gap = None
+    if control_preds:
+        answers = read_jsonl(data_dir / "test_answers.jsonl")
+        answers = answers[: plan.eval_limit] if plan.eval_limit else answers
+        gap = blind_gap(answers, predictions, control_preds, n=plan.bootstrap if plan.bootstrap > 0 else 1000)
+    t_controls = time.perf_counter() - t2
     first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
     extra = None
     if model.compressor.wants_given_masks:  # the `given` mask source: SceneQA's own masks
@@ -169,24 +329,45 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         s = model.processor.size
         extra = {"masks": [torch.from_numpy(object_masks(str(data_dir), first["image"], size=(s, s))[0])]}
     cost = measure_cost(model, load_image(data_dir / first["image"]), first["text"], plan.ttft_repeats, extra)
+    note = getattr(model.reduction, "note", None) if row.reduce == "fastv" else None
+    del model, answer  # the curve points load their own models
+    stages = [{"stage": k + 1, "config": cfg, "train_file": sd.train, "val_file": sd.val, "output_dir": str(d),
+               "train": _train_stats(d)}
+              for k, ((cfg, sd), d) in enumerate(zip(plan.stages(), stage_dirs(plan, row, seed)))]
+    t3 = time.perf_counter()
+    curve = None
+    if curve_steps:
+        from .curve import evaluate_curve
+
+        curve = evaluate_curve(plan, row, seed, data_dir, stages[-1]["train"].get("batch_size"), progress)
+    t_curve = time.perf_counter() - t3
     result = {
         "plan": plan.name, "row": asdict(row), "seed": seed, "vision_tokens": tokens,
-        "equivalent_tokens_note": getattr(model.reduction, "note", None) if row.reduce == "fastv" else None,
+        "equivalent_tokens_note": note,
         "metrics": {k: metrics[k] for k in ("components", "family_mean", "headline", "n", "missing", "split")},
-        "cost": cost, "train": _train_stats(checkpoint_dir(plan, row, seed)),
+        "cost": cost, "train": stages[-1]["train"], "stages": stages,
         # every answer, so the report can re-score (test-image bootstrap, paired differences) from results/ alone
-        "predictions": load_predictions(out / PREDICTIONS),
+        "predictions": predictions,
         # a forced re-run that reused the checkpoint and every prediction keeps the wall time of the real run
-        "wall_seconds": (previous["wall_seconds"] if previous and metrics.get("answered_now") == 0
-                         and t_train < 60 else {"train_or_reuse": t_train, "eval": t_eval}),
+        "wall_seconds": (previous["wall_seconds"] if previous and answered_now == 0 and t_train < 60 else
+                         {"train_or_reuse": t_train, "eval": t_eval, "controls": t_controls, "curve": t_curve}),
         "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": plan.device,
                      "gpu": torch.cuda.get_device_name() if plan.device == "cuda" else None},
         "command": f"compactvlm study run --plan <plan> --rows {name} --seeds {seed}",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    res.parent.mkdir(parents=True, exist_ok=True)
-    tmp = res.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(res)
+    if controls:
+        result["controls"] = controls
+        result["blind_gap"] = gap
+        result["control_predictions"] = control_preds
+    if curve is not None:
+        result["curve"] = curve
+    _write_json(res, result)
+    if curve is not None and not plan.keep_checkpoints:
+        import shutil
+
+        from .curve import snapshot_root
+
+        shutil.rmtree(snapshot_root(stage_dirs(plan, row, seed)[-1]), ignore_errors=True)
     return res

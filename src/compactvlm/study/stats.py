@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from .controls import blind_summary
+from .convergence import last_third_slope, row_convergence
 from .plan import StudyPlan
 from .run import ensure_data
 
@@ -80,6 +81,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         comps = [r["metrics"]["components"] for r in ref_runs]
         ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
     boots = _bootstraps(plan, results)
+    batches = _plan_batches(plan)
     rows = {}
     for name, runs in results.items():
         comps = [r["metrics"]["components"] for r in runs]
@@ -109,14 +111,88 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "final_val_loss_by_seed": ({r["seed"]: r["train"]["val_loss_curve"][-1][1] for r in runs
                                         if r["train"].get("val_loss_curve")} if runs[0]["row"].get("from_") is None else {}),
             "bootstrap": boots.get(name),
-            # evaluation, plus training (from the run's own log) for trained rows
-            "wall_s": sum(r["wall_seconds"]["eval"] + (r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
-                                                       if spec.get("from_") is None else 0.0) for r in runs),
+            # evaluation (real images, controls, curve points), plus training (from the runs' own logs) for trained
+            # rows: every stage this row trained itself
+            "wall_s": sum(r["wall_seconds"]["eval"] + r["wall_seconds"].get("controls", 0.0)
+                          + r["wall_seconds"].get("curve", 0.0)
+                          + (_train_wall(r) if spec.get("from_") is None else 0.0) for r in runs),
             "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
             "retrained_source_seeds": _retrained_source_seeds(results, runs),
             "blind": blind_summary(runs),  # the shuffled-image control, where the results carry one
+            # last stage's last-third slope per seed (an evaluation-only row's: its source's, which it carries)
+            "convergence": {**row_convergence(runs, plan.flat_slope, batches[-1]), "source": spec.get("from_")},
+            "stage_curves": _stage_curves(runs, spec.get("from_stage1"), batches),
+            "curve": _test_curve(runs),  # test family mean at the plan's eval_steps (trained rows)
+            "ci_halfwidth": ((boots[name]["delta"][2] - boots[name]["delta"][1]) / 2
+                             if boots.get(name) and boots[name].get("delta") else None),
         }
     return rows
+
+
+def _train_wall(r: dict) -> float:
+    """Training wall time of a result: its stages' (a shared stage 1, ``from_stage1``, belongs to the row that
+    trained it), else the one run's, else the time the study measured around training."""
+    stages = r.get("stages") or []
+    if stages:
+        own = stages[1:] if r["row"].get("from_stage1") else stages
+        return sum((st.get("train") or {}).get("wall_seconds", 0.0) for st in own)
+    return r["train"].get("wall_seconds", r["wall_seconds"]["train_or_reuse"])
+
+
+def _plan_batches(plan: StudyPlan) -> list[int | None]:
+    """The global batch of each stage config of the plan (None where it does not load): the samples per step of
+    results written before they recorded their own."""
+    from ..train import load_train_config
+
+    out = []
+    for path, _ in plan.stages():
+        try:
+            out.append(load_train_config(path).optim.batch_size)
+        except (CompactVLMError, OSError):
+            out.append(None)
+    return out
+
+
+def _stage_curves(runs: list[dict], stage1_of: str | None = None,
+                  batches: list[int | None] | None = None) -> list[dict]:
+    """Per training stage: config, steps, batch, the first seed's validation-loss curve, final loss and
+    last-third slope (nats per 1000 samples) per seed; ``shared_with``: the row whose stage 1 it reuses.
+    ``batches``: each stage's batch from the plan's configs, for results that do not record theirs."""
+    per_run = [(r["seed"], r.get("stages") or [{"stage": 1, "config": None, "train": r["train"]}]) for r in runs]
+    out = []
+    for k, first in enumerate(per_run[0][1]):
+        tr0 = first.get("train") or {}
+        plan_batch = batches[k] if batches and k < len(batches) else None
+        entry = {"stage": first.get("stage", k + 1), "config": first.get("config"), "steps": tr0.get("steps"),
+                 "batch_size": tr0.get("batch_size") or plan_batch, "curve": tr0.get("val_loss_curve") or [],
+                 "gap_curve": tr0.get("val_gap_shuffled_curve") or [], "final_by_seed": {}, "slopes": {},
+                 "shared_with": stage1_of if k == 0 else None}
+        for seed, stages in per_run:
+            tr = (stages[k].get("train") or {}) if k < len(stages) else {}
+            c = tr.get("val_loss_curve") or []
+            if c:
+                entry["final_by_seed"][seed] = c[-1][1]
+                entry["slopes"][seed] = last_third_slope(c, tr.get("batch_size") or plan_batch)
+        out.append(entry)
+    return out
+
+
+def _test_curve(runs: list[dict]) -> list[dict]:
+    """The learning-curve points (``eval_steps``) of a row: per step, training samples, the family mean (mean ±
+    95% CI over the seeds that have the point) and the seeds; steps no seed has are left out."""
+    by_step: dict[int, dict] = {}
+    for r in runs:
+        for p in r.get("curve") or []:
+            if p.get("family_mean") is None:
+                continue
+            e = by_step.setdefault(p["step"], {"step": p["step"], "samples": p.get("samples"), "values": {}})
+            e["values"][r["seed"]] = p["family_mean"]
+    out = []
+    for step in sorted(by_step):
+        e = by_step[step]
+        out.append({"step": step, "samples": e["samples"], "family_mean": mean_ci(list(e["values"].values())),
+                    "seeds": sorted(e["values"])})
+    return out
 
 
 def _retrained_source_seeds(results: dict[str, list[dict]], runs: list[dict]) -> list[int]:

@@ -1,0 +1,120 @@
+"""The test-set learning curve of a trained row (the plan's ``eval_steps``): the last stage's weights are kept at
+those steps during training (``SnapshotAt``, a trainer callback) and each is evaluated on the test split with
+real images (``evaluate_curve``).
+
+Snapshots are compact-model folders (compressor + trained LLM weights, no optimiser state) in
+``<stage output>.snapshots/step-NNNNNN`` beside the training folder; step 0 is the stage's starting checkpoint (the
+previous stage's final), the last step the stage's own ``final``. A run killed between a step and its snapshot
+falls back to the trainer's checkpoint of that step, if it kept one; a point with neither is reported missing. A
+point whose evaluation folder already holds every answer is re-scored without its checkpoint (so a plan with
+``keep_checkpoints: false``, which deletes the snapshots once the row's result is written, can still re-run it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .plan import StudyPlan, StudyRow, stage_dirs
+
+SNAPSHOTS_SUFFIX = ".snapshots"
+
+
+def snapshot_root(stage_out: Path) -> Path:
+    return Path(stage_out).with_name(Path(stage_out).name + SNAPSHOTS_SUFFIX)
+
+
+class SnapshotAt:
+    """Trainer callback: save the model's trainable weights at each of ``steps`` (the final step excepted: the
+    run's ``final`` is that model) into ``root/step-NNNNNN``."""
+
+    def __init__(self, steps, root: Path):
+        self.steps = {int(s) for s in steps if int(s) > 0}
+        self.root = Path(root)
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        from ..model.checkpoint import CONFIG_NAME, save_pretrained
+        from ..train.config import to_plain
+
+        if step not in self.steps or step >= trainer.total_steps or not trainer.main:
+            return
+        dest = self.root / f"step-{step:06d}"
+        if (dest / CONFIG_NAME).exists():
+            return
+        save_pretrained(trainer.accelerator.unwrap_model(trainer.model).vlm, dest,
+                        save_llm=trainer.cfg.checkpoint.save_frozen, trainable_only=True,
+                        extra={"train": to_plain(trainer.cfg), "step": step})
+
+
+def curve_points(plan: StudyPlan, row: StudyRow, seed: int) -> list[tuple[int, Path | None, str | None]]:
+    """(step, checkpoint or None, why it is missing) for each of the plan's ``eval_steps`` of the row's last
+    training stage."""
+    from ..model.checkpoint import CONFIG_NAME
+    from ..train.state import checkpoint_dir as train_checkpoint
+
+    dirs = stage_dirs(plan, row, seed)
+    out = dirs[-1]
+    final = out / "final"
+    last = json.loads((final / CONFIG_NAME).read_text()).get("step")
+    points = []
+    for s in sorted(plan.eval_steps):
+        if s == 0:
+            cands = [dirs[-2] / "final"] if len(dirs) > 1 else []
+            why = "a one-stage recipe has no starting checkpoint to evaluate"
+        elif last is not None and s > last:
+            cands, why = [], f"the stage ran {last} steps"
+        elif s == last:
+            cands, why = [final], "no final checkpoint"
+        else:
+            cands = [snapshot_root(out) / f"step-{s:06d}", train_checkpoint(out, s)]
+            why = "no snapshot (the stage was trained before eval_steps asked for it, or was killed right after it)"
+        ck = next((c for c in cands if (c / CONFIG_NAME).exists()), None)
+        points.append((s, ck, None if ck else why))
+    return points
+
+
+class _NeedsModel(Exception):
+    """Raised by the stand-in answer function: some question of a curve point has no stored answer yet."""
+
+
+def _never(items):
+    raise _NeedsModel
+
+
+def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, batch_size: int | None,
+                   progress: bool = False) -> list[dict]:
+    """Test family mean and components at each learning-curve point (resumable evaluation folders under
+    ``<runs_dir>/eval/<row>/s<seed>.step-NNNNNN``); ``samples`` = step × the stage's global batch."""
+    import torch
+
+    from ..evaluate.answer import make_answer_fn
+    from ..evaluate.harness import PREDICTIONS, evaluate
+    from ..model.checkpoint import load_pretrained
+
+    out = []
+    for step, ck, why in curve_points(plan, row, seed):
+        entry = {"step": step, "samples": step * batch_size if batch_size else None}
+        folder = Path(plan.runs_dir) / "eval" / row.name / f"s{seed}.step-{step:06d}"
+        kw = dict(batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress)
+        m = None
+        done = folder / "metrics.json"
+        if (folder / PREDICTIONS).exists() and done.exists():  # every answer stored: re-score, no checkpoint needed
+            info = json.loads(done.read_text()).get("run") or {}
+            try:
+                m = evaluate("sceneqa", str(data_dir), _never, folder, run_info=info, **kw)
+                ck = ck or (Path(info["checkpoint"]) if info.get("checkpoint") else None)
+            except _NeedsModel:
+                m = None
+        if m is None:
+            if ck is None:
+                out.append({**entry, "missing": why})
+                continue
+            model = load_pretrained(ck, progress=False)
+            model.to(plan.device)
+            m = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir)), folder,
+                         run_info={"name": row.name, "seed": seed, "step": step, "checkpoint": str(ck)}, **kw)
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        out.append({**entry, "checkpoint": str(ck), "family_mean": m["family_mean"], "components": m["components"]})
+    return out
