@@ -4,16 +4,18 @@
 
 Takes the first ``--qa`` conversations of DATA/train.json and the captions DATA/caption.json[START:STOP] (pick a range
 stage 1 did not train on: stage 1 reads the first ``data.max_samples`` captions), shuffles them together with
-``--seed`` and writes one LLaVA-format JSON. Refuses to overwrite an existing file unless --force.
+``--seed`` and writes one LLaVA-format JSON (``compactvlm.data.mix``; the study's ``data.mix`` does the same).
+Refuses to overwrite an existing file unless --force.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 from pathlib import Path
+
+from compactvlm.data.mix import write_mix
+from compactvlm.errors import CompactVLMError
 
 
 def main(argv=None) -> int:
@@ -25,23 +27,18 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     a = p.parse_args(argv)
-    data, out = Path(a.data), Path(a.out)
     try:
         start, stop = (int(x) for x in a.captions.split(":"))
     except ValueError:
-        sys.exit(f"--captions must be START:STOP (e.g. 4400:5800), got {a.captions!r}")
-    for name in ("train.json", "caption.json"):
-        if not (data / name).exists():
-            sys.exit(f"{data / name} is missing: build the data first (compactvlm data build sceneqa --caption N ...)")
+        p.error(f"--captions must be START:STOP (e.g. 4400:5800), got {a.captions!r}")
+    out = Path(a.out)
     if out.exists() and not a.force:
-        sys.exit(f"{out} exists: pass --force to overwrite it or choose another --out")
-    qa = json.loads((data / "train.json").read_text())
-    caps = json.loads((data / "caption.json").read_text())
-    if a.qa > len(qa) or stop > len(caps) or not 0 <= start < stop:
-        sys.exit(f"asked for {a.qa} QA conversations (have {len(qa)}) and captions {start}:{stop} (have {len(caps)})")
-    mix = qa[: a.qa] + caps[start:stop]
-    random.Random(a.seed).shuffle(mix)
-    out.write_text(json.dumps(mix))
+        p.error(f"{out} exists: pass --force to overwrite it or choose another --out")
+    try:
+        write_mix(a.data, out, a.qa, (start, stop), a.seed)
+    except CompactVLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{out}: {a.qa} QA conversations + {stop - start} captions, shuffled with seed {a.seed}")
     return 0
 

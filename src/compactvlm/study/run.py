@@ -54,25 +54,11 @@ def mix_path(plan: StudyPlan) -> Path:
 
 
 def write_mix(plan: StudyPlan, data_dir: Path) -> Path:
-    """The first ``mix.qa`` conversations of ``train.json`` and ``caption.json[start:stop]``, shuffled with
-    ``mix.seed`` into one LLaVA-format JSON (written atomically)."""
-    import random
+    """The plan's mix (``data.mix``): see :func:`compactvlm.data.mix.mix_records`."""
+    from ..data.mix import write_mix as write
 
     m = plan.data.mix
-    qa = json.loads((data_dir / "train.json").read_text()) if m.qa else []
-    caps = json.loads((data_dir / "caption.json").read_text()) if m.captions[1] > m.captions[0] else []
-    start, stop = m.captions
-    if m.qa > len(qa) or stop - start > len(caps[start:stop]):
-        raise CompactVLMError(f"data.mix asks for {m.qa} QA conversations and captions {start}:{stop}; {data_dir} "
-                              f"has {len(qa)} and {len(caps)}", "raise data.train / data.caption (a new data.dir) "
-                              "or shrink the mix")
-    mix = qa[: m.qa] + caps[start:stop]
-    random.Random(m.seed).shuffle(mix)
-    out = mix_path(plan)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(mix, ensure_ascii=False))
-    tmp.replace(out)
-    return out
+    return write(data_dir, mix_path(plan), m.qa, tuple(m.captions), m.seed)
 
 
 def stage_overrides(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k: int, out: Path,
