@@ -2,6 +2,7 @@
 and with another image (shuffled across samples, no sample keeps its own), on held-out captions.
 
     python scripts/caption_gap_by_word.py --checkpoint runs/recipe/stf-s1/final --data data/recipe [--n 64] [--json F]
+        [--captions data/recipe/caption_val_nobg.json]   # another held-out caption file (default DATA/caption_val.json)
 
 Kinds: colour, object (item or shape name), place (left/right/top/bottom/centre), sign word, background (the words
 after "on a photo of"), other (articles, "and", "at the", punctuation). A model that reads the objects has a large
@@ -46,13 +47,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a SceneQA build with caption_val.json")
+    p.add_argument("--captions", default=None, help="held-out captions (default DATA/caption_val.json)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    src = Path(a.data) / "caption_val.json"
+    src = Path(a.captions) if a.captions else Path(a.data) / "caption_val.json"
     if not src.exists():
-        sys.exit(f"{src} is missing: build the data with --caption N (builds since 2026-12-02 write it)")
+        sys.exit(f"{src} is missing: build the data with --caption N (builds since 2026-12-02 write caption_val.json)")
 
     import torch
     import torch.nn.functional as F

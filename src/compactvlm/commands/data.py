@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
         b.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"{split} images (default {n})")
     b.add_argument("--turns", type=int, default=3, help="question turns per training conversation (default 3)")
     b.add_argument("--workers", type=int, default=1, help="processes rendering images (default 1)")
+    b.add_argument("--object-scale", type=float, default=1.0, metavar="S",
+                   help="multiply object sizes in the caption and train splits (a training curriculum, e.g. 1.75); "
+                        "val and test always keep the standard sizes (default 1)")
     b.add_argument("--fmnist-dir", default=None, help="folder with the Fashion-MNIST *-ubyte.gz files")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run_build)
@@ -30,7 +33,8 @@ def run_build(args: argparse.Namespace) -> int:
     from ..data.sceneqa import SPLITS, build_sceneqa
 
     m = build_sceneqa(args.out, seed=args.seed, sizes={s: getattr(args, s) for s in SPLITS},
-                      progress=not args.quiet, turns=args.turns, workers=args.workers, fmnist_dir=args.fmnist_dir)
+                      progress=not args.quiet, turns=args.turns, workers=args.workers, fmnist_dir=args.fmnist_dir,
+                      object_scale=args.object_scale)
     print(f"SceneQA written to {args.out} in {m['build_seconds']:.1f} s (seed {m['seed']})")
     for split, c in m["counts"].items():
         print(f"  {split:8s} {c['images']:6d} images {c['questions']:7d} questions")

@@ -27,6 +27,7 @@ from .vocab import CANVAS, CAPTION_PROMPTS, FAMILIES, FAMILY_NAMES
 
 SPLITS = ("caption", "train", "val", "test")
 EVAL_SPLITS = ("val", "test")
+TRAIN_SPLITS = ("caption", "train")  # the splits ``object_scale`` applies to (a training curriculum)
 SPLIT_CODE = {"caption": 0, "train": 1, "val": 2, "test": 3}
 DEFAULT_SIZES = {"caption": 2000, "train": 5000, "val": 250, "test": 1000}
 VERSION = 1
@@ -36,7 +37,7 @@ OUR_FILES = ("manifest.json", "caption.json", "caption_val.json", "train.json", 
 _STATE: dict = {}  # per-process: pools, backgrounds, options (filled by _init)
 
 
-def _init(seed: int, out_dir: str, turns: int, fmnist_dir: str | None) -> None:
+def _init(seed: int, out_dir: str, turns: int, fmnist_dir: str | None, object_scale: float = 1.0) -> None:
     tr_img, tr_lab = sources.load_fashion_mnist("train", fmnist_dir)
     te_img, te_lab = sources.load_fashion_mnist("t10k", fmnist_dir)
     train_pool = Pool(tr_img, tr_lab, 0, 50_000, "fashion-mnist-train")
@@ -44,7 +45,7 @@ def _init(seed: int, out_dir: str, turns: int, fmnist_dir: str | None) -> None:
         pools={"caption": train_pool, "train": train_pool,
                "val": Pool(tr_img, tr_lab, 50_000, 60_000, "fashion-mnist-train"),
                "test": Pool(te_img, te_lab, 0, len(te_lab), "fashion-mnist-t10k")},
-        backgrounds=sources.load_backgrounds(), seed=seed, out=Path(out_dir), turns=turns,
+        backgrounds=sources.load_backgrounds(), seed=seed, out=Path(out_dir), turns=turns, object_scale=object_scale,
     )
 
 
@@ -63,7 +64,8 @@ def make_image(task: tuple[str, int]) -> dict:
     family = "caption" if split == "caption" else family_of(st["seed"], split, index)
     full = split in EVAL_SPLITS
     for _ in range(50):
-        scene, spec = sample_scene(rng, "existence" if family == "caption" else family, pool, bgs)
+        scale = st.get("object_scale", 1.0) if split in TRAIN_SPLITS else 1.0  # evaluation splits never scale
+        scene, spec = sample_scene(rng, "existence" if family == "caption" else family, pool, bgs, scale)
         qas = [] if family == "caption" else ASK[family](scene, rng, spec, full)
         if qas is not None:
             break
@@ -172,12 +174,14 @@ def _prepare(out: Path) -> None:
 
 def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None,
                   progress: bool = True, turns: int = 3, workers: int = 1,
-                  fmnist_dir: str | None = None) -> dict:
+                  fmnist_dir: str | None = None, object_scale: float = 1.0) -> dict:
     """Build SceneQA into ``out_dir`` and return the manifest (also written to ``manifest.json``).
 
     sizes: images per split, keys ``caption`` / ``train`` / ``val`` / ``test`` (missing keys take
     ``DEFAULT_SIZES``; 0 skips a split). turns: question turns per training conversation (one image,
-    up to ``turns`` questions from different families). workers: processes rendering images.
+    up to ``turns`` questions from different families). workers: processes rendering images. object_scale:
+    multiplies object sizes in the caption and train splits only (an easier training curriculum, e.g. 1.75; the
+    val and test splits always keep the standard sizes, so evaluations stay comparable across builds).
     """
     t0 = time.perf_counter()
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
@@ -188,6 +192,9 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
         raise CompactVLMError(f"split sizes must be >= 0, got {sizes}", "pass e.g. --test 500")
     if turns < 1:
         raise CompactVLMError(f"turns must be >= 1, got {turns}", "use e.g. --turns 3")
+    if not 0.5 <= float(object_scale) <= 2.5:
+        raise CompactVLMError(f"object_scale must be within 0.5-2.5, got {object_scale}",
+                              "use e.g. --object-scale 1.75 (1 = the standard sizes)")
     sizes = {k: int(sizes[k]) for k in SPLITS}
     out = Path(out_dir).expanduser()
     _prepare(out)
@@ -195,7 +202,7 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
         if sizes[s]:
             (out / "images" / s).mkdir(parents=True, exist_ok=True)
             (out / "masks" / s).mkdir(parents=True, exist_ok=True)
-    _init(seed, str(out), turns, fmnist_dir)
+    _init(seed, str(out), turns, fmnist_dir, float(object_scale))
     tasks = [(s, i) for s in SPLITS for i in range(sizes[s])]
 
     from tqdm.auto import tqdm
@@ -206,7 +213,7 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
         import multiprocessing as mp
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_init, initargs=(seed, str(out), turns, fmnist_dir)) as p:
+        with ctx.Pool(workers, initializer=_init, initargs=(seed, str(out), turns, fmnist_dir, float(object_scale))) as p:
             for rec in p.imap(make_image, tasks, chunksize=16):
                 records[rec["split"]].append(rec)
                 bar.update()
@@ -219,6 +226,7 @@ def build_sceneqa(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, in
 
     files = _write_outputs(out, records, sizes)
     manifest = _manifest(out, seed, sizes, turns, records, files)
+    manifest["object_scale"] = {s: (float(object_scale) if s in TRAIN_SPLITS else 1.0) for s in SPLITS}
     manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
     manifest["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_text(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")

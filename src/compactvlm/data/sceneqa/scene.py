@@ -162,23 +162,26 @@ def plan_objects(rng: np.random.Generator, family: str, pool: Pool, theme: str) 
 
 
 # --------------------------------------------------------------------------------------------- place
-def _size(o: Obj, rng) -> tuple[int, int]:
+def _size(o: Obj, rng, scale: float = 1.0) -> tuple[int, int]:
     if o.kind == "item":
         s = int(rng.integers(ITEM_SIZE[0], ITEM_SIZE[1] + 1))
-        return s, s
+        return round(s * scale), round(s * scale)
     if o.kind == "shape":
         s = int(rng.integers(SHAPE_SIZE[0], SHAPE_SIZE[1] + 1))
-        return s, s
+        return round(s * scale), round(s * scale)
+    if scale != 1.0:
+        o.font_size = round(o.font_size * scale)
     x0, y0, x1, y1 = sources.font(o.font, o.font_size).getbbox(o.word)
     return x1 - x0 + 10, y1 - y0 + 10
 
 
-def place(rng: np.random.Generator, objs: list[Obj], required: int, pool: Pool) -> list[Obj] | None:
-    """Non-overlapping positions; the first ``required`` objects must fit (else None), later ones are dropped if not."""
+def place(rng: np.random.Generator, objs: list[Obj], required: int, pool: Pool, scale: float = 1.0) -> list[Obj] | None:
+    """Non-overlapping positions; the first ``required`` objects must fit (else None), later ones are dropped if not.
+    ``scale`` multiplies object sizes (training curricula; 1.0 = the sizes every evaluation split uses)."""
     boxes: list[tuple[int, int, int, int]] = []
     placed = []
     for i, o in enumerate(objs):
-        w, h = _size(o, rng)
+        w, h = _size(o, rng, scale)
         ok = False
         for _ in range(60):
             x = int(rng.integers(2, CANVAS - w - 1))
@@ -273,14 +276,14 @@ def render(scene: Scene, backgrounds: dict[str, np.ndarray]) -> tuple[Image.Imag
     return im, lab
 
 
-def sample_scene(rng: np.random.Generator, family: str, pool: Pool, backgrounds: dict[str, np.ndarray]
-                 ) -> tuple[Scene, dict]:
-    """Plan, place and crop (retried until the required objects fit)."""
+def sample_scene(rng: np.random.Generator, family: str, pool: Pool, backgrounds: dict[str, np.ndarray],
+                 scale: float = 1.0) -> tuple[Scene, dict]:
+    """Plan, place and crop (retried until the required objects fit); ``scale`` multiplies object sizes."""
     names = sorted(backgrounds)
     for _ in range(20):
         theme = str(rng.choice(sorted(THEMES)))
         objs, spec = plan_objects(rng, family, pool, theme)
-        placed = place(rng, objs, required=spec.get("k", 1), pool=pool)
+        placed = place(rng, objs, required=spec.get("k", 1), pool=pool, scale=scale)
         if placed is None:
             continue
         bg = names[int(rng.integers(len(names)))]
@@ -288,7 +291,7 @@ def sample_scene(rng: np.random.Generator, family: str, pool: Pool, backgrounds:
         side = int(rng.uniform(0.55, 1.0) * min(h, w))
         crop = (int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1)), side, bool(rng.random() < 0.5))
         return Scene(bg, theme, crop, placed), spec
-    raise RuntimeError("could not place a SceneQA scene in 20 tries")  # not reachable with the sizes above
+    raise RuntimeError(f"could not place a SceneQA scene in 20 tries (object scale {scale})")  # not reached at scale 1
 
 
 def scene_dict(scene: Scene, pool: Pool) -> dict:
