@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.prt import prt
     from ..model.checkpoint import load_pretrained
     from ..efficiency.timing import compare_ttft
-    from ..study import measure_cost
+    from ..efficiency.cost import measure_cost
     from ..runtime import set_threads
     from ..zoo.cache import cache_dir
     from .eval import make_answer_fn

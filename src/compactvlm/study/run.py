@@ -12,7 +12,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..efficiency.cost import measure_cost
 from ..errors import CompactVLMError
+from ..runtime import set_threads
 from .controls import record_baselines
 from .plan import StudyPlan, StudyRow, checkpoint_dir, result_path, stage_dirs
 
@@ -202,37 +204,6 @@ def _train_stats(run_dir: Path) -> dict:
     return out
 
 
-def measure_cost(model, image, question: str, repeats: int, extra_state: dict | None = None) -> dict:
-    """TTFT (median ms, with min/max and process CPU ms) and FLOPs of one batch-1 forward: encode + compress +
-    prefill + first-token logits (``logits_to_keep=1``); FLOPs split into vision (encoder + compressor) and LLM.
-    The time comes from ``efficiency.timing.compare_ttft``, the one timing path; to compare rows' speed, time
-    them together with it (interleaved), as ``compactvlm demo`` and ``bench`` do."""
-    import torch
-
-    from ..efficiency.flops import flop_counter
-    from ..efficiency.timing import compare_ttft
-
-    dev = next(model.llm.parameters()).device
-    ids, mask = model.pad_left([model.prompt_ids(question)])
-    ids, mask, pix = ids.to(dev), mask.to(dev), model.processor([image]).to(dev)
-    with torch.inference_mode():
-        with flop_counter() as fc:
-            model.forward(ids, mask, pix, logits_to_keep=1, extra_state=extra_state)
-        total = fc.get_total_flops()
-        with flop_counter() as fv:
-            model.encode_images(pix, extra_state)
-        vision = fv.get_total_flops()
-    wall = cpu = {"median": None, "min": None, "max": None}
-    if repeats > 0:  # repeats 0: FLOPs only (callers that time several models together, interleaved)
-        cmp = compare_ttft([("row", model)], pix, question, repeats=repeats, warmup=1,
-                           extra_states={"row": extra_state})
-        wall, cpu = cmp.wall_ms["row"], cmp.cpu_ms["row"]
-    return {"ttft_ms": wall["median"], "ttft_ms_min": wall["min"], "ttft_ms_max": wall["max"],
-            "ttft_cpu_ms": cpu["median"], "dtype": str(next(model.llm.parameters()).dtype).replace("torch.", ""),
-            "prompt_tokens": int(ids.shape[1]), "flops_total": int(total), "flops_vision": int(vision),
-            "flops_llm": int(total - vision), "threads": torch.get_num_threads()}
-
-
 def _write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -262,7 +233,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     if res.exists() and not force:
         return res
     previous = json.loads(res.read_text()) if res.exists() else None
-    torch.set_num_threads(plan.threads)
+    set_threads(plan.threads)
     t0 = time.perf_counter()
     data_dir = ensure_data(plan, progress)
     record_baselines(plan, data_dir)  # the test split's chance baseline, for the report's chance line
