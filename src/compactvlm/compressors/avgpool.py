@@ -35,6 +35,11 @@ class AvgPool(Compressor):
         check_grid_divisible((h, w), self.k)
         return (h // self.k) * (w // self.k)
 
+    def token_windows(self, grid=None) -> tuple[int, int, int]:
+        h, w = grid or self.enc.grid
+        check_grid_divisible((h, w), self.k)
+        return h // self.k, w // self.k, 1
+
     def pool(self, feats: VisionFeatures) -> torch.Tensor:
         """The training-free part: (B, H/k*W/k, C) window means, row-major over windows."""
         check_grid_divisible(feats.grid, self.k)

@@ -53,6 +53,13 @@ class Compressor(nn.Module):
         are refused (the masks would still show where the objects are)."""
         return False
 
+    def token_windows(self, grid: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
+        """How the output tokens tile the image: ``(rows, cols, per_window)`` when the output is ``rows x cols``
+        equal windows of the patch grid in row-major order with ``per_window`` consecutive tokens each (full
+        tokens: the patch grid and 1; STF k=2, E=1: the grid / 2 and 1), None when tokens are not tied to fixed
+        windows (learned queries, groups, objects). The grounding objective (``train.grounding``) reads it."""
+        return None
+
     def __init__(self, enc: EncoderInfo, llm_dim: int):
         super().__init__()
         self.enc = enc

@@ -62,6 +62,11 @@ class TokenConcat(Compressor):
         check_grid_divisible((h, w), self.k)
         return (h // self.k) * (w // self.k)
 
+    def token_windows(self, grid=None) -> tuple[int, int, int]:
+        h, w = grid or self.enc.grid
+        check_grid_divisible((h, w), self.k)
+        return h // self.k, w // self.k, 1
+
     def forward(self, feats: VisionFeatures) -> torch.Tensor:
         x = space_to_depth(feats.patches(self.layer), feats.grid, self.k)  # (B, H/k*W/k, k²C)
         return self.proj(x)  # (B, H/k*W/k, D)

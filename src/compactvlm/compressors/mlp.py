@@ -28,6 +28,10 @@ class MLPProjector(Compressor):
         h, w = grid or self.enc.grid
         return h * w
 
+    def token_windows(self, grid=None) -> tuple[int, int, int]:
+        h, w = grid or self.enc.grid
+        return h, w, 1
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token projection, reused by test-time reductions: (B, N, C) -> (B, N, D)."""
         return self.proj(x)

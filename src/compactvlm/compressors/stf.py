@@ -192,6 +192,11 @@ class SpatialTokenFusion(Compressor):
         check_grid_divisible((h, w), self.k)
         return (h // self.k) * (w // self.k) * self.E
 
+    def token_windows(self, grid=None) -> tuple[int, int, int]:
+        h, w = grid or self.enc.grid
+        check_grid_divisible((h, w), self.k)
+        return h // self.k, w // self.k, self.E
+
     def block_features(self, feats: VisionFeatures) -> torch.Tensor:
         """STF's input: (B, H*W, C1) — MBTF of the chosen blocks, or the patch tokens of ``layer``."""
         if self.mbtf is None:

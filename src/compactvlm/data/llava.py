@@ -118,7 +118,7 @@ class LlavaDataset(Dataset):
     def __init__(self, path: str | os.PathLike, tokenizer, num_image_tokens: int, processor: ImageProcessor,
                  image_root: str | os.PathLike | None = None, system_prompt: str | None = None,
                  max_samples: int | None = None, max_length: int | None = None, text_only: str = "error",
-                 check_images: bool = True, given_masks: bool = False):
+                 check_images: bool = True, given_masks: bool = False, objects: bool = False):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.tokenizer = tokenizer
@@ -143,25 +143,27 @@ class LlavaDataset(Dataset):
             raise CompactVLMError(f"{self.path} has no usable samples", "check the file and data.max_samples")
         self.records = records
         self.given_masks = given_masks
+        self.objects = objects
         if check_images:
             self._check_images()
-        if given_masks:
-            self._check_masks()
+        if given_masks or objects:
+            self._check_masks("the grounding objective needs the objects" if objects and not given_masks else None)
 
-    def _check_masks(self) -> None:
+    def _check_masks(self, need: str | None = None) -> None:
         """The ``given`` mask source trains on each image's own object masks: SceneQA's label maps (the only
         dataset here that has them), found from the image path (``images/<split>/<n>.jpg``)."""
         from .sceneqa.masks import scene_of
 
+        what = need or "the 'given' mask source needs the object masks"
         for r in self.records:  # a dict lookup each: the scene files are read once (cached)
             try:
                 scene_of(self.root, r["image"])
             except CompactVLMError as e:
                 raise CompactVLMError(
-                    f"the 'given' mask source needs the object masks of every training image, but for {r['image']!r}"
-                    f" of {self.path}: {e.problem}",
+                    f"{what} of every training image, but for {r['image']!r} of {self.path}: {e.problem}",
                     "train on a SceneQA folder (`compactvlm data build sceneqa`, which writes masks/ and "
-                    "<split>_scenes.jsonl), or use model.compressor_params.mask_source=unsupervised") from None
+                    "<split>_scenes.jsonl), or use " + ("objective=lm" if need else
+                                                         "model.compressor_params.mask_source=unsupervised")) from None
 
     def _check_images(self) -> None:
         """The image-root rule of ``images.resolve_in_root`` (the same for evaluation): relative paths inside
@@ -217,6 +219,10 @@ class LlavaDataset(Dataset):
         img = load_image(self.records[i]["image"], root=self.root)
         pix = self.processor([img])[0]  # (3, S, S)
         item = {"index": i, "input_ids": ids, "labels": labels, "pixel_values": pix}
+        if self.objects:  # the grounding objective's targets (train.grounding), boxes as fractions of the image
+            from .sceneqa.masks import scene_objects
+
+            item["objects"] = scene_objects(self.root, self.records[i]["image"], img.size)
         if self.given_masks:
             from .sceneqa.masks import object_masks
 
@@ -238,6 +244,8 @@ def collate_llava(items: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_
     batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T), padding repeats a valid index
     batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])  # (B, 3, S, S)
     batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    if "objects" in items[0]:
+        batch["objects"] = [it["objects"] for it in items]  # B x [{"box", "words"}]: the grounding targets
     if "masks" in items[0]:
         batch["masks"] = [it["masks"] for it in items]  # B x (K_i, S, S) bool: the `given` mask source's input
     return batch

@@ -222,6 +222,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     cache_features: bool = False  # keep frozen-encoder features in memory after their first use
     logits: Literal["labels", "all"] = "labels"  # lm-head only at positions with a label, or everywhere (HF)
+    # lm: next-token loss on answers / captions; grounding: the compressor writes each object's word embeddings
+    # into the token covering it (train.grounding; SceneQA data; compressor only, no LLM pass)
+    objective: Literal["lm", "grounding"] = "lm"
+    grounding_background: float = 0.1  # weight of the non-object tokens' pull towards 0 (objective=grounding)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads per process
     resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | never | path of a checkpoint
@@ -233,6 +237,9 @@ class TrainConfig:
             raise CompactVLMError("init.new_modules is set but init.from is not", "set init.from to the stage-1 checkpoint")
         if self.threads is not None and self.threads < 1:
             raise CompactVLMError(f"threads must be >= 1 (or null), got {self.threads}", "use e.g. threads=4, or null")
+        if self.grounding_background < 0:
+            raise CompactVLMError(f"grounding_background must be >= 0, got {self.grounding_background}",
+                                  "use e.g. grounding_background=0.1")
         if self.seed < 0:
             raise CompactVLMError(f"seed must be >= 0, got {self.seed}", "use e.g. seed=0")
         if not self.output_dir or not str(self.output_dir).strip():

@@ -28,10 +28,13 @@ from .stages import is_peft
 
 
 class TrainingModel(nn.Module):
-    def __init__(self, vlm: nn.Module, logits: str = "labels"):
+    def __init__(self, vlm: nn.Module, logits: str = "labels", objective: str = "lm", background: float = 0.1):
         super().__init__()
         self.vlm = vlm
         self.logits = logits
+        self.objective = objective  # "lm" (answers / captions) or "grounding" (train.grounding; no LLM pass)
+        self.background = float(background)
+        self._vectors = None
 
     def _base_llm(self) -> nn.Module:
         llm = self.vlm.llm
@@ -48,8 +51,10 @@ class TrainingModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 features: dict[int, torch.Tensor] | None = None,
-                extra_state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                extra_state: dict | None = None, objects: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # extra_state: per-sample inputs of the compressor besides the image, e.g. {"masks": [...]} (given masks)
+        if self.objective == "grounding":
+            return self.grounding(self.image_tokens(pixel_values, features, extra_state), objects)
         embeds = self.vlm.merge(input_ids, self.image_tokens(pixel_values, features, extra_state))  # (B, T, D)
         target = labels[:, 1:]  # (B, T-1): the label of position t is predicted at t-1
         keep = target != IGNORE_INDEX  # (B, T-1)
@@ -64,6 +69,20 @@ class TrainingModel(nn.Module):
             logits = out.logits[:, :-1][keep]  # (N, V)
         loss_sum = F.cross_entropy(logits.float(), target[keep], reduction="sum")
         return loss_sum, keep.sum()
+
+
+    def grounding(self, tokens: torch.Tensor, objects: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss sum, count) of the grounding objective for the vision tokens ``(B, M, D)`` of one batch."""
+        from ..errors import CompactVLMError
+        from .grounding import WordVectors, grounding_loss
+
+        if objects is None:
+            raise CompactVLMError("the grounding objective needs each sample's objects",
+                                  "train on a SceneQA build (its *_scenes.jsonl) with objective=grounding")
+        if self._vectors is None:
+            self._vectors = WordVectors(self.vlm.tokenizer, self._base_llm().get_input_embeddings())
+        comp = self.vlm.compressor
+        return grounding_loss(tokens, objects, self._vectors, comp.token_windows(self.vlm.grid), self.background)
 
 
 def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:

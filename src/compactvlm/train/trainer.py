@@ -207,7 +207,8 @@ class Trainer:
         d = self.cfg.data
         common = dict(tokenizer=vlm.tokenizer, num_image_tokens=vlm.num_image_tokens(), processor=vlm.processor,
                       image_root=d.image_root, system_prompt=vlm.system_prompt, max_length=d.max_length,
-                      text_only=d.text_only, given_masks=vlm.compressor.wants_given_masks)
+                      text_only=d.text_only, given_masks=vlm.compressor.wants_given_masks,
+                      objects=self.cfg.objective == "grounding")
         train = LlavaDataset(d.train, max_samples=d.max_samples, **common)
         val = LlavaDataset(d.val, max_samples=d.max_val_samples, **common) if d.val else None
         return train, val
@@ -281,7 +282,10 @@ class Trainer:
         if dropped:
             self.log_lines.append(f"{dropped} sample(s) per epoch do not fill a global batch and are skipped")
 
-        tm = TrainingModel(vlm, logits=cfg.logits)
+        if cfg.objective == "grounding" and any(p.requires_grad for p in vlm.llm.parameters()):
+            raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
+                                  "set stage.modules.llm=frozen for objective=grounding")
+        tm = TrainingModel(vlm, logits=cfg.logits, objective=cfg.objective, background=cfg.grounding_background)
         self.param_names = [n for n, p in tm.named_parameters() if p.requires_grad]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.scheduler = get_scheduler(o.schedule, opt, num_warmup_steps=cfg.warmup_steps(self.total_steps),
@@ -380,7 +384,10 @@ class Trainer:
     # ---- steps ---------------------------------------------------------------------------------------
     def _text_inputs(self, batch: dict) -> dict:
         dev = self.accelerator.device
-        return {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        x = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        if "objects" in batch:  # grounding targets stay with their sample (a shuffled control swaps only the image)
+            x["objects"] = batch["objects"]
+        return x
 
     def _inputs(self, batch: dict, cache) -> dict:
         dev = self.accelerator.device
@@ -401,7 +408,14 @@ class Trainer:
         from ..data.llava import num_label_tokens
 
         acc = self.accelerator
-        n_lab, n_tok = self._reduce([sum(num_label_tokens(b["labels"]) for b in micro),
+        if self.cfg.objective == "grounding":
+            from .grounding import num_objects
+
+            def count(b):
+                return sum(num_objects(o) for o in b["objects"])
+        else:
+            count = (lambda b: num_label_tokens(b["labels"]))  # noqa: E731
+        n_lab, n_tok = self._reduce([sum(count(b) for b in micro),
                                      sum(int(b["attention_mask"].sum()) for b in micro)])
         scale = acc.num_processes * self.grad_accum / max(n_lab, 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64)

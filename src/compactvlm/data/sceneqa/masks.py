@@ -11,6 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,3 +50,21 @@ def object_masks(data_dir: str | os.PathLike, image: str, size: tuple[int, int] 
     masks = np.stack([lab == o["id"] for o in objs]) if objs else np.zeros((0, *lab.shape), dtype=bool)
     keep = masks.reshape(len(objs), -1).any(1) if objs else np.zeros(0, dtype=bool)  # resizing can erase tiny ones
     return masks[keep], [o for o, k in zip(objs, keep) if k]
+
+
+def object_words(obj: dict[str, Any]) -> list[str]:
+    """The words a SceneQA object is named by: its name, then its colour (shapes) or its word (signs)."""
+    words = [str(obj["name"])]
+    if obj.get("color"):
+        words.append(str(obj["color"]))
+    if obj.get("word"):
+        words.append(str(obj["word"]))
+    return words
+
+
+def scene_objects(root: str | Path, image: str, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """The objects of a SceneQA image as grounding targets read them: ``{"box": [x0, y0, x1, y1], "words": [...]}``
+    with the box as fractions of the image (``size`` = the image's (width, height) in pixels)."""
+    w, h = size
+    return [{"box": [o["box"][0] / w, o["box"][1] / h, o["box"][2] / w, o["box"][3] / h], "words": object_words(o)}
+            for o in scene_of(root, image).get("objects", [])]

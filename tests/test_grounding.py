@@ -1,0 +1,128 @@
+"""The grounding objective (train.grounding, objective=grounding): where each object's target goes, the loss's
+zero and weights, the token windows every windowed compressor declares, and a training run on a SceneQA build."""
+
+import json
+
+import pytest
+import torch
+
+from compactvlm.compressors.base import create_compressor
+from compactvlm.data.sceneqa import build_sceneqa
+from compactvlm.encoders.base import EncoderInfo
+from compactvlm.errors import CompactVLMError
+from compactvlm.registry import COMPRESSORS
+from compactvlm.train import train
+from compactvlm.train.fixtures import tiny_train_config
+from compactvlm.train.grounding import grounding_loss, matched_targets, num_objects, window_targets
+
+D = 4
+VEC = {"circle": torch.tensor([1.0, 0, 0, 0]), "red": torch.tensor([0, 1.0, 0, 0]),
+       "dress": torch.tensor([0, 0, 1.0, 0]), "sign": torch.tensor([0, 0, 0, 1.0]), "stop": torch.tensor([0, 0, 0, 2.0])}
+
+
+def vectors(words):
+    return torch.stack([VEC[w] for w in words]).sum(0)
+
+
+CIRCLE = {"box": [0.05, 0.05, 0.20, 0.20], "words": ["circle", "red"]}  # centre (0.125, 0.125): top-left window
+DRESS = {"box": [0.60, 0.55, 0.90, 0.95], "words": ["dress"]}  # centre (0.75, 0.75): bottom-right window
+
+
+def test_window_targets_put_each_object_at_the_window_of_its_centre():
+    t, m = window_targets([CIRCLE, DRESS], (2, 2, 1), vectors, D)
+    assert m.tolist() == [1, 0, 0, 1]
+    assert torch.equal(t[0], VEC["circle"] + VEC["red"]) and torch.equal(t[3], VEC["dress"])
+    assert torch.equal(t[1], torch.zeros(D)) and torch.equal(t[2], torch.zeros(D))
+    t, m = window_targets([DRESS], (4, 4, 2), vectors, D)  # 4x4 windows, 2 tokens each: the window's first token
+    assert m.nonzero().flatten().tolist() == [(3 * 4 + 3) * 2]
+
+
+def test_matched_targets_give_each_object_its_own_nearest_token():
+    tokens = torch.stack([VEC["dress"], torch.zeros(D), VEC["circle"] + VEC["red"]])  # (3, D)
+    t, m = matched_targets(tokens, [CIRCLE, DRESS], vectors)
+    assert m.tolist() == [1, 0, 1]
+    assert torch.equal(t[0], VEC["dress"]) and torch.equal(t[2], VEC["circle"] + VEC["red"])
+    t, m = matched_targets(tokens[:1], [CIRCLE, DRESS], vectors)  # more objects than tokens: one is matched
+    assert m.tolist() == [1]
+
+
+def test_grounding_loss_is_zero_at_the_targets_and_weighs_images_by_their_objects():
+    perfect = torch.zeros(2, 4, D)  # two images, 2x2 windows
+    perfect[0, 0] = VEC["circle"] + VEC["red"]
+    perfect[0, 3] = VEC["dress"]
+    objects = [[CIRCLE, DRESS], []]
+    loss, n = grounding_loss(perfect, objects, vectors, (2, 2, 1), background=0.1)
+    assert float(loss) == 0.0 and float(n) == 3.0 == sum(num_objects(o) for o in objects)
+    wrong = perfect.clone()
+    wrong[0, 3] = 0  # the dress is missing: its token's MSE is 1/4, averaged over the image's 2 object tokens
+    loss, _ = grounding_loss(wrong, objects, vectors, (2, 2, 1), background=0.1)
+    assert float(loss) == pytest.approx(2 * (0.25 / 2))
+    noisy = perfect.clone()
+    noisy[1] = 1.0  # an image without objects: its tokens are pulled to 0 with the background weight
+    loss, _ = grounding_loss(noisy, objects, vectors, (2, 2, 1), background=0.1)
+    assert float(loss) == pytest.approx(0.1 * 1.0)
+    with pytest.raises(CompactVLMError, match="declares"):
+        grounding_loss(perfect, objects, vectors, (3, 3, 1))
+
+
+@pytest.mark.parametrize("name", COMPRESSORS.names())
+def test_declared_token_windows_tile_the_output(name):
+    enc = EncoderInfo(hidden_size=8, num_layers=4, patch_size=2, image_size=16, num_heads=2)  # an 8x8 grid
+    params = {"E": 2} if name.startswith("stf") else {}
+    try:
+        comp = create_compressor(name, enc=enc, llm_dim=8, **params)
+    except (CompactVLMError, TypeError):
+        comp = create_compressor(name, enc=enc, llm_dim=8)
+    win = comp.token_windows()
+    if win is not None:
+        rows, cols, per = win
+        assert rows * cols * per == comp.num_output_tokens()
+        assert 8 % rows == 0 and 8 % cols == 0
+
+
+@pytest.fixture(scope="module")
+def sceneqa(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sceneqa")
+    build_sceneqa(d, seed=0, progress=False, sizes={"caption": 0, "train": 16, "val": 4, "test": 0})
+    # validation on held-out training images (the val split's conversations are fine too)
+    recs = json.loads((d / "train.json").read_text())
+    (d / "held.json").write_text(json.dumps(recs[12:]))
+    (d / "fit.json").write_text(json.dumps(recs[:12]))
+    return d
+
+
+GROUND = ["objective=grounding", "stage.modules={encoder: frozen, compressor: full, llm: frozen}", "optim.lr=1e-2",
+          "threads=1", "eval.every_steps=0", "eval.at_start=true", "eval.at_end=true", "data.shuffle=false"]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_grounding_stage_trains_the_compressor_towards_its_targets(tmp_path, sceneqa, cache):
+    cfg = tiny_train_config(tmp_path, GROUND + [f"data.train={sceneqa / 'fit.json'}", f"data.val={sceneqa / 'held.json'}",
+                                                "model.compressor=stf:k=2,E=1", "optim.epochs=8",
+                                                f"cache_features={str(cache).lower()}"])
+    result = train(cfg)
+    evals = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in l]
+    first, last = evals[0]["val_loss"], evals[-1]["val_loss"]
+    assert last < 0.5 * first, (first, last)
+    assert (result.final_dir / "compressor.safetensors").exists()
+
+
+def test_grounding_runs_for_a_compressor_without_windows(tmp_path, sceneqa):
+    cfg = tiny_train_config(tmp_path, GROUND + [f"data.train={sceneqa / 'fit.json'}", "data.val=null",
+                                                "model.compressor=qformer:tokens=4", "optim.max_steps=2"])
+    assert (train(cfg).final_dir / "compactvlm.json").exists()
+
+
+def test_grounding_refuses_a_trained_llm_and_data_without_scenes(tmp_path, sceneqa):
+    cfg = tiny_train_config(tmp_path / "a", GROUND + [f"data.train={sceneqa / 'fit.json'}", "data.val=null",
+                                                      "optim.max_steps=1", "stage.modules.llm=full"])
+    with pytest.raises(CompactVLMError, match="compressor only") as e:
+        train(cfg)
+    assert "llm=frozen" in e.value.fix
+    cfg = tiny_train_config(tmp_path / "b", GROUND + ["optim.max_steps=1"])  # the tiny colour data: no scenes
+    with pytest.raises(CompactVLMError, match="grounding objective needs the objects") as e:
+        train(cfg)
+    assert "objective=lm" in e.value.fix
+    with pytest.raises(CompactVLMError, match="'objective': 'captions' is not one of"):
+        tiny_train_config(tmp_path / "c", ["objective=captions"])
