@@ -115,10 +115,9 @@ def test_grounding_runs_for_a_compressor_without_windows(tmp_path, sceneqa):
 
 
 def test_grounding_refuses_a_trained_llm_and_data_without_scenes(tmp_path, sceneqa):
-    cfg = tiny_train_config(tmp_path / "a", GROUND + [f"data.train={sceneqa / 'fit.json'}", "data.val=null",
-                                                      "optim.max_steps=1", "stage.modules.llm=full"])
-    with pytest.raises(CompactVLMError, match="compressor only") as e:
-        train(cfg)
+    with pytest.raises(CompactVLMError, match="compressor only") as e:  # at config load, before any model load
+        tiny_train_config(tmp_path / "a", GROUND + [f"data.train={sceneqa / 'fit.json'}", "data.val=null",
+                                                    "optim.max_steps=1", "stage.modules.llm=full"])
     assert "llm=frozen" in e.value.fix
     cfg = tiny_train_config(tmp_path / "b", GROUND + ["optim.max_steps=1"])  # the tiny colour data: no scenes
     with pytest.raises(CompactVLMError, match="grounding objective needs the objects") as e:

@@ -237,6 +237,10 @@ class TrainConfig:
             raise CompactVLMError("init.new_modules is set but init.from is not", "set init.from to the stage-1 checkpoint")
         if self.threads is not None and self.threads < 1:
             raise CompactVLMError(f"threads must be >= 1 (or null), got {self.threads}", "use e.g. threads=4, or null")
+        llm = self.stage.modules.get("llm", "frozen")
+        if self.objective == "grounding" and (llm if isinstance(llm, str) else llm.mode) != "frozen":
+            raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
+                                  "set stage.modules.llm=frozen for objective=grounding")
         if self.grounding_background < 0:
             raise CompactVLMError(f"grounding_background must be >= 0, got {self.grounding_background}",
                                   "use e.g. grounding_background=0.1")

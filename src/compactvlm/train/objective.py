@@ -70,7 +70,6 @@ class TrainingModel(nn.Module):
         loss_sum = F.cross_entropy(logits.float(), target[keep], reduction="sum")
         return loss_sum, keep.sum()
 
-
     def grounding(self, tokens: torch.Tensor, objects: list | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss sum, count) of the grounding objective for the vision tokens ``(B, M, D)`` of one batch."""
         from ..errors import CompactVLMError

@@ -282,9 +282,6 @@ class Trainer:
         if dropped:
             self.log_lines.append(f"{dropped} sample(s) per epoch do not fill a global batch and are skipped")
 
-        if cfg.objective == "grounding" and any(p.requires_grad for p in vlm.llm.parameters()):
-            raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
-                                  "set stage.modules.llm=frozen for objective=grounding")
         tm = TrainingModel(vlm, logits=cfg.logits, objective=cfg.objective, background=cfg.grounding_background)
         self.param_names = [n for n, p in tm.named_parameters() if p.requires_grad]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
