@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     with open(a.out, "w") as log:
         for step in range(a.steps + 1):
-            if step % 50 == 0:
+            if step % 50 == 0 or step == a.steps:  # every 50 steps and at the end
                 v = val()
                 rec = {"step": step, "val_loss": round(v["real"], 4), "gap_shuffled": round(v["shuffled"] - v["real"], 4),
                        "minutes": round((time.time() - t0) / 60, 1)}
