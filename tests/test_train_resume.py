@@ -132,3 +132,21 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp folders left behind
     after = load_file(str(tmp_path / "ck" / "compressor.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)  # the old checkpoint is intact
+
+
+def test_resume_compares_keys_a_checkpoint_predates_with_what_that_code_did():
+    from compactvlm.train.config import TrainConfig, to_plain
+    from compactvlm.train.trainer import config_differences
+
+    cfg = TrainConfig()
+    old = to_plain(cfg)
+    del old["objective"], old["grounding_background"], old["model"]["image_aspect"]  # written before they existed
+    cfg.model.image_aspect = "resize"  # what that code did
+    assert config_differences(old, to_plain(cfg)) == []
+    cfg.model.image_aspect = "pad"  # today's default for new models: a real change for that checkpoint
+    assert config_differences(old, to_plain(cfg)) == ["model.image_aspect"]
+    cfg.model.image_aspect, cfg.objective = "resize", "grounding"
+    assert config_differences(old, to_plain(cfg)) == ["objective"]
+    new = to_plain(cfg)
+    new["objective"] = "lm"
+    assert config_differences(new, to_plain(cfg)) == ["objective"]  # a key both have is compared as before

@@ -83,8 +83,19 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _predates() -> dict[str, Any]:
+    """Values of config keys for a checkpoint written before the key existed: what that code did (a legacy value
+    where it differs from today's default, e.g. ``model.image_aspect``: it resized), else today's default."""
+    from ..encoders.preprocessing import LEGACY_ASPECT
+
+    return {**_flatten(to_plain(TrainConfig())), "model.image_aspect": LEGACY_ASPECT}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
+    """Flattened keys whose value differs between a checkpoint's config and the current one (resume-free keys
+    aside); keys the checkpoint predates take their ``_predates`` value."""
     a, b = _flatten(saved), _flatten(current)
+    a = {**{k: v for k, v in _predates().items() if k in b}, **a}
     free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
     return sorted(k for k in set(a) | set(b) if not free(k) and a.get(k) != b.get(k))
 
@@ -321,10 +332,6 @@ class Trainer:
 
         meta, state, tensors = read_checkpoint_state(path)
         saved = meta.get("train", {})
-        if isinstance(saved.get("model"), dict) and "image_aspect" not in saved["model"]:
-            from ..encoders.preprocessing import LEGACY_ASPECT  # written before the mode existed: it resized
-
-            saved = {**saved, "model": {**saved["model"], "image_aspect": LEGACY_ASPECT}}
         diff = config_differences(saved, to_plain(self.cfg))
         allowed = list(self.cfg.allow_config_change or [])
         changed = [k for k in diff if k in allowed]
