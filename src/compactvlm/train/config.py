@@ -226,6 +226,7 @@ class TrainConfig:
     # into the token covering it (train.grounding; SceneQA data; compressor only, no LLM pass)
     objective: Literal["lm", "grounding"] = "lm"
     grounding_background: float = 0.1  # weight of the non-object tokens' pull towards 0 (objective=grounding)
+    grounding_place: bool = False  # grounding targets also say where the object is ("top" .. "right", interpolated)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads per process
     resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | never | path of a checkpoint

@@ -14,6 +14,9 @@ Targets: for a compressor that declares ``token_windows`` (full tokens, STF, Avg
 vector goes to the window holding its box centre (to the window's first token when there are several per window);
 for the others (learned queries, groups, objects) each object is matched to one distinct token by minimum squared
 distance (Hungarian matching, as DETR does), so every compressor can be grounded on the same data.
+With ``place`` on, each object's vector also says where its centre is, in words the questions use: (1 - y) "top" +
+y "bottom" + (1 - x) "left" + x "right" for the centre (x, y) as fractions of the image, so the quadrant ("top left")
+and which of two objects is higher are in the token itself, not only in its position in the sequence.
 Loss per image: mean squared error over the object tokens + ``background`` x mean squared error of the other tokens
 towards 0; summed over the batch and divided by the number of objects (the trainer's token-mean convention).
 """
@@ -46,9 +49,22 @@ class WordVectors:
     def __call__(self, words: Sequence[str]) -> torch.Tensor:
         return torch.stack([self.word(w) for w in words]).sum(dim=0)  # (D,)
 
+    def place(self, box: Sequence[float]) -> torch.Tensor:
+        """The place words of a box's centre (box as fractions of the image), interpolated by its coordinates."""
+        x = min(max((box[0] + box[2]) / 2, 0.0), 1.0)
+        y = min(max((box[1] + box[3]) / 2, 0.0), 1.0)
+        return ((1 - y) * self.word("top") + y * self.word("bottom")
+                + (1 - x) * self.word("left") + x * self.word("right"))  # (D,)
+
+
+def object_vector(obj: dict, vectors: WordVectors, place: bool = False) -> torch.Tensor:
+    """One object's target vector ``(D,)``: its words, plus its place words when ``place``."""
+    v = vectors(obj["words"])
+    return v + vectors.place(obj["box"]) if place else v
+
 
 def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vectors: WordVectors,
-                   dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   dim: int, place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's targets for a windowed compressor: ``(M, D)`` target tokens and an ``(M,)`` 0/1 object mask,
     M = rows * cols * per_window; an object's vector goes to the first token of the window holding its box centre
     (objects sharing a window add up)."""
@@ -60,12 +76,12 @@ def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vecto
         r = min(max(int((y0 + y1) / 2 * rows), 0), rows - 1)  # boxes are fractions of the image
         c = min(max(int((x0 + x1) / 2 * cols), 0), cols - 1)
         i = (r * cols + c) * per
-        t[i] += vectors(o["words"])
+        t[i] += object_vector(o, vectors, place)
         m[i] = 1.0
     return t, m
 
 
-def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: WordVectors
+def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: WordVectors, place: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's targets for a compressor without fixed windows: each object's vector is assigned to a distinct
     token (Hungarian matching on squared distance to the current tokens ``(M, D)``); more objects than tokens: the
@@ -77,7 +93,7 @@ def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: Word
     m = torch.zeros(m_tok)
     if not objects:
         return t, m
-    vec = torch.stack([vectors(o["words"]) for o in objects])  # (K, D)
+    vec = torch.stack([object_vector(o, vectors, place) for o in objects])  # (K, D)
     cost = torch.cdist(vec, tokens.detach().float().cpu()) ** 2  # (K, M)
     rows, cols = linear_sum_assignment(cost.numpy())
     for k, j in zip(rows, cols):
@@ -87,7 +103,7 @@ def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: Word
 
 
 def grounding_loss(tokens: torch.Tensor, objects: Sequence[Sequence[dict]], vectors: WordVectors,
-                   windows: tuple[int, int, int] | None, background: float = 0.1
+                   windows: tuple[int, int, int] | None, background: float = 0.1, place: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tokens`` (B, M, D) of a compressor, ``objects`` per image -> (loss sum, weight), the sum over images of
     ``num_objects`` x (object-token MSE + background x other-token MSE) and the sum of the weights."""
@@ -97,12 +113,12 @@ def grounding_loss(tokens: torch.Tensor, objects: Sequence[Sequence[dict]], vect
     ts, ms = [], []
     for i in range(b):
         if windows is not None:
-            t, m = window_targets(objects[i], windows, vectors, dim)
+            t, m = window_targets(objects[i], windows, vectors, dim, place)
             if t.shape[0] != m_tok:
                 raise CompactVLMError(f"the compressor declares {windows} token windows ({t.shape[0]} tokens) but "
                                       f"produced {m_tok}", "fix its token_windows()")
         else:
-            t, m = matched_targets(tokens[i], objects[i], vectors)
+            t, m = matched_targets(tokens[i], objects[i], vectors, place)
         ts.append(t)
         ms.append(m)
     target = torch.stack(ts).to(tokens.device)  # (B, M, D)

@@ -28,12 +28,14 @@ from .stages import is_peft
 
 
 class TrainingModel(nn.Module):
-    def __init__(self, vlm: nn.Module, logits: str = "labels", objective: str = "lm", background: float = 0.1):
+    def __init__(self, vlm: nn.Module, logits: str = "labels", objective: str = "lm", background: float = 0.1,
+                 place: bool = False):
         super().__init__()
         self.vlm = vlm
         self.logits = logits
         self.objective = objective  # "lm" (answers / captions) or "grounding" (train.grounding; no LLM pass)
         self.background = float(background)
+        self.place = bool(place)  # grounding targets also carry the object's place words (train.grounding)
         self._vectors = None
 
     def _base_llm(self) -> nn.Module:
@@ -81,7 +83,8 @@ class TrainingModel(nn.Module):
         if self._vectors is None:
             self._vectors = WordVectors(self.vlm.tokenizer, self._base_llm().get_input_embeddings())
         comp = self.vlm.compressor
-        return grounding_loss(tokens, objects, self._vectors, comp.token_windows(self.vlm.grid), self.background)
+        return grounding_loss(tokens, objects, self._vectors, comp.token_windows(self.vlm.grid), self.background,
+                              self.place)
 
 
 def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:

@@ -293,7 +293,8 @@ class Trainer:
         if dropped:
             self.log_lines.append(f"{dropped} sample(s) per epoch do not fill a global batch and are skipped")
 
-        tm = TrainingModel(vlm, logits=cfg.logits, objective=cfg.objective, background=cfg.grounding_background)
+        tm = TrainingModel(vlm, logits=cfg.logits, objective=cfg.objective, background=cfg.grounding_background,
+                           place=cfg.grounding_place)
         self.param_names = [n for n, p in tm.named_parameters() if p.requires_grad]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.scheduler = get_scheduler(o.schedule, opt, num_warmup_steps=cfg.warmup_steps(self.total_steps),
