@@ -2,6 +2,7 @@
 zero and weights, the token windows every windowed compressor declares, and a training run on a SceneQA build."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from compactvlm.errors import CompactVLMError
 from compactvlm.registry import COMPRESSORS
 from compactvlm.train import train
 from compactvlm.train.fixtures import tiny_train_config
-from compactvlm.train.grounding import grounding_loss, matched_targets, num_objects, window_targets
+from compactvlm.train.grounding import WordVectors, grounding_loss, matched_targets, num_objects, window_targets
 
 D = 4
 VEC = {"circle": torch.tensor([1.0, 0, 0, 0]), "red": torch.tensor([0, 1.0, 0, 0]),
@@ -35,6 +36,35 @@ def test_window_targets_put_each_object_at_the_window_of_its_centre():
     assert torch.equal(t[1], torch.zeros(D)) and torch.equal(t[2], torch.zeros(D))
     t, m = window_targets([DRESS], (4, 4, 2), vectors, D)  # 4x4 windows, 2 tokens each: the window's first token
     assert m.nonzero().flatten().tolist() == [(3 * 4 + 3) * 2]
+
+
+class _WordTokenizer:
+    """Each word one token id, in order of first use (a leading space is ignored)."""
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        from types import SimpleNamespace
+        return SimpleNamespace(input_ids=[self.ids.setdefault(w, len(self.ids)) for w in text.split()])
+
+
+def test_place_words_say_where_the_object_is():
+    torch.manual_seed(0)
+    wv = WordVectors(_WordTokenizer(), torch.nn.Embedding(16, 8))
+    up, down, left, right = (wv.word(w) for w in ("top", "bottom", "left", "right"))
+    t, m = window_targets([CIRCLE, DRESS], (2, 2, 1), wv, 8, place=True)
+    assert m.tolist() == [1, 0, 0, 1]
+    # the circle's centre is (0.125, 0.125): mostly "top" and "left"; the dress's (0.75, 0.75): mostly "bottom", "right"
+    assert torch.allclose(t[0], wv(["circle", "red"]) + 0.875 * up + 0.125 * down + 0.875 * left + 0.125 * right)
+    assert torch.allclose(t[3], wv(["dress"]) + 0.25 * up + 0.75 * down + 0.25 * left + 0.75 * right)
+    plain, _ = window_targets([CIRCLE, DRESS], (2, 2, 1), wv, 8)
+    assert torch.allclose(plain[0], wv(["circle", "red"])) and torch.allclose(plain[3], wv(["dress"]))
+    # the higher object's target is nearer "top" than the lower one's, by the difference of their places
+    d = down - up
+    assert float(((t[3] - wv(["dress"])) - (t[0] - wv(["circle", "red"]))) @ d) > 0
+    tm, _ = matched_targets(torch.zeros(2, 8), [CIRCLE], wv, place=True)
+    assert torch.allclose(tm.sum(0), t[0])
 
 
 def test_matched_targets_give_each_object_its_own_nearest_token():
@@ -125,3 +155,27 @@ def test_grounding_refuses_a_trained_llm_and_data_without_scenes(tmp_path, scene
     assert "objective=lm" in e.value.fix
     with pytest.raises(CompactVLMError, match="'objective': 'captions' is not one of"):
         tiny_train_config(tmp_path / "c", ["objective=captions"])
+
+
+def test_grounding_readout_reads_every_object_of_a_place_grounded_run(tmp_path, sceneqa):
+    import importlib.util
+
+    from compactvlm.data.sceneqa.vocab import COLOURS
+
+    cfg = tiny_train_config(tmp_path, GROUND + [f"data.train={sceneqa / 'fit.json'}", "data.val=null",
+                                                "model.compressor=stf:k=2,E=1", "optim.epochs=2", "grounding_place=true"])
+    final = train(cfg).final_dir
+    spec = importlib.util.spec_from_file_location("grounding_readout", Path(__file__).parents[1] / "scripts" / "grounding_readout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "readout.json"
+    assert mod.main([str(final), "--data", str(sceneqa), "--split", "val", "--out", str(out)]) == 0
+    table = json.loads(out.read_text())["readout"]
+    scenes = [json.loads(l) for l in (sceneqa / "val_scenes.jsonl").read_text().splitlines()]
+    objects = [o for s in scenes for o in s["objects"]]
+    assert table["name"]["n"] == len(objects)
+    assert table["colour"]["n"] == sum(o.get("color") is not None for o in objects)
+    assert table["colour"]["chance"] == round(100 / len(COLOURS), 1)
+    assert all(0 <= v["accuracy"] <= 100 for v in table.values())
+    with pytest.raises(CompactVLMError, match="not found"):
+        mod.main([str(final), "--data", str(sceneqa), "--split", "nosuch"])

@@ -317,25 +317,15 @@ def test_v2_plan_loads_and_validates(tmp_path):
 
     assert all(r.reduce in REDUCTIONS for r in plan.rows if r.reduce)
     assert all(r.compressor in COMPRESSORS for r in plan.rows if r.compressor)
-    # two stages: dense captions, then the caption + QA mix from the plan's own build, the full LLM trained
-    assert plan.train_configs == ["configs/train/recipe_stage1.yaml", "configs/train/recipe_stage2_mix.yaml"]
-    assert [(sd.train, sd.val) for _, sd in plan.stages()] == [("caption.json", "caption_val.json"), ("mix", "val.json")]
+    # two stages: grounding of the compressor on the scenes' objects, then instructions with the whole LLM trained
+    assert plan.train_configs == ["configs/train/recipe_ground.yaml", "configs/train/recipe_stage2_ground.yaml"]
+    assert [(sd.train, sd.val) for _, sd in plan.stages()] == [("train.json", "val.json"), ("train.json", "val.json")]
     assert plan.data.dir == "data/study_v2" and plan.data.test >= 1000 and plan.data.turns == 8
     assert plan.controls == ["shuffled"] and len(plan.eval_steps) >= 3 and plan.ci_target == 2.0
-    assert plan.data.mix.captions[1] <= plan.data.caption and plan.data.mix.qa <= plan.data.train
     assert {"trained", "eval"} <= set(plan.cost_hint)
-    # every stage config loads, and the mix does not repeat stage 1's captions. The stage-2 config is being written
-    # on main; until it is in this checkout, a stand-in with what it is specified to hold takes its place.
     plan.train_configs = [str(ROOT / c) for c in plan.train_configs]
-    if not Path(plan.train_configs[1]).exists():
-        stand_in = tmp_path / "recipe_stage2_mix.yaml"
-        stand_in.write_text(yaml.safe_dump({
-            "_base_": str(ROOT / "configs" / "train" / "recipe_stage2.yaml"),
-            "data": {"train": "data/recipe/mix2_train.json", "max_samples": 5600},
-            "stage": {"modules": {"encoder": "frozen", "compressor": {"mode": "full", "lr": 2e-4},
-                                  "llm": {"mode": "full", "lr": 2e-5}}}}))
-        plan.train_configs[1] = str(stand_in)
     cfgs, warnings = check_stages(plan)
     assert warnings == []
+    assert cfgs[0].objective == "grounding" and cfgs[0].grounding_place
     assert cfgs[1].init.from_ == "prev" and cfgs[1].stage.specs()["llm"].mode == "full"
-    assert cfgs[1].data.train.endswith(mix_path(plan).name) and cfgs[0].data.train.endswith("data/study_v2/caption.json")
+    assert all(c.data.train.endswith("data/study_v2/train.json") for c in cfgs)
