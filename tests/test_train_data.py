@@ -166,3 +166,55 @@ def test_bad_training_json_is_refused_before_the_model_load(tmp_path, monkeypatc
     monkeypatch.setattr(build, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     with pytest.raises(CompactVLMError, match="is not UTF-8 text"):
         train(cfg)
+
+
+def test_feature_store_on_disk_is_shared_by_runs(tmp_path):
+    """A second cache over the same store encodes nothing and returns the same features; a different image misses."""
+    from compactvlm.train.objective import FeatureStore, store_tag
+
+    model = tiny_vlm("stf", k=2, E=1)
+    layers = [model.encoder.info.normalize_layer(l) for l in model.compressor.feature_layers()]
+    tag = store_tag(model, layers, "fp32")
+    pix = torch.randn(3, 3, 32, 32)
+    first = FeatureCache(layers, FeatureStore(tmp_path, tag))
+    want = first.features(model, torch.tensor([0, 1, 2]), pix, torch.device("cpu"))
+    assert len(list((tmp_path / tag).glob("*.safetensors"))) == 3
+    calls = []
+    orig = model.encoder.forward
+    model.encoder.forward = lambda *a, **k: (calls.append(a[0].shape[0]), orig(*a, **k))[1]
+    store = FeatureStore(tmp_path, tag)
+    second = FeatureCache(layers, store)
+    got = second.features(model, torch.tensor([5, 6, 7]), pix, torch.device("cpu"))  # other indices, same images
+    assert calls == [] and store.hits == 3
+    for l in layers:
+        assert torch.equal(got[l], want[l])
+    new = torch.randn(1, 3, 32, 32)
+    second.features(model, torch.tensor([5, 8]), torch.cat([pix[:1], new]), torch.device("cpu"))
+    assert calls == [1]  # only the new image went through the encoder
+    # another encoder (weights), other layers or another precision: another folder
+    other = tiny_vlm("stf", k=2, E=1)
+    with torch.no_grad():
+        next(other.encoder.parameters()).add_(1.0)
+    assert len({tag, store_tag(other, layers, "fp32"), store_tag(model, layers, "bf16"),
+                store_tag(model, [0], "fp32")}) == 4
+
+
+def test_feature_cache_dir_trains_the_same_and_encodes_once(tmp_path):
+    from compactvlm.train import train
+    from compactvlm.train.fixtures import tiny_train_config
+
+    def losses(run, extra):
+        cfg = tiny_train_config(tmp_path / run, ["cache_features=true", "optim.max_steps=4", "eval.every_steps=0"] + extra)
+        train(cfg)
+        rows = [json.loads(l) for l in (tmp_path / run / "run" / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r and r.get("event") != "eval"]
+
+    store = tmp_path / "features"
+    plain = losses("a", [])
+    first = losses("b", [f"feature_cache_dir={store}"])
+    files = sorted(p.name for p in store.rglob("*.safetensors"))
+    second = losses("c", [f"feature_cache_dir={store}"])
+    assert files and sorted(p.name for p in store.rglob("*.safetensors")) == files  # nothing new written
+    assert plain == pytest.approx(first, rel=1e-5) and first == pytest.approx(second, rel=1e-5)
+    with pytest.raises(CompactVLMError, match="cache_features"):
+        tiny_train_config(tmp_path / "d", [f"feature_cache_dir={store}"])

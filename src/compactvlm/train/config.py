@@ -221,6 +221,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast over fp32 master weights
     gradient_checkpointing: bool = False
     cache_features: bool = False  # keep frozen-encoder features in memory after their first use
+    # with cache_features: also keep them on disk here, shared by runs with the same encoder (one file per image)
+    feature_cache_dir: str | None = None
     logits: Literal["labels", "all"] = "labels"  # lm-head only at positions with a label, or everywhere (HF)
     # lm: next-token loss on answers / captions; grounding: the compressor writes each object's word embeddings
     # into the token covering it (train.grounding; SceneQA data; compressor only, no LLM pass)
@@ -242,6 +244,9 @@ class TrainConfig:
         if self.objective == "grounding" and (llm if isinstance(llm, str) else llm.mode) != "frozen":
             raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
                                   "set stage.modules.llm=frozen for objective=grounding")
+        if self.feature_cache_dir and not self.cache_features:
+            raise CompactVLMError("feature_cache_dir is set but cache_features is off",
+                                  "set cache_features=true (or drop feature_cache_dir)")
         if self.grounding_background < 0:
             raise CompactVLMError(f"grounding_background must be >= 0, got {self.grounding_background}",
                                   "use e.g. grounding_background=0.1")
@@ -277,7 +282,7 @@ def changeable_on_resume(key: str) -> bool:
 
 
 #: keys that may change between a checkpoint and its resumption
-RESUME_FREE_KEYS = ("resume", "output_dir", "logging", "threads", "device", "data.num_workers",
+RESUME_FREE_KEYS = ("resume", "output_dir", "logging", "threads", "device", "data.num_workers", "feature_cache_dir",
                     "data.pad_to_multiple_of", "eval", "checkpoint.keep_last", "allow_config_change")
 
 

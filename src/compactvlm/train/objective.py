@@ -18,6 +18,11 @@ compressor class opts out); ``check_cacheable`` says why not.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,6 +117,61 @@ def check_cacheable(vlm: nn.Module) -> str | None:
     return None
 
 
+class FeatureStore:
+    """Frozen-encoder features on disk, shared by runs: one safetensors file per image, named by the SHA-1 of its
+    preprocessed pixels (so the image's content, size, aspect handling and normalisation are all in the name), in a
+    folder named by ``tag`` (the encoder, a fingerprint of its weights, the layers and the autocast precision).
+    A grounding stage and the stage 2 after it, and every row of a study with the same encoder, encode each image
+    once. Writes go to a temporary file renamed into place, so concurrent runs never read a partial file."""
+
+    def __init__(self, root: str | Path, tag: str):
+        self.dir = Path(root) / tag
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = self.written = 0
+
+    @staticmethod
+    def key(pixels: torch.Tensor) -> str:
+        return hashlib.sha1(pixels.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+    def get(self, key: str, layers: list[int]) -> dict[int, torch.Tensor] | None:
+        from safetensors.torch import load_file
+
+        path = self.dir / f"{key}.safetensors"
+        if not path.is_file():
+            self.misses += 1
+            return None
+        sd = load_file(str(path))
+        if any(f"layer{l}" not in sd for l in layers):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return {l: sd[f"layer{l}"] for l in layers}
+
+    def put(self, key: str, feats: dict[int, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        path = self.dir / f"{key}.safetensors"
+        if path.exists():
+            return
+        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
+        save_file({f"layer{l}": t.contiguous() for l, t in feats.items()}, str(tmp))
+        os.replace(tmp, path)
+        self.written += 1
+
+
+def store_tag(vlm: nn.Module, layers: list[int], precision: str) -> str:
+    """The folder name of a :class:`FeatureStore`: what, besides the pixels, decides the features — the encoder's
+    class and a fingerprint of its weights (its first and last two tensors; the name or path it was loaded from
+    does not matter), the layers and the precision."""
+    h = hashlib.sha1()
+    h.update(json.dumps({"layers": sorted(layers), "precision": precision}).encode())
+    params = list(vlm.encoder.named_parameters())
+    for name, prm in (params[:2] + params[-2:]) if params else []:
+        h.update(name.encode())
+        h.update(prm.detach().float().contiguous().cpu().numpy().tobytes())
+    return f"{type(vlm.encoder).__name__}-{h.hexdigest()[:16]}"
+
+
 class FeatureCache:
     """Encoder features per sample index (CPU tensors), filled on first use.
 
@@ -122,8 +182,9 @@ class FeatureCache:
 
     CHUNK = 256
 
-    def __init__(self, layers: list[int]):
+    def __init__(self, layers: list[int], store: FeatureStore | None = None):
         self.layers = sorted(layers)
+        self.store = store  # optional: features on disk, shared across runs (train.feature_cache_dir)
         self.slot: dict[int, int] = {}  # sample index -> row in the blocks
         self.blocks: dict[int, list[torch.Tensor]] = {}  # layer -> blocks of (CHUNK, S, C)
 
@@ -154,10 +215,22 @@ class FeatureCache:
     def features(self, vlm: nn.Module, index: torch.Tensor, pixel_values: torch.Tensor,
                  device: torch.device) -> dict[int, torch.Tensor]:
         idx = [int(i) for i in index]
-        if not all(i in self.slot for i in idx):
+        missing = [j for j, i in enumerate(idx) if i not in self.slot]
+        keys = {}
+        if missing and self.store is not None:
+            keys = {j: self.store.key(pixel_values[j]) for j in missing}
+            for j in list(missing):
+                got = self.store.get(keys[j], self.layers) if idx[j] not in self.slot else None
+                if got is not None:
+                    self._put(idx[j], got)
+            missing = [j for j in missing if idx[j] not in self.slot]
+        if missing:
             enc = vlm.encoder
-            feats = enc(pixel_values.to(device), layers=self.layers)
-            for j, i in enumerate(idx):
-                if i not in self.slot:
-                    self._put(i, {l: feats.hidden[l][j].detach().cpu() for l in feats.hidden})
+            feats = enc(pixel_values[missing].to(device), layers=self.layers)  # only the images not yet cached
+            for n, j in enumerate(missing):
+                if idx[j] not in self.slot:
+                    one = {l: feats.hidden[l][n].detach().cpu() for l in feats.hidden}
+                    self._put(idx[j], one)
+                    if self.store is not None:
+                        self.store.put(keys[j], one)
         return {l: torch.stack([self._get(i, l) for i in idx]).to(device) for l in self.blocks}  # (B, S, C)

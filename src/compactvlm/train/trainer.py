@@ -230,7 +230,7 @@ class Trainer:
 
         from ..model.build import build_model
         from .logging import RunLogger
-        from .objective import FeatureCache, TrainingModel, check_cacheable
+        from .objective import FeatureCache, FeatureStore, TrainingModel, check_cacheable, store_tag
         from .sampler import GlobalBatchSampler
         from .stages import apply_stage, format_summary
 
@@ -278,7 +278,11 @@ class Trainer:
                 self.log_lines.append(f"cache_features off: {why}")
             else:
                 layers = [vlm.encoder.info.normalize_layer(l) for l in vlm.compressor.feature_layers()]
-                self.cache, self.val_cache = FeatureCache(layers), FeatureCache(layers)
+                store = None
+                if cfg.feature_cache_dir:
+                    store = FeatureStore(cfg.feature_cache_dir, store_tag(vlm, layers, cfg.precision))
+                    self.log_lines.append(f"encoder features on disk: {store.dir}")
+                self.cache, self.val_cache = FeatureCache(layers, store), FeatureCache(layers, store)
         if cfg.logits == "labels" and getattr(getattr(vlm.llm, "config", None), "final_logit_softcapping", None):
             raise CompactVLMError("this LLM post-processes its logits (softcapping)", "set logits=all")
         self.vlm = vlm
@@ -665,6 +669,10 @@ class Trainer:
             self.logger.log("end", self.step, final=str(final), val_losses=self.val_losses,
                             val_controls=self.val_controls)
             self.logger.info(f"done: {self.step} steps; model in {final}")
+            store = self.cache.store if self.cache is not None else None
+            if store is not None:
+                self.logger.info(f"encoder features: {store.hits} image(s) read from {store.dir}, "
+                                 f"{store.written} encoded and written there")
             if self.val_controls:
                 self.logger.info(gauge_summary(self.val_losses[-1][1], self.val_controls[-1][1]))
             return TrainResult(self.out, final, self.step, list(self.val_losses), last)
