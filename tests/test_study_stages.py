@@ -326,6 +326,6 @@ def test_v2_plan_loads_and_validates(tmp_path):
     plan.train_configs = [str(ROOT / c) for c in plan.train_configs]
     cfgs, warnings = check_stages(plan)
     assert warnings == []
-    assert cfgs[0].objective == "grounding" and cfgs[0].grounding_place
+    assert cfgs[0].objective == "grounding" and cfgs[0].stage.specs()["llm"].mode == "frozen"
     assert cfgs[1].init.from_ == "prev" and cfgs[1].stage.specs()["llm"].mode == "full"
     assert all(c.data.train.endswith("data/study_v2/train.json") for c in cfgs)
