@@ -228,7 +228,9 @@ class TrainConfig:
     # into the token covering it (train.grounding; SceneQA data; compressor only, no LLM pass)
     objective: Literal["lm", "grounding"] = "lm"
     grounding_background: float = 0.1  # weight of the non-object tokens' pull towards 0 (objective=grounding)
-    grounding_place: bool = False  # grounding targets also say where the object is ("top" .. "right", interpolated)
+    # grounding targets also say where the object is: false | true (= words: "top" .. "right", interpolated) |
+    # centred (only the differences between places; train.grounding)
+    grounding_place: bool | str = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads per process
     resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | never | path of a checkpoint
@@ -244,6 +246,9 @@ class TrainConfig:
         if self.objective == "grounding" and (llm if isinstance(llm, str) else llm.mode) != "frozen":
             raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
                                   "set stage.modules.llm=frozen for objective=grounding")
+        if self.grounding_place not in (False, True, "none", "words", "centred"):
+            raise CompactVLMError(f"grounding_place must be false, true (= words) or centred, got {self.grounding_place!r}",
+                                  "use e.g. grounding_place=centred")
         if self.feature_cache_dir and not self.cache_features:
             raise CompactVLMError("feature_cache_dir is set but cache_features is off",
                                   "set cache_features=true (or drop feature_cache_dir)")

@@ -14,9 +14,12 @@ Targets: for a compressor that declares ``token_windows`` (full tokens, STF, Avg
 vector goes to the window holding its box centre (to the window's first token when there are several per window);
 for the others (learned queries, groups, objects) each object is matched to one distinct token by minimum squared
 distance (Hungarian matching, as DETR does), so every compressor can be grounded on the same data.
-With ``place`` on, each object's vector also says where its centre is, in words the questions use: (1 - y) "top" +
-y "bottom" + (1 - x) "left" + x "right" for the centre (x, y) as fractions of the image, so the quadrant ("top left")
-and which of two objects is higher are in the token itself, not only in its position in the sequence.
+With ``place`` set, each object's vector also says where its centre (x, y) (fractions of the image) is, in words the
+questions use, so the quadrant ("top left") and which of two objects is higher are in the token itself, not only in
+its position in the sequence: ``words``: (1 - y) "top" + y "bottom" + (1 - x) "left" + x "right"; ``centred``:
+(y - 0.5) ("bottom" - "top") + (x - 0.5) ("right" - "left"), the same differences between places without the part
+every object shares (with ``words`` different objects' tokens become alike: mean cosine 0.78 vs 0.44, and stage 2
+stayed blind longer; docs/recipe.md §10).
 Loss per image: mean squared error over the object tokens + ``background`` x mean squared error of the other tokens
 towards 0; summed over the batch and divided by the number of objects (the trainer's token-mean convention).
 """
@@ -49,22 +52,29 @@ class WordVectors:
     def __call__(self, words: Sequence[str]) -> torch.Tensor:
         return torch.stack([self.word(w) for w in words]).sum(dim=0)  # (D,)
 
-    def place(self, box: Sequence[float]) -> torch.Tensor:
-        """The place words of a box's centre (box as fractions of the image), interpolated by its coordinates."""
+    def place(self, box: Sequence[float], mode: str = "words") -> torch.Tensor:
+        """The place words of a box's centre (box as fractions of the image), interpolated by its coordinates;
+        ``centred``: only their differences, so that the image's centre gets 0."""
         x = min(max((box[0] + box[2]) / 2, 0.0), 1.0)
         y = min(max((box[1] + box[3]) / 2, 0.0), 1.0)
+        if mode == "centred":
+            return ((y - 0.5) * (self.word("bottom") - self.word("top"))
+                    + (x - 0.5) * (self.word("right") - self.word("left")))  # (D,)
         return ((1 - y) * self.word("top") + y * self.word("bottom")
                 + (1 - x) * self.word("left") + x * self.word("right"))  # (D,)
 
 
-def object_vector(obj: dict, vectors: WordVectors, place: bool = False) -> torch.Tensor:
-    """One object's target vector ``(D,)``: its words, plus its place words when ``place``."""
+def object_vector(obj: dict, vectors: WordVectors, place: bool | str = False) -> torch.Tensor:
+    """One object's target vector ``(D,)``: its words, plus its place words when ``place`` (True or "words":
+    interpolated place words; "centred": their differences only; False / "none": no place)."""
     v = vectors(obj["words"])
-    return v + vectors.place(obj["box"]) if place else v
+    if place in (False, None, "none"):
+        return v
+    return v + vectors.place(obj["box"], "centred" if place == "centred" else "words")
 
 
 def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vectors: WordVectors,
-                   dim: int, place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   dim: int, place: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's targets for a windowed compressor: ``(M, D)`` target tokens and an ``(M,)`` 0/1 object mask,
     M = rows * cols * per_window; an object's vector goes to the first token of the window holding its box centre
     (objects sharing a window add up)."""
@@ -81,7 +91,7 @@ def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vecto
     return t, m
 
 
-def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: WordVectors, place: bool = False
+def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: WordVectors, place: bool | str = False
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's targets for a compressor without fixed windows: each object's vector is assigned to a distinct
     token (Hungarian matching on squared distance to the current tokens ``(M, D)``); more objects than tokens: the
@@ -103,7 +113,7 @@ def matched_targets(tokens: torch.Tensor, objects: Sequence[dict], vectors: Word
 
 
 def grounding_loss(tokens: torch.Tensor, objects: Sequence[Sequence[dict]], vectors: WordVectors,
-                   windows: tuple[int, int, int] | None, background: float = 0.1, place: bool = False
+                   windows: tuple[int, int, int] | None, background: float = 0.1, place: bool | str = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tokens`` (B, M, D) of a compressor, ``objects`` per image -> (loss sum, weight), the sum over images of
     ``num_objects`` x (object-token MSE + background x other-token MSE) and the sum of the weights."""

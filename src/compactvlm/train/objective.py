@@ -34,13 +34,13 @@ from .stages import is_peft
 
 class TrainingModel(nn.Module):
     def __init__(self, vlm: nn.Module, logits: str = "labels", objective: str = "lm", background: float = 0.1,
-                 place: bool = False):
+                 place: bool | str = False):
         super().__init__()
         self.vlm = vlm
         self.logits = logits
         self.objective = objective  # "lm" (answers / captions) or "grounding" (train.grounding; no LLM pass)
         self.background = float(background)
-        self.place = bool(place)  # grounding targets also carry the object's place words (train.grounding)
+        self.place = place  # grounding targets also carry the object's place (train.grounding.object_vector)
         self._vectors = None
 
     def _base_llm(self) -> nn.Module:
