@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     chance = {"name": 1 / len(vocab["name"][0]), "colour": 1 / len(vocab["colour"][0]),
               "word": 1 / len(vocab["word"][0]), "above/below": 0.5, "left/right": 0.5}
     norms = {"object": [], "other": []}
+    object_tokens = []  # for the mean cosine between different objects' tokens (a shared component)
     root = Path(a.data)
     with torch.no_grad():
         for s in scenes:
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 r, c = min(int(cy * rows), rows - 1), min(int(cx * cols), cols - 1)
                 t = tok[(r * cols + c) * per]  # (D,)
                 at.append((cx, cy, t, (r * cols + c) * per))
+                object_tokens.append(t)
                 for key, truth in (("name", o["name"]), ("colour", o.get("color")), ("word", o.get("word"))):
                     if truth is None:
                         continue
@@ -98,13 +100,17 @@ def main(argv: list[str] | None = None) -> int:
                 norms["object" if k in obj else "other"].append(float(tok[k].norm()))
     table = {k: {"accuracy": round(100 * n / max(m, 1), 1), "n": m, "chance": round(100 * chance[k], 1)}
              for k, (n, m) in hits.items()}
+    ot = torch.nn.functional.normalize(torch.stack(object_tokens), dim=-1) if object_tokens else torch.zeros(0, 1)
+    k = ot.shape[0]
+    cos = float(((ot @ ot.T).sum() - k) / max(k * (k - 1), 1))  # mean over pairs of different objects
     text_norm = float(model.llm.get_input_embeddings().weight.detach().float().norm(dim=-1).mean())
     result = {"checkpoint": str(a.checkpoint), "data": a.data, "split": a.split, "images": len(scenes),
-              "readout": table, "token_norm": {k: round(sum(v) / max(len(v), 1), 2) for k, v in norms.items()}
+              "readout": table, "object_token_cosine": round(cos, 3), "token_norm": {k: round(sum(v) / max(len(v), 1), 2) for k, v in norms.items()}
               | {"text": round(text_norm, 2)}}
     print(f"{'attribute':<12} {'top-1 %':>8} {'chance %':>9} {'n':>6}")
     for k, v in table.items():
         print(f"{k:<12} {v['accuracy']:>8.1f} {v['chance']:>9.1f} {v['n']:>6}")
+    print(f"mean cosine between different objects' tokens: {cos:.3f}")
     print("token norm: object windows {object}, other {other}, text embeddings {text}".format(**result["token_norm"]))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

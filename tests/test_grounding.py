@@ -65,6 +65,14 @@ def test_place_words_say_where_the_object_is():
     assert float(((t[3] - wv(["dress"])) - (t[0] - wv(["circle", "red"]))) @ d) > 0
     tm, _ = matched_targets(torch.zeros(2, 8), [CIRCLE], wv, place=True)
     assert torch.allclose(tm.sum(0), t[0])
+    # centred: the same differences between places, without the part every object shares
+    c, _ = window_targets([CIRCLE, DRESS], (2, 2, 1), wv, 8, place="centred")
+    assert torch.allclose(c[0], wv(["circle", "red"]) - 0.375 * d - 0.375 * (right - left))
+    assert torch.allclose((c[3] - wv(["dress"])) - (c[0] - wv(["circle", "red"])),
+                          (t[3] - wv(["dress"])) - (t[0] - wv(["circle", "red"])), atol=1e-6)
+    centre = {"box": [0.4, 0.4, 0.6, 0.6], "words": ["dress"]}
+    c, _ = window_targets([centre], (1, 1, 1), wv, 8, place="centred")
+    assert torch.allclose(c[0], wv(["dress"]))
 
 
 def test_matched_targets_give_each_object_its_own_nearest_token():
