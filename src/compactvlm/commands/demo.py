@@ -1,9 +1,9 @@
 """compactvlm demo: the main job on the embedded default (packaged models + built-in benchmark).
 
 Builds a small SceneQA test split, loads the full-token baseline (``mlp2x_gelu``, 256 tokens) and STF k=2 E=1 (64
-tokens) with the compressor weights shipped in ``compactvlm/assets/demo/`` (trained by the study's own command,
-``compactvlm study run --plan configs/study/sceneqa_cpu.yaml --rows full-mlp2x,stf-k2e1 --seeds 0``, exported with
-``compactvlm study export``; each folder's ``provenance.json`` says how), evaluates both with the SceneQA metrics
+tokens) with the weights shipped in ``compactvlm/assets/demo/`` (compressor + a LoRA adapter extracted from the fully
+trained LLM, from the grounding recipe of docs/recipe.md; written by ``scripts/ship_demo_weights.py``, each folder's
+``provenance.json`` says how it was trained and what it scored on the 425-question test split), evaluates both with the SceneQA metrics
 and prints accuracy per question family, PRT, vision tokens, LLM prefill FLOPs and TTFT side by side, with each model's
 blind control beside it (the same questions with every image replaced by another question's image): a model sees
 on a family only where real minus shuffled is above 0.
@@ -146,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r}: family mean real - blind {d[0]:+.1f} [95% CI {d[1]:+.1f}, {d[2]:+.1f}] -> "
               + ("sees" if g["sees"]["family_mean"] else "does NOT beat its blind control")
               + (f"; families with a CI above 0: {', '.join(seen)}" if seen else ""))
+    for r in ROWS:  # what each shipped model scored, with its control, on the larger split it was shipped with
+        t = (results[r]["provenance"] or {}).get("test")
+        if t:
+            d = t["gap"]["controls"]["shuffled"]["family_mean"]["delta"]
+            print(f"  {r} as shipped ({t['n_questions']} questions of {t['data']}/{t['split']}, provenance.json): "
+                  f"family mean {t['real']['family_mean']:.1f} vs {t['shuffled']['family_mean']:.1f} blind, "
+                  f"{d[0]:+.1f} [95% CI {d[1]:+.1f}, {d[2]:+.1f}]")
     chance = json.loads((data / "manifest.json").read_text()).get("baselines", {}).get("test", {})
     if chance:
         print("chance / majority per family: " + ", ".join(
