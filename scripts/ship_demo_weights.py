@@ -116,11 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                  "gap": gap, "seconds": round(time.time() - t0, 1)},
     }
     (extracted / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+    from compactvlm.model.manifest import MARKER_NAME
+
+    (extracted / MARKER_NAME).unlink(missing_ok=True)  # package data: no dot files (the folder is the package's)
+    for f in extracted.iterdir():
+        f.chmod(0o644)
     write_manifest(extracted)
     tmp = dest.with_name(f".{a.row}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(extracted, tmp)
+    tmp.chmod(0o755)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -47,6 +47,7 @@ def test_ship_a_fully_trained_checkpoint(tmp_path):
     meta = json.loads((shipped / "compactvlm.json").read_text())
     assert meta["llm_weights"]["kind"] == "lora"
     assert not (shipped / "tokenizer").exists()  # the packaged tokenizer is the same one
+    assert not [f.name for f in shipped.iterdir() if f.name.startswith(".")]  # package data globs skip dot files
     assert verify_manifest(shipped)
     load_pretrained(shipped, progress=False)
     # shipping again replaces the earlier shipped folder; a folder that is not one is refused and left alone
