@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     ref = results[ROWS[0]]["metrics"]["components"]
     fams = list(ref)
     print(f"\nSceneQA test split: {args.images} images, {results[ROWS[0]]['metrics']['n']} questions "
-          f"(seed {args.seed}); DINOv2-S/14 + SmolLM2-135M-Instruct, compressor weights from {src}")
+          f"(seed {args.seed}); DINOv2-S/14 + SmolLM2-135M-Instruct, weights from {src}")
     head = f"{'':<28}" + "".join(f"{r:>14}{'blind':>8}" for r in ROWS)
     print(head)
     print("-" * len(head))
