@@ -105,6 +105,13 @@ def plot(args) -> None:
         rows.setdefault(r["row"], []).append(r)
     if not rows:
         raise SystemExit(f"no curve-*.json under {args.plot}")
+    if args.rows:
+        want = args.rows.split(",")
+        unknown = [r for r in want if r not in rows]
+        if unknown:
+            raise SystemExit(f"no curve points for row(s) {', '.join(unknown)} under {args.plot}; "
+                             f"rows there: {', '.join(sorted(rows))}")
+        rows = {r: rows[r] for r in want}
     fams = ["family_mean"] + [k.split("/")[-1] for k in next(iter(rows.values()))[0]["real"]["components"]]
     chance = {}
     man = Path(args.data) / "manifest.json" if args.data else None
@@ -114,9 +121,10 @@ def plot(args) -> None:
     cols = 3
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.0 * ((n + cols - 1) // cols)),
                              squeeze=False)
-    palette = ["#1b6ca8", "#d1495b", "#2e933c", "#8f3985", "#edae49"]
+    palette = plt.get_cmap("tab10").colors  # one colour per row, cycling (every row is drawn)
     for ax, fam in zip(axes.flat, fams):
-        for c, (row, pts) in zip(palette, sorted(rows.items())):
+        for k, (row, pts) in enumerate(sorted(rows.items())):
+            c = palette[k % len(palette)]
             pts = sorted(pts, key=lambda r: r["step"])
             x = [p["stage2_samples"] for p in pts]
 
@@ -165,6 +173,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None), p.add_argument("--threads", type=int, default=1)
     p.add_argument("--boot", type=int, default=500)
     p.add_argument("--plot", default=None), p.add_argument("--png", default="docs/recipe_learning_curves.png")
+    p.add_argument("--rows", default=None, help="--plot: only these rows (comma-separated; default: every row)")
     p.add_argument("--table", default=None, help="print the Markdown table of the curve JSONs in this folder")
     args = p.parse_args()
     if args.table:
