@@ -213,6 +213,16 @@ def test_export_and_demo_on_exported_weights(plan_file, tmp_path, capsys, monkey
     assert row.split()[-2:] == ["64", "16"]
     saved = json.loads((tmp_path / "work" / "demo_results.json").read_text())
     assert saved["full-mlp2x"]["cost"]["flops_llm"] > saved["stf-k2e1"]["cost"]["flops_llm"]
+    # a second demo into the same folder answers afresh: answers left there by an earlier run are not reused
+    preds = tmp_path / "work" / "eval" / "stf-k2e1-float32" / "predictions.jsonl"
+    stale = [dict(json.loads(l), text="stale") for l in preds.read_text().splitlines()]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    assert main(["demo", "--checkpoint-dir", str(out), "--images", "3", "--out", str(tmp_path / "work"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert "stale" not in preds.read_text()
+    again = json.loads((tmp_path / "work" / "demo_results.json").read_text())
+    assert again["stf-k2e1"]["components"] == saved["stf-k2e1"]["components"]
     assert main(["demo", "--checkpoint-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
 
 

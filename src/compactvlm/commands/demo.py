@@ -84,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
         info = {"name": row, "vision_tokens": model.num_image_tokens(), "method": model.compressor.registry_name,
                 "checkpoint": str(src / row)}
         answer = make_answer_fn(model, str(data))
-        metrics = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}",
+        # resume=False: the demo's own folders are answered afresh every run, so answers cached by an earlier run
+        # (other shipped weights, another --checkpoint-dir) are never shown as this run's
+        metrics = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}", resume=False,
                            batch_size=args.batch_size, progress=not args.quiet, run_info=info)
-        blind = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}-shuffled",
+        blind = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}-shuffled", resume=False,
                          batch_size=args.batch_size, progress=not args.quiet, control="shuffled",
                          run_info={**info, "name": f"{row}-control-shuffled"})
         gap = blind_gap(read_jsonl(data / "test_answers.jsonl"),
