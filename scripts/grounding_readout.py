@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from compactvlm.data.images import load_image
     from compactvlm.data.sceneqa.vocab import COLOURS, ITEMS, SHAPES, WORDS
     from compactvlm.model.checkpoint import load_pretrained
-    from compactvlm.train.grounding import WordVectors
+    from compactvlm.train.grounding import WordVectors, window_token
 
     scenes = [json.loads(line) for line in scenes_path.open()][: a.max_images]
     model = load_pretrained(a.checkpoint, progress=False)
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if windows is None:
         raise CompactVLMError(f"{model.compressor.name!r} declares no token windows",
                               "read a windowed compressor (full tokens, stf, avgpool, concat)")
-    rows, cols, per = windows
     wv = WordVectors(model.tokenizer, model.llm.get_input_embeddings())
 
     def centred(words):
@@ -76,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             tok = model.encode_images(model.processor([img]))[0].float()  # (M, D)
             at = []
             for o in s["objects"]:
-                x0, y0, x1, y1 = o["box"]
-                cx, cy = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h
-                r, c = min(int(cy * rows), rows - 1), min(int(cx * cols), cols - 1)
-                t = tok[(r * cols + c) * per]  # (D,)
-                at.append((cx, cy, t, (r * cols + c) * per))
+                box = [o["box"][0] / w, o["box"][1] / h, o["box"][2] / w, o["box"][3] / h]  # fractions of the image
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                k = window_token(box, windows)  # the token the grounding target goes to
+                t = tok[k]  # (D,)
+                at.append((cx, cy, t, k))
                 object_tokens.append(t)
                 for key, truth in (("name", o["name"]), ("colour", o.get("color")), ("word", o.get("word"))):
                     if truth is None:

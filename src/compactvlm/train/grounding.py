@@ -73,6 +73,14 @@ def object_vector(obj: dict, vectors: WordVectors, place: bool | str = False) ->
     return v + vectors.place(obj["box"], "centred" if place == "centred" else "words")
 
 
+def window_token(box: Sequence[float], windows: tuple[int, int, int]) -> int:
+    """The token index of the window holding the centre of ``box`` (fractions of the image): its first token."""
+    rows, cols, per = windows
+    r = min(max(int((box[1] + box[3]) / 2 * rows), 0), rows - 1)
+    c = min(max(int((box[0] + box[2]) / 2 * cols), 0), cols - 1)
+    return (r * cols + c) * per
+
+
 def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vectors: WordVectors,
                    dim: int, place: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's targets for a windowed compressor: ``(M, D)`` target tokens and an ``(M,)`` 0/1 object mask,
@@ -82,10 +90,7 @@ def window_targets(objects: Sequence[dict], windows: tuple[int, int, int], vecto
     t = torch.zeros(rows * cols * per, dim)
     m = torch.zeros(rows * cols * per)
     for o in objects:
-        x0, y0, x1, y1 = o["box"]
-        r = min(max(int((y0 + y1) / 2 * rows), 0), rows - 1)  # boxes are fractions of the image
-        c = min(max(int((x0 + x1) / 2 * cols), 0), cols - 1)
-        i = (r * cols + c) * per
+        i = window_token(o["box"], windows)
         t[i] += object_vector(o, vectors, place)
         m[i] = 1.0
     return t, m

@@ -127,7 +127,7 @@ class FeatureStore:
     def __init__(self, root: str | Path, tag: str):
         self.dir = Path(root) / tag
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.hits = self.misses = self.written = 0
+        self.hits = self.written = 0
 
     @staticmethod
     def key(pixels: torch.Tensor) -> str:
@@ -138,11 +138,9 @@ class FeatureStore:
 
         path = self.dir / f"{key}.safetensors"
         if not path.is_file():
-            self.misses += 1
             return None
         sd = load_file(str(path))
         if any(f"layer{l}" not in sd for l in layers):
-            self.misses += 1
             return None
         self.hits += 1
         return {l: sd[f"layer{l}"] for l in layers}
