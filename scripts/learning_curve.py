@@ -33,10 +33,8 @@ def gauge_at(run: Path, step: int) -> dict:
 
 
 def evaluate_step(args, ckpt: Path, step: int, samples: int, gauge: dict) -> Path:
-    from compactvlm.evaluate.benchmarks.base import read_jsonl
     from compactvlm.evaluate.answer import make_answer_fn
-    from compactvlm.evaluate.controls import blind_gap
-    from compactvlm.evaluate.harness import PREDICTIONS, evaluate, load_predictions
+    from compactvlm.evaluate.harness import evaluate_with_controls
     from compactvlm.model.checkpoint import load_pretrained
     from compactvlm.runtime import set_threads
 
@@ -48,12 +46,9 @@ def evaluate_step(args, ckpt: Path, step: int, samples: int, gauge: dict) -> Pat
     answer = make_answer_fn(model, args.data)
     base = Path(args.out) / "eval" / f"{args.row}-step{step:05d}"
     kw = dict(batch_size=8, limit=args.limit, progress=False, split=args.split)
-    real = evaluate("sceneqa", args.data, answer, base / "real", **kw)
-    blind = evaluate("sceneqa", args.data, answer, base / "shuffled", control="shuffled", **kw)
-    rows = read_jsonl(Path(args.data) / f"{args.split}_answers.jsonl")
-    rows = rows[: args.limit] if args.limit else rows
-    gap = blind_gap(rows, load_predictions(base / "real" / PREDICTIONS),
-                    {"shuffled": load_predictions(base / "shuffled" / PREDICTIONS)}, n=args.boot)
+    ev = evaluate_with_controls("sceneqa", args.data, answer, base / "real", {"shuffled": base / "shuffled"},
+                                boot=args.boot, **kw)
+    real, blind, gap = ev["real"], ev["controls"]["shuffled"], ev["gap"]
     res = {"row": args.row, "step": step, "stage2_samples": samples, "checkpoint": str(ckpt),
            "vision_tokens": model.num_image_tokens(), "split": args.split, "n_questions": real["n"],
            "real": {"components": real["components"], "family_mean": real["family_mean"]},

@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from compactvlm.errors import CompactVLMError
-    from compactvlm.evaluate.benchmarks.base import read_jsonl
-    from compactvlm.evaluate.controls import blind_gap
-    from compactvlm.evaluate.harness import PREDICTIONS, evaluate, load_predictions
+    from compactvlm.evaluate.harness import evaluate_with_controls
     from compactvlm.model.checkpoint import load_pretrained
     from compactvlm.model.manifest import write_manifest
     from compactvlm.runtime import set_threads
@@ -94,12 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     answer = make_answer_fn(model, a.data)
     kw = dict(batch_size=8, limit=a.limit, progress=True, split=a.split)
     t0 = time.time()
-    real = evaluate("sceneqa", a.data, answer, work / "eval-real", resume=False, **kw)
-    blind = evaluate("sceneqa", a.data, answer, work / "eval-shuffled", resume=False, control="shuffled", **kw)
-    rows = read_jsonl(Path(a.data) / f"{a.split}_answers.jsonl")
-    rows = rows[: a.limit] if a.limit else rows
-    gap = blind_gap(rows, load_predictions(work / "eval-real" / PREDICTIONS),
-                    {"shuffled": load_predictions(work / "eval-shuffled" / PREDICTIONS)})
+    ev = evaluate_with_controls("sceneqa", a.data, answer, work / "eval-real", {"shuffled": work / "eval-shuffled"},
+                                resume=False, **kw)
+    real, blind, gap = ev["real"], ev["controls"]["shuffled"], ev["gap"]
     meta = json.loads((extracted / "compactvlm.json").read_text())
     src_meta = json.loads((Path(a.checkpoint) / "compactvlm.json").read_text())
     prov = {

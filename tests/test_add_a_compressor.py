@@ -96,8 +96,13 @@ def test_a_new_compressor_runs_through_every_command(new_method, tmp_path, capsy
 
         data = write_tiny_sceneqa(tmp_path / "sq")
         assert main(["eval", "--benchmark", "sceneqa", "--data", str(data), "--out", str(tmp_path / "ev"),
-                     "--max-new-tokens", "2", "--quiet", *model]) == 0
+                     "--max-new-tokens", "2", "--quiet", "--with-controls", *model]) == 0
         assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"]["vision_tokens"] == 4
+        gap = json.loads((tmp_path / "ev" / "blind_gap.json").read_text())  # --with-controls: both controls, paired
+        assert set(gap["controls"]) == {"shuffled", "blank"} and "family_mean" in gap["sees"]
+        for c in ("shuffled", "blank"):
+            assert json.loads((tmp_path / "ev" / f"control-{c}" / "metrics.json").read_text())["control"] == c
+        assert "real-shuffled" in capsys.readouterr().out
 
         assert main(["viz", "--image", str(img), "--out", str(tmp_path / "map.png"), "--repeats", "1", *model]) == 0
         assert "4 vision tokens" in capsys.readouterr().out and (tmp_path / "map.png").stat().st_size > 0

@@ -11,7 +11,7 @@ from compactvlm.data.sceneqa import build_sceneqa
 from compactvlm.errors import CompactVLMError
 from compactvlm.evaluate.benchmarks.base import EvalItem, read_jsonl
 from compactvlm.evaluate.controls import BLANK_FILE, apply_control, blind_gap, format_blind_table, shuffled_images
-from compactvlm.evaluate.harness import PREDICTIONS, evaluate, load_predictions
+from compactvlm.evaluate.harness import PREDICTIONS, evaluate, evaluate_with_controls, load_predictions
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,24 @@ def test_an_image_reading_model_sees_and_a_text_only_model_does_not(sceneqa, tmp
                     {"shuffled": load_predictions(tmp_path / "b-shuf" / PREDICTIONS)}, n=100)
     assert not any(gap["sees"].values())
     assert gap["controls"]["shuffled"]["family_mean"]["delta"] == [0.0, 0.0, 0.0]
+
+
+def test_evaluate_with_controls_is_the_real_run_and_its_controls(sceneqa, tmp_path):
+    """The one function every caller uses: real answers, each control in its own folder, the paired gap; with a
+    limit, only those questions on every side."""
+    oracle = _oracle(sceneqa)
+    ev = evaluate_with_controls("sceneqa", sceneqa, oracle, tmp_path / "real",
+                                {"shuffled": tmp_path / "s", "blank": tmp_path / "b"}, run_info={"name": "oracle"},
+                                boot=100, progress=False, limit=30)
+    assert ev["real"]["family_mean"] > 99.0 and ev["real"]["n_items"] == 30
+    assert {c: m["control"] for c, m in ev["controls"].items()} == {"shuffled": "shuffled", "blank": "blank"}
+    assert ev["controls"]["shuffled"]["run"]["name"] == "oracle-control-shuffled"
+    assert all(m["family_mean"] < 60.0 and m["n_items"] == 30 for m in ev["controls"].values())
+    assert len(load_predictions(tmp_path / "s" / PREDICTIONS)) == 30
+    assert ev["gap"]["sees"]["family_mean"] and set(ev["gap"]["controls"]) == {"shuffled", "blank"}
+    d = ev["gap"]["controls"]["shuffled"]["family_mean"]
+    assert d["a"] == pytest.approx(ev["real"]["family_mean"], abs=0.05)
+    assert d["b"] == pytest.approx(ev["controls"]["shuffled"]["family_mean"], abs=0.05)
 
 
 def test_resume_refuses_a_different_control(sceneqa, tmp_path):

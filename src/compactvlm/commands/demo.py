@@ -47,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.images import load_image
     from ..data.sceneqa import build_sceneqa
     from ..errors import CompactVLMError
-    from ..evaluate.benchmarks.base import read_jsonl
-    from ..evaluate.controls import blind_gap
-    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
+    from ..evaluate.harness import evaluate_with_controls
     from ..evaluate.prt import prt
     from ..model.checkpoint import load_pretrained
     from ..efficiency.timing import compare_ttft
@@ -86,14 +84,10 @@ def run(args: argparse.Namespace) -> int:
         answer = make_answer_fn(model, str(data))
         # resume=False: the demo's own folders are answered afresh every run, so answers cached by an earlier run
         # (other shipped weights, another --checkpoint-dir) are never shown as this run's
-        metrics = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}", resume=False,
-                           batch_size=args.batch_size, progress=not args.quiet, run_info=info)
-        blind = evaluate("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}-shuffled", resume=False,
-                         batch_size=args.batch_size, progress=not args.quiet, control="shuffled",
-                         run_info={**info, "name": f"{row}-control-shuffled"})
-        gap = blind_gap(read_jsonl(data / "test_answers.jsonl"),
-                        load_predictions(work / "eval" / f"{row}-{dtype}" / PREDICTIONS),
-                        {"shuffled": load_predictions(work / "eval" / f"{row}-{dtype}-shuffled" / PREDICTIONS)})
+        ev = evaluate_with_controls("sceneqa", str(data), answer, work / "eval" / f"{row}-{dtype}",
+                                    {"shuffled": work / "eval" / f"{row}-{dtype}-shuffled"}, run_info=info,
+                                    resume=False, batch_size=args.batch_size, progress=not args.quiet)
+        metrics, blind, gap = ev["real"], ev["controls"]["shuffled"], ev["gap"]
         cost = measure_cost(model, probe, first["text"], repeats=0)  # FLOPs; the time below, interleaved
         results[row] = {"tokens": model.num_image_tokens(), "metrics": metrics, "cost": cost, "blind": blind,
                         "gap": gap,

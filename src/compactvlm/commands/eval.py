@@ -137,18 +137,13 @@ def blind_controls(args: argparse.Namespace, reader, answer, run_info: dict, pro
     from pathlib import Path
 
     from ..evaluate.benchmarks.base import write_json
-    from ..evaluate.controls import blind_gap, format_blind_table
-    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
+    from ..evaluate.controls import format_blind_table
+    from ..evaluate.harness import run_controls
 
     out = Path(args.out)
-    preds = {}
-    for c in ("shuffled", "blank"):
-        evaluate(reader, args.data, answer, out / f"control-{c}", batch_size=args.batch_size,
-                 resume=not args.no_resume, limit=args.limit, progress=not args.quiet,
-                 run_info={**run_info, "name": run_info["name"] + f"-control-{c}"}, producer=producer, control=c)
-        preds[c] = load_predictions(out / f"control-{c}" / PREDICTIONS)
-    items = reader.items()[: args.limit] if args.limit else reader.items()
-    gap = blind_gap([it.meta for it in items], load_predictions(out / PREDICTIONS), preds)
+    gap = run_controls(reader, answer, out, {c: out / f"control-{c}" for c in ("shuffled", "blank")},
+                       run_info=run_info, batch_size=args.batch_size, resume=not args.no_resume, limit=args.limit,
+                       progress=not args.quiet, producer=producer)["gap"]
     write_json(out / "blind_gap.json", gap)
     return ("blind controls (real minus control; 95% CI: paired bootstrap over test images; the model sees on a "
             "family where real - shuffled is above 0)\n" + format_blind_table(gap) + f"\nwritten: {out}/blind_gap.json")

@@ -244,3 +244,39 @@ def _evaluate_locked(reader, items, asked, answer_fn, out, identity, batch_size,
         metrics.setdefault("split", reader.split)
     write_json(out / METRICS, metrics)
     return metrics
+
+
+def run_controls(reader: Benchmark, answer_fn: Callable[[list[EvalItem]], Sequence[str]], real_dir: str | os.PathLike,
+                 control_dirs: dict[str, str | os.PathLike], run_info: dict[str, Any] | None = None,
+                 boot: int = 1000, **kwargs: Any) -> dict:
+    """The blind controls of a finished real run: each ``control`` (``shuffled``/``blank``) evaluated into its
+    folder with the real run's settings (``kwargs``: batch_size, resume, limit, progress, producer), then the
+    paired per-family difference to the real answers in ``real_dir`` (``controls.blind_gap``, ``boot`` bootstrap
+    resamples). Returns ``{"controls": {control: metrics}, "gap": blind_gap}``. Every caller that reports real
+    vs blind (eval --with-controls, the demo, learning curves, shipping weights) goes through here."""
+    from .controls import blind_gap
+
+    info = run_info or {}
+    metrics, preds = {}, {}
+    for c, d in control_dirs.items():
+        named = {**info, "name": f"{info['name']}-control-{c}"} if "name" in info else info
+        metrics[c] = evaluate(reader, None, answer_fn, d, run_info=named, control=c, **kwargs)
+        preds[c] = load_predictions(Path(d) / PREDICTIONS)
+    items = reader.items()
+    if kwargs.get("limit"):
+        items = items[: kwargs["limit"]]
+    gap = blind_gap([it.meta for it in items], load_predictions(Path(real_dir) / PREDICTIONS), preds, n=boot)
+    return {"controls": metrics, "gap": gap}
+
+
+def evaluate_with_controls(benchmark: str | Benchmark, data_dir: str | os.PathLike | None,
+                           answer_fn: Callable[[list[EvalItem]], Sequence[str]], real_dir: str | os.PathLike,
+                           control_dirs: dict[str, str | os.PathLike], run_info: dict[str, Any] | None = None,
+                           boot: int = 1000, split: str | None = None, **kwargs: Any) -> dict:
+    """``evaluate`` with real images into ``real_dir``, then ``run_controls``: ``{"real": metrics, "controls":
+    {control: metrics}, "gap": blind_gap}``. ``split`` goes to the reader (SceneQA), the rest to ``evaluate``."""
+    reader_kw = {"split": split} if split is not None else {}
+    reader = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark, data_dir, **reader_kw)
+    real = evaluate(reader, None, answer_fn, real_dir, run_info=run_info, **kwargs)
+    return {"real": real, **run_controls(reader, answer_fn, real_dir, control_dirs, run_info=run_info, boot=boot,
+                                         **kwargs)}
