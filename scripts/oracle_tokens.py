@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=2e-5, help="LLM learning rate (the linear map: 2e-4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grid", type=int, default=8, help="token windows per side (8: STF k=2's 64 tokens)")
+    p.add_argument("--place", choices=["false", "true", "centred"], default="false",
+                   help="place words in the oracle tokens, as the grounding stage's grounding_place (true: "
+                        "top/bottom/left/right mixed by the centre's position; centred: relative to the image centre)")
     p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     p.add_argument("--out", required=True, help="JSONL of validation points (and the test result)")
     a = p.parse_args(argv)
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     from compactvlm.model.build import ModelConfig, build_model
     from compactvlm.train.grounding import WordVectors, window_targets
 
+    place = {"false": False, "true": True, "centred": "centred"}[a.place]
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = build_model(ModelConfig(compressor="stf", compressor_params={"k": 2, "E": 1}, system_prompt=""),
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
     size = model.processor.size
 
     def oracle(image: str) -> torch.Tensor:  # (G*G, D)
-        return window_targets(scene_objects(data, image, (size, size)), (a.grid, a.grid, 1), vectors, dim)[0]
+        return window_targets(scene_objects(data, image, (size, size)), (a.grid, a.grid, 1), vectors, dim, place)[0]
 
     n_tok = a.grid * a.grid
     ds = LlavaDataset(a.train, tok, n_tok, model.processor, system_prompt="", max_length=768, check_images=False)
