@@ -9,21 +9,18 @@ evaluation folder, the right answers and the wrong answers that name a colour pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from compactvlm.evaluate.benchmarks.base import read_jsonl
 
 
 def binding(data: Path, predictions: dict[str, str], split: str = "test") -> dict:
     """``predictions``: question_id -> answer text. Returns per kind ("single", "multi"): questions, right, and
     wrong answers that are another colour present in the image."""
-    scenes = {}
-    for line in (data / f"{split}_scenes.jsonl").read_text().splitlines():
-        s = json.loads(line)
-        scenes[s["image"]] = s
+    scenes = {s["image"]: s for s in read_jsonl(data / f"{split}_scenes.jsonl")}
     out = {k: {"questions": 0, "right": 0, "present_wrong": 0} for k in ("single", "multi")}
-    for line in (data / f"{split}_answers.jsonl").read_text().splitlines():
-        a = json.loads(line)
+    for a in read_jsonl(data / f"{split}_answers.jsonl"):
         if a["family"] != "attribute" or str(a["question_id"]) not in predictions:
             continue
         colours = {o["color"] for o in scenes[a["image"]]["objects"] if o.get("color")}
@@ -41,12 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("runs", nargs="+", help="evaluation folders (each with predictions.jsonl)")
     a = ap.parse_args(argv)
+    need = [Path(a.data) / f"{a.split}_{kind}.jsonl" for kind in ("scenes", "answers")]
+    if not all(p.is_file() for p in need):
+        print(f"{a.data} is not a SceneQA build with a {a.split} split (needs {', '.join(p.name for p in need)}): "
+              "pass the --data folder the predictions answer", file=sys.stderr)
+        return 2
     for run in a.runs:
         path = Path(run) / "predictions.jsonl"
         if not path.is_file():
             print(f"{path} not found: pass an evaluation folder (compactvlm eval --out ...)", file=sys.stderr)
             return 2
-        preds = {str(json.loads(l)["question_id"]): json.loads(l)["text"] for l in path.read_text().splitlines() if l}
+        preds = {str(r["question_id"]): r["text"] for r in read_jsonl(path)}  # read only: the folder is not ours
         res = binding(Path(a.data), preds, a.split)
         print(run, "  ".join(f"{k}: {v['right']}/{v['questions']} right, {v['present_wrong']} another colour present"
                             for k, v in res.items()))

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from compactvlm.errors import CompactVLMError
     from compactvlm.evaluate.harness import evaluate_with_controls
     from compactvlm.model.checkpoint import load_pretrained
-    from compactvlm.model.manifest import write_manifest
+    from compactvlm.model.manifest import MARKER_NAME, write_manifest
     from compactvlm.runtime import set_threads
 
     import extract_lora
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
                  "gap": gap, "seconds": round(time.time() - t0, 1)},
     }
     (extracted / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
-    from compactvlm.model.manifest import MARKER_NAME
-
     (extracted / MARKER_NAME).unlink(missing_ok=True)  # package data: no dot files (the folder is the package's)
     for f in extracted.iterdir():
         f.chmod(0o644)

@@ -36,3 +36,5 @@ def test_cli_names_a_missing_folder(tmp_path, capsys):
     _write(tmp_path)
     assert ab.main(["--data", str(tmp_path), str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert ab.main(["--data", str(tmp_path / "nobuild"), str(tmp_path)]) == 2
+    assert "not a SceneQA build" in capsys.readouterr().err
