@@ -116,6 +116,10 @@ def test_two_stage_rows(staged, capsys):
     assert curve[0]["checkpoint"] == str(runs / "stf" / "s0" / "stage1" / "final")
     assert curve[3]["checkpoint"] == str(runs / "stf" / "s0" / "stage2.snapshots" / "step-000003")
     assert curve[6]["checkpoint"] == str(runs / "stf" / "s0" / "stage2" / "final")
+    # the final point is the row's own test evaluation, not a second pass over the same model
+    assert curve[6]["family_mean"] == res["metrics"]["family_mean"]
+    assert sorted(p.name for p in (runs / "eval" / "stf").iterdir()) == ["s0", "s0.shuffled", "s0.step-000000",
+                                                                          "s0.step-000003"]
     assert curve[3]["samples"] == 12 and "family_mean" in curve[3] and "ran 6 steps" in curve[9]["missing"]
     assert "blind_gap" in res and "shuffled" in res["blind_gap"]["controls"]
     # the snapshots went once the result was written; a forced re-run re-scores the curve from the stored answers

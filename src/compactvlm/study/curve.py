@@ -92,9 +92,12 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
     from ..model.checkpoint import load_pretrained
 
     out = []
+    final = stage_dirs(plan, row, seed)[-1] / "final"
     for step, ck, why in curve_points(plan, row, seed):
         entry = {"step": step, "samples": step * batch_size if batch_size else None}
         folder = Path(plan.runs_dir) / "eval" / row.name / f"s{seed}.step-{step:06d}"
+        if ck == final:  # the end of training is the row's own test evaluation (run_row): its answers, not a rerun
+            folder = Path(plan.runs_dir) / "eval" / row.name / f"s{seed}"
         kw = dict(batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress)
         m = None
         done = folder / "metrics.json"
