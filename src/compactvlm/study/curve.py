@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .plan import StudyPlan, StudyRow, stage_dirs
+from .plan import StudyPlan, StudyRow, eval_dir, stage_dirs
 
 SNAPSHOTS_SUFFIX = ".snapshots"
 
@@ -95,9 +95,9 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
     final = stage_dirs(plan, row, seed)[-1] / "final"
     for step, ck, why in curve_points(plan, row, seed):
         entry = {"step": step, "samples": step * batch_size if batch_size else None}
-        folder = Path(plan.runs_dir) / "eval" / row.name / f"s{seed}.step-{step:06d}"
-        if ck == final:  # the end of training is the row's own test evaluation (run_row): its answers, not a rerun
-            folder = Path(plan.runs_dir) / "eval" / row.name / f"s{seed}"
+        own = eval_dir(plan, row.name, seed)
+        # the end of training is the row's own test evaluation (run_row): its answers, not a rerun
+        folder = own if ck == final else own.with_name(f"{own.name}.step-{step:06d}")
         kw = dict(batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress)
         m = None
         done = folder / "metrics.json"

@@ -314,6 +314,12 @@ def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
     return Path(plan.results_dir) / row / f"seed{seed}.json"
 
 
+def eval_dir(plan: StudyPlan, row: str, seed: int) -> Path:
+    """A (row, seed)'s test evaluation with real images: ``<runs_dir>/eval/<row>/s<seed>``; its blind controls
+    and learning-curve points are siblings named ``s<seed>.<control>`` / ``s<seed>.step-NNNNNN``."""
+    return Path(plan.runs_dir) / "eval" / row / f"s{seed}"
+
+
 def stage_dirs(plan: StudyPlan, row: StudyRow, seed: int) -> list[Path]:
     """The training output folder of each stage of a row (an evaluation-only row: its source's). One stage:
     ``<runs_dir>/<row>/s<seed>``; several: ``<runs_dir>/<row>/s<seed>/stage<k>``, stage 1 in the ``from_stage1``

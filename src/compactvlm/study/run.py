@@ -16,7 +16,7 @@ from ..efficiency.cost import measure_cost
 from ..errors import CompactVLMError
 from ..runtime import set_threads
 from .controls import record_baselines
-from .plan import StudyPlan, StudyRow, checkpoint_dir, result_path, stage_dirs
+from .plan import StudyPlan, StudyRow, checkpoint_dir, eval_dir, result_path, stage_dirs
 
 
 def data_build_lock(d: Path):
@@ -251,7 +251,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     elif row.budget is not None:
         model.set_budget(row.budget)
     tokens = model.num_image_tokens()
-    out = Path(plan.runs_dir) / "eval" / name / f"s{seed}"
+    out = eval_dir(plan, name, seed)
     run_info = {"name": name, "method": row.reduce or model.compressor.registry_name, "vision_tokens": tokens,
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed}

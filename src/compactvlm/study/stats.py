@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import CompactVLMError
 from .controls import blind_summary
 from .convergence import last_third_slope, row_convergence
-from .plan import StudyPlan
+from .plan import StudyPlan, eval_dir
 from .run import ensure_data
 
 
@@ -28,7 +28,7 @@ def attach_predictions(plan: StudyPlan) -> list[Path]:
         res = json.loads(f.read_text())
         if "predictions" in res:
             continue
-        pred_file = Path(plan.runs_dir) / "eval" / res["row"]["name"] / f"s{res['seed']}" / PREDICTIONS
+        pred_file = eval_dir(plan, res["row"]["name"], res["seed"]) / PREDICTIONS
         if not pred_file.exists():
             continue
         if rows is None:
