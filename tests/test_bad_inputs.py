@@ -480,7 +480,7 @@ for _name, _ov, _match in [
     ("config: number given as text", ["optim.lr=abc"], r"config key 'optim.lr' must be a number, got 'abc'"),
     ("config: fraction for an integer", ["optim.max_steps=2.5"], r"config key 'optim.max_steps' must be an integer"),
     ("config: word for a boolean", ["data.shuffle=maybe"], r"config key 'data.shuffle' must be true/false"),
-    ("config: value not among the choices", ["precision=fp8"], r"'fp8' is not one of \['fp32', 'bf16'\]"),
+    ("config: value not among the choices", ["precision=fp8"], r"'fp8' is not one of \['auto', 'fp32', 'bf16'\]"),
     ("config: unknown key (typo)", ["optim.lrr=1e-3"], r"unknown config key\(s\) optim.lrr"),
     ("config: override without '='", ["optim.lr"], r"override 'optim.lr' is not of the form key=value"),
     ("config: list where a mapping belongs", ["optim=[1, 2]"], r"config key 'optim' must be a mapping"),

@@ -248,6 +248,20 @@ def test_train_stats_count_each_step_once(tmp_path):
     assert t["sec_per_step"] == 4.0 and t["wall_seconds"] == 9.0 + 9.0
 
 
+def test_train_stats_steps_with_sparse_logging(tmp_path):
+    """With logging.every_steps=10 a 25-step run logs two train events; it still took 25 steps."""
+    from compactvlm.study import _train_stats
+
+    lines = [{"event": "start", "step": 0, "time": 0.0, "resumed_from": None}]
+    lines += [{"event": "train", "step": s, "time": float(s), "sec_per_step": 1.0, "tokens_per_sec": 1.0}
+              for s in (10, 20)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    assert _train_stats(tmp_path)["steps"] == 20  # killed after step 20's log: the last logged step
+    lines.append({"event": "end", "step": 25, "time": 25.0, "final": "final"})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    assert _train_stats(tmp_path)["steps"] == 25
+
+
 def test_report_flags_evaluation_rows_of_a_retrained_source(plan_file, tmp_path):
     """An evaluation-only row whose source checkpoint was trained again (and came out different) is flagged."""
     root = plan_file.parent

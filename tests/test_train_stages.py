@@ -121,4 +121,29 @@ def test_shipped_stage_recipes():
     assert s1.stage.specs()["llm"].mode == "frozen" and s1.stage.specs()["compressor"].mode == "full"
     assert s2.stage.specs()["llm"].mode == "full" and s2.init.from_
     c1 = load_train_config("configs/train/cpu_stage1.yaml")
-    assert c1.optim.lr == 1e-3 and c1.precision == "bf16" and c1.model.system_prompt == "" and c1.logits == "labels"
+    assert c1.optim.lr == 1e-3 and c1.precision == "auto" and c1.model.system_prompt == "" and c1.logits == "labels"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_uses_bf16_only_where_native(tmp_path, monkeypatch, capsys, native):
+    """precision=auto resolves to bf16 only where the device runs bf16 matmuls natively (on an AVX2-only CPU bf16 is
+    emulated, tens of times slower than fp32); an explicit bf16 there is kept but warned about. The run logs the
+    precision it used."""
+    import json
+
+    from compactvlm.train import trainer as trainer_mod
+    from compactvlm.train import train
+    from compactvlm.train.fixtures import tiny_train_config
+
+    monkeypatch.setattr(trainer_mod, "bf16_is_fast", lambda device="cpu": native)
+    assert trainer_mod.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert trainer_mod.resolve_precision("fp32", "cpu") == "fp32"
+    assert trainer_mod.resolve_precision("bf16", "cpu") == "bf16"
+    for asked, used in (("auto", "bf16" if native else "fp32"), ("bf16", "bf16")):
+        out = tmp_path / asked
+        train(tiny_train_config(tmp_path, ["optim.max_steps=1", "optim.batch_size=2", "optim.per_device_batch_size=2",
+                                           f"precision={asked}", f"output_dir={out}", "threads=1"]))
+        start = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][0]
+        assert start["event"] == "start" and start["precision"] == used
+        err = capsys.readouterr().err
+        assert ("WARNING: precision=bf16" in err) == (asked == "bf16" and not native)

@@ -164,6 +164,8 @@ def _train_stats(run_dir: Path) -> dict:
     if not f.exists():
         return {}
     steps, curve, tps, gaps = [], [], [], []
+    precision = None
+    end_step = 0  # the step the run's "end" event reports (train events come every logging.every_steps only)
     segments: list[float] = []  # wall clock of each (resumed) segment of the run: its last logged time
     for line in f.read_text().splitlines():
         try:
@@ -171,6 +173,7 @@ def _train_stats(run_dir: Path) -> dict:
         except json.JSONDecodeError:
             continue
         if e.get("event") == "start":
+            end_step = 0
             if e.get("resumed_from") is None:  # a fresh start: what an earlier, abandoned attempt logged is void
                 steps, curve, tps, gaps, segments = [], [], [], [], []
             else:  # resumed at step S: steps after S that the killed segment logged are done again
@@ -180,22 +183,29 @@ def _train_stats(run_dir: Path) -> dict:
                 curve = [c for c in curve if c[0] <= s0]
                 gaps = [g for g in gaps if g[0] <= s0]
             segments.append(0.0)
+            precision = e.get("precision", precision)  # autocast precision the segment ran with (auto resolved)
         if segments and e.get("time") is not None:
             segments[-1] = max(segments[-1], float(e["time"]))
         if e.get("event") == "train":
             steps.append((int(e["step"]), e["sec_per_step"]))  # (step, seconds)
             tps.append(e["tokens_per_sec"])
+        elif e.get("event") == "end":
+            end_step = int(e["step"])
         elif e.get("event") == "eval" and e.get("val_loss") is not None:
             curve.append([e["step"], e["val_loss"]])
             if e.get("gap_shuffled") is not None:
                 gaps.append([e["step"], e["gap_shuffled"]])
     secs = [sec for _, sec in steps]
     tail = secs[2:] or secs
-    out = {"steps": len(secs), "sec_per_step": statistics.median(tail) if tail else None,
+    # optimiser steps the run took: the end event's step, else the last logged one (not the number of train events,
+    # which is steps / logging.every_steps)
+    out = {"steps": max([end_step] + [st for st, _ in steps]), "sec_per_step": statistics.median(tail) if tail else None,
            "tokens_per_sec": statistics.median(tps[2:] or tps) if tps else None, "val_loss_curve": curve,
            "wall_seconds": sum(segments)}
     if gaps:
         out["val_gap_shuffled_curve"] = gaps
+    if precision:
+        out["precision"] = precision
     cfg = run_dir / "train_config.yaml"
     if cfg.exists():
         import yaml

@@ -218,7 +218,9 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output_dir: str = "runs/train"
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast over fp32 master weights
+    # bf16 = autocast over fp32 master weights; auto = bf16 where the device runs it natively (CUDA, CPUs with AMX /
+    # AVX512-BF16), else fp32 (on an AVX2-only CPU emulated bf16 is tens of times slower)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     cache_features: bool = False  # keep frozen-encoder features in memory after their first use
     # with cache_features: also keep them on disk here, shared by runs with the same encoder (one file per image)

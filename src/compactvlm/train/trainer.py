@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CompactVLMError
+from ..model.build import bf16_is_fast
 from ..model.init_state import mark_random
 from .config import RESUME_FREE_KEYS, TrainConfig, to_plain
 
@@ -100,6 +101,14 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if not free(k) and a.get(k) != b.get(k))
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """The autocast precision a run uses: ``auto`` is bf16 where ``device`` runs bf16 matmuls natively (CUDA with
+    bf16, CPUs with AMX / AVX512-BF16) and fp32 elsewhere; fp32 and bf16 are taken as asked."""
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return precision
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Any] = ()):
         self.cfg = cfg
@@ -125,7 +134,16 @@ class Trainer:
                 f"optim.batch_size={cfg.optim.batch_size} is not a multiple of per_device_batch_size={per} x "
                 f"{world} processes", "adjust optim.per_device_batch_size or the number of processes")
         self.grad_accum = cfg.optim.batch_size // (per * world)
-        return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+        self.precision = resolve_precision(cfg.precision, "cpu" if cpu else "cuda")
+        if cfg.precision == "auto":
+            self.log_lines.append(f"precision auto -> {self.precision} (bf16 {'is' if self.precision == 'bf16' else 'is not'}"
+                                  f" native on this {'CPU' if cpu else 'GPU'})")
+        elif cfg.precision == "bf16" and self.precision == "bf16" and not bf16_is_fast("cpu" if cpu else "cuda"):
+            self.log_lines.append(
+                "WARNING: precision=bf16 on a device without native bf16 matmuls (no AMX / AVX512-BF16 on this CPU): "
+                "bf16 is emulated and training runs tens of times slower than fp32 (0.8 vs 55 GFLOP/s on an AVX2 "
+                "core); set precision=auto (bf16 only where native) or precision=fp32")
+        return Accelerator(cpu=cpu, mixed_precision="bf16" if self.precision == "bf16" else "no",
                            gradient_accumulation_steps=self.grad_accum)
 
     def _claim_output(self, create: bool = False) -> None:
@@ -280,7 +298,7 @@ class Trainer:
                 layers = [vlm.encoder.info.normalize_layer(l) for l in vlm.compressor.feature_layers()]
                 store = None
                 if cfg.feature_cache_dir:
-                    store = FeatureStore(cfg.feature_cache_dir, store_tag(vlm, layers, cfg.precision))
+                    store = FeatureStore(cfg.feature_cache_dir, store_tag(vlm, layers, self.precision))
                     self.log_lines.append(f"encoder features on disk: {store.dir}")
                 self.cache, self.val_cache = FeatureCache(layers, store), FeatureCache(layers, store)
         if cfg.logits == "labels" and getattr(getattr(vlm.llm, "config", None), "final_logit_softcapping", None):
@@ -326,9 +344,9 @@ class Trainer:
             f"{len(self.train_ds)} train samples, {len(self.val_ds) if self.val_ds else 0} val; "
             f"{acc.num_processes} process(es) x {o.per_device_batch_size} x {self.grad_accum} accumulation = global "
             f"batch {o.batch_size}; {self.total_steps} steps ({self.sampler.steps_per_epoch}/epoch); "
-            f"{vlm.num_image_tokens()} image tokens; precision {cfg.precision}")
+            f"{vlm.num_image_tokens()} image tokens; precision {self.precision}")
         self.logger.log("start", self.step, total_steps=self.total_steps, processes=acc.num_processes,
-                        grad_accum=self.grad_accum, image_tokens=vlm.num_image_tokens(),
+                        grad_accum=self.grad_accum, image_tokens=vlm.num_image_tokens(), precision=self.precision,
                         train_samples=len(self.train_ds), resumed_from=str(resume) if resume else None)
 
     def _resume(self, path: Path) -> None:
