@@ -57,8 +57,53 @@ def test_work_is_shared_per_image(tmp_path, monkeypatch):
         return enc(pix, extra)
 
     monkeypatch.setattr(model, "encode_images", counting_encode)
-    Answerer(model, max_new_tokens=4)(its)
+    Answerer(model, max_new_tokens=4, features=False)(its)
     assert calls == {"encode": 1, "images": 3}  # 9 questions, 3 images, one batched encode
+
+
+def test_encoder_features_are_reused_across_passes_and_processes(tmp_path, monkeypatch):
+    """The blind control's pass (the same images, other questions) and a later answerer reading the same disk cache
+    run no encoder; the answers equal those computed without the cache."""
+    from compactvlm.model.features import ImageFeatureCache
+
+    model = varied(tiny_vlm("stf", k=2, E=1))
+    its = items(tmp_path)
+    calls = {"images": 0}
+    fwd = model.encoder.forward
+
+    def counting_forward(pix, *a, **k):
+        calls["images"] += int(pix.shape[0])
+        return fwd(pix, *a, **k)
+
+    monkeypatch.setattr(model.encoder, "forward", counting_forward)
+    plain = Answerer(model, max_new_tokens=8, features=False)(its)
+    assert calls["images"] == 3 and len(set(plain)) > 1
+    cache = ImageFeatureCache(root=tmp_path / "features")
+    answer = Answerer(model, max_new_tokens=8, features=cache)
+    assert answer(its) == plain and calls["images"] == 6 and cache.encoded == 3
+    # the shuffled control asks each question of another image: every image is in the cache already
+    shuffled = [EvalItem(question_id=it.question_id, image_path=its[(k + 4) % len(its)].image_path, prompt=it.prompt,
+                         category=it.category) for k, it in enumerate(its)]
+    assert answer(shuffled) == Answerer(model, max_new_tokens=8, features=False)(shuffled)
+    assert calls["images"] == 9 and cache.encoded == 3  # 3 more: the uncached reference answers just above
+    # another process (a new cache on the same folder): read from disk, still the same answers
+    again = ImageFeatureCache(root=tmp_path / "features")
+    assert Answerer(model, max_new_tokens=8, features=again)(its) == plain
+    assert calls["images"] == 9 and again.encoded == 0 and again.hits == 3
+    # one folder: this encoder (its weights), its blocks and its dtype
+    assert len(list((tmp_path / "features").iterdir())) == 1
+
+
+@pytest.mark.parametrize("case", ["reduction", "extra_tokens"])
+def test_no_feature_cache_where_features_depend_on_more_than_the_image(case):
+    from compactvlm.registry import REDUCTIONS
+
+    if case == "reduction":
+        model = tiny_vlm("mlp2x_gelu")
+        model.reduction = REDUCTIONS.create("avgpool", budget=16, model=model)
+    else:
+        model = tiny_vlm("vistog", tokens=8)
+    assert Answerer(model).features is None
 
 
 def test_fastv_takes_the_plain_path():
@@ -76,8 +121,9 @@ def test_eval_throughput_reports_speed_identity_and_logit_difference(tmp_path):
     rep = eval_throughput([("tiny", varied(tiny_vlm("mlp2x_gelu")))], its, None, batch_size=4, max_new_tokens=4,
                           repeats=1, dtype="bfloat16", progress=False)
     r = rep["models"]["tiny"]
-    assert set(r["questions_per_s"]) == {"fp32-plain", "fp32-shared", "bfloat16-shared"}
+    assert set(r["questions_per_s"]) == {"fp32-plain", "fp32-shared", "bfloat16-shared", "fp32-shared-cached"}
     assert r["identical_answers_pct"]["fp32-shared vs fp32-plain"] == 100.0
+    assert r["identical_answers_pct"]["fp32-shared-cached vs fp32-shared"] == 100.0
     assert 0 < r["first_token_logits_max_abs_diff"] < 1  # bf16 rounding: small, not zero
     assert len(r["answers"]["bfloat16-shared"]) == len(its) == rep["questions"]
 

@@ -885,6 +885,15 @@ def _(tmp, env):
     return action
 
 
+@case("eval: a blind control for a model that reads the given object masks",
+      r"blind controls are not defined for a compressor that reads the given object masks")
+def _(tmp, env):
+    from compactvlm.testing import tiny_vlm
+
+    ck = save_pretrained(tiny_vlm("objects", mask_source="given"), tmp / "given_ck", embed=True)
+    return eval_cli(mini_sceneqa(tmp), tmp / "out", "--checkpoint", ck, "--control", "shuffled")
+
+
 @case("eval resumed after the benchmark folder was rebuilt with other questions",
       r"holds predictions for other questions: the benchmark files in .* changed")
 def _(tmp, env):

@@ -162,6 +162,7 @@ def test_bad_training_json_is_refused_before_the_model_load(tmp_path, monkeypatc
     p = Path(cfg.data.train)
     p.write_bytes(p.read_bytes().replace(b"colour", "colo\u00fcr".encode("latin-1")))
     import compactvlm.model.build as build
+    import compactvlm.model.checkpoint  # noqa: F401  imported first: its own `build_model` name stays the real one
 
     monkeypatch.setattr(build, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     with pytest.raises(CompactVLMError, match="is not UTF-8 text"):

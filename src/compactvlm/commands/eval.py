@@ -30,17 +30,24 @@ def add_parser(sub) -> None:
     p.add_argument("--with-controls", action="store_true",
                    help="also run the shuffled and blank controls (into OUT/control-shuffled, OUT/control-blank) and "
                         "print real vs control per family with paired bootstrap CIs (OUT/blind_gap.json)")
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="keep the frozen encoder's blocks of each image on disk in DIR, so that evaluations of other "
+                        "checkpoints with the same encoder (and the controls) run no encoder on those images "
+                        "(default: kept in memory for this command only)")
     from ._common import add_model_args
 
     add_model_args(p)
     p.set_defaults(func=run)
 
 
-def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12):
-    """EvalItems -> answers with the model: ``compactvlm.evaluate.answer.make_answer_fn`` (kept here for callers)."""
+def make_answer_fn(model, data_dir: str | None, max_new_tokens: int = 12, feature_cache: str | None = None):
+    """EvalItems -> answers with the model: ``compactvlm.evaluate.answer.make_answer_fn`` (kept here for callers);
+    ``feature_cache``: a folder for the frozen encoder's blocks of each image (else they are kept in memory)."""
     from ..evaluate.answer import make_answer_fn as library_answer_fn
+    from ..model.features import ImageFeatureCache
 
-    return library_answer_fn(model, data_dir, max_new_tokens)
+    return library_answer_fn(model, data_dir, max_new_tokens,
+                             features=ImageFeatureCache(root=feature_cache) if feature_cache else True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +107,7 @@ def eval_producer(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, reader, producer: dict) -> int:
+    from ..errors import CompactVLMError
     from ..evaluate.harness import evaluate
     from ._common import model_from_args
 
@@ -116,7 +124,7 @@ def _run(args: argparse.Namespace, reader, producer: dict) -> int:
     if (args.control or args.with_controls) and model.compressor.wants_given_masks:
         raise CompactVLMError("blind controls are not defined for a compressor that reads the given object masks "
                               "(the masks would still show where the objects are)", "evaluate it without a control")
-    answer = make_answer_fn(model, args.data, args.max_new_tokens)
+    answer = make_answer_fn(model, args.data, args.max_new_tokens, args.feature_cache)
     metrics = evaluate(reader, args.data, answer, args.out, batch_size=args.batch_size, resume=not args.no_resume,
                        limit=args.limit, progress=not args.quiet, run_info=run_info, producer=producer,
                        control=args.control)

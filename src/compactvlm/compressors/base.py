@@ -26,7 +26,7 @@ class Compressor(nn.Module):
     #: attention between image tokens and ``extra_tokens`` inside the encoder ("isolated" | "full").
     extra_attention: str = "isolated"
     #: False for compressors that read the image itself (not only encoder features): training cannot cache
-    #: frozen-encoder features for them (``train.objective.check_cacheable``).
+    #: frozen-encoder features for them (``model.features.check_cacheable``).
     cacheable_features: bool = True
     #: a per-token projection ``project(x)``: (B, N, C) encoder features -> (B, N, D_llm), for compressors that have
     #: one (``mlp2x_gelu``); patch reductions (random, VisionZip, DART, ...) select patches and then call it. None:

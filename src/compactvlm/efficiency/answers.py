@@ -8,7 +8,10 @@ harness's batches):
   and one full prefill per question, left padding, decoding until every sequence of the batch ends);
 - ``fp32-shared``: float32, ``evaluate.answer.Answerer`` (one encode + one vision-prefix prefill per image,
   batches by prompt length, early stop for closed-form families);
-- ``<auto>-shared``: the same in the default inference dtype (bfloat16 where the hardware runs it fast).
+- ``<auto>-shared``: the same in the default inference dtype (bfloat16 where the hardware runs it fast);
+- ``fp32-shared-cached``: fp32-shared with the encoder's blocks of every image already cached (what a blind
+  control's pass, or another checkpoint with the same frozen encoder, costs); not for models whose features
+  cannot be cached.
 
 Parity: the share of identical answers between the ways, and the largest absolute difference of the
 first-token logits (float32 vs the default dtype, both on the shared path).
@@ -22,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from ..evaluate.answer import Answerer
+from ..model.features import ImageFeatureCache
 from .timing import compare, compare_ttft
 
 
@@ -46,12 +50,19 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
         model.set_dtype("float32")
         low = copy.deepcopy(model)
         low_name = low.set_dtype(dtype)
+        # every timed round encodes its images, as a first evaluation pass does; the cached arm reads the encoder's
+        # blocks from a cache filled beforehand, as a blind control's pass or another checkpoint of the row does
         plain = Answerer(model, data_dir, max_new_tokens, share_prefix=False)
-        shared = Answerer(model, data_dir, max_new_tokens, record_logits=True)
-        shared_low = Answerer(low, data_dir, max_new_tokens, record_logits=True)
+        shared = Answerer(model, data_dir, max_new_tokens, record_logits=True, features=False)
+        shared_low = Answerer(low, data_dir, max_new_tokens, record_logits=True, features=False)
+        cached = Answerer(model, data_dir, max_new_tokens, features=ImageFeatureCache())
         names = ["fp32-plain", "fp32-shared", f"{low_name}-shared"]
-        calls = [(n, (lambda f=f: _answer_all(f, items, batch_size))) for n, f in zip(names, (plain, shared,
-                                                                                               shared_low))]
+        fns = [plain, shared, shared_low]
+        if cached.features is not None:  # cacheable: no reduction, no tokens inside the encoder
+            _answer_all(cached, items, batch_size)  # fills the cache (untimed)
+            names.append("fp32-shared-cached")
+            fns.append(cached)
+        calls = [(n, (lambda f=f: _answer_all(f, items, batch_size))) for n, f in zip(names, fns)]
         cmp = compare(calls, repeats=repeats, warmup=0, progress=progress, desc=f"{label}: answering rounds")
         ans = {n: cmp.values[n][-1] for n in names}
         keys = [k for k in shared.first_logits if k in shared_low.first_logits]
@@ -70,7 +81,10 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
             "speedup_over_fp32_plain": vs_plain,
             "identical_answers_pct": {"fp32-shared vs fp32-plain": identical(ans[names[1]], ans[names[0]]),
                                       f"{low_name}-shared vs fp32-shared": identical(ans[names[2]], ans[names[1]]),
-                                      f"{low_name}-shared vs fp32-plain": identical(ans[names[2]], ans[names[0]])},
+                                      f"{low_name}-shared vs fp32-plain": identical(ans[names[2]], ans[names[0]]),
+                                      **({"fp32-shared-cached vs fp32-shared": identical(ans["fp32-shared-cached"],
+                                                                                         ans[names[1]])}
+                                         if "fp32-shared-cached" in ans else {})},
             "first_token_logits_max_abs_diff": max(diffs) if diffs else None,
             "first_token_argmax_identical_pct": 100.0 * (len(keys) - len(flips)) / max(len(keys), 1),
             "fp32_margin_of_flipped_first_tokens": {k: margin(k) for k in flips},

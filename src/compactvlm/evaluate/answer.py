@@ -2,7 +2,11 @@
 
 Greedy answers, computed with as little repeated work as the prompts allow:
 
-- **one encode per image**: questions of the same image in a batch share one encoder + compressor pass;
+- **one encode per image**: questions of the same image in a batch share one encoder + compressor pass, and the
+  frozen encoder's blocks of each image are kept (``model.features.ImageFeatureCache``: in memory, optionally on
+  disk) so that a blind control's pass over the same images, or another checkpoint with the same encoder, runs
+  only the compressor on them (not for compressors that add tokens inside the encoder or read the image, nor
+  with a test-time reduction: ``check_cacheable``);
 - **one vision-prefix prefill per image**: the prompt is ``[system/user header] <image tokens> [question,
   assistant header]``; everything up to the last image token (the prefix) is identical for every question of an
   image, so its KV cache is computed once and each question continues from a copy of it;
@@ -27,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..model.features import ImageFeatureCache, check_cacheable, encode_from_features
 from ..model.prompting import IMAGE_TOKEN_ID
 
 #: families (SceneQA categories, benchmark categories) whose answer is one word, number or option letter
@@ -59,7 +64,9 @@ class Answerer:
 
     def __init__(self, model, data_dir: str | None = None, max_new_tokens: int = 12, share_prefix: bool = True,
                  stop_at_answer: bool = True, closed_form: Callable[[Any], bool] | None = None,
-                 record_logits: bool = False):
+                 record_logits: bool = False, features: ImageFeatureCache | None | bool = True):
+        """``features``: the encoder-feature cache of the shared path (True: a new in-memory one; an
+        ``ImageFeatureCache`` to share one, e.g. on disk; False/None: encode every call)."""
         self.model = model
         #: question key -> first-token logits (float32, CPU) when ``record_logits`` (parity checks)
         self.first_logits: dict[str, torch.Tensor] | None = {} if record_logits else None
@@ -70,6 +77,9 @@ class Answerer:
         self.wants_masks = model.compressor.wants_given_masks
         in_llm = model.reduction is not None and bool(getattr(model.reduction, "in_llm", False))
         self.share_prefix = share_prefix and model.tokenizer is not None and not in_llm
+        if features is True:
+            features = ImageFeatureCache()
+        self.features = features if features and check_cacheable(model, training=False) is None else None
         if model.tokenizer is not None:
             self.eos = _eos_ids(model.llm, model.tokenizer)
             self.newlines = _newline_ids(model.tokenizer) if stop_at_answer else set()
@@ -119,8 +129,11 @@ class Answerer:
                 first_item.append(it)
             split.append((groups[key], s[cut:]))
         prefixes = list(groups)
-        tokens = m.encode_images(m.processor([self._image(it) for it in first_item]).to(dev),
-                                 self._extra(first_item))  # (U, M, D), one encode per image
+        pixels = m.processor([self._image(it) for it in first_item]).to(dev)  # (U, 3, S, S)
+        if self.features is not None:  # encoder blocks from the cache where this image was encoded before
+            tokens = encode_from_features(m, self.features.hidden(m, pixels), self._extra(first_item))  # (U, M, D)
+        else:
+            tokens = m.encode_images(pixels, self._extra(first_item))  # (U, M, D), one encode per image
         # prefill each prefix once; prefixes of equal length go through the LLM together
         caches: dict[int, tuple[Any, int]] = {}  # group -> (cache of its prefix batch, row in it)
         by_len: dict[int, list[int]] = defaultdict(list)
@@ -202,7 +215,8 @@ class Answerer:
 
 
 def make_answer_fn(model, data_dir: str | None = None, max_new_tokens: int = 12, share_prefix: bool = True,
-                   stop_at_answer: bool = True) -> Answerer:
+                   stop_at_answer: bool = True, features: ImageFeatureCache | None | bool = True) -> Answerer:
     """EvalItems -> answers with ``model`` (greedy, shared encode + vision-prefix prefill per image, batches by
     prompt length, stops at the answer's end); supplies SceneQA's object masks to mask sources that want them."""
-    return Answerer(model, data_dir, max_new_tokens, share_prefix=share_prefix, stop_at_answer=stop_at_answer)
+    return Answerer(model, data_dir, max_new_tokens, share_prefix=share_prefix, stop_at_answer=stop_at_answer,
+                    features=features)

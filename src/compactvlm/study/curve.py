@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .plan import StudyPlan, StudyRow, eval_dir, stage_dirs
+from .plan import StudyPlan, StudyRow, eval_dir, eval_features, stage_dirs
 
 SNAPSHOTS_SUFFIX = ".snapshots"
 
@@ -92,6 +92,7 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
     from ..model.checkpoint import load_pretrained
 
     out = []
+    features = eval_features(plan)  # the test images' encoder blocks, written by the row's own evaluation
     final = stage_dirs(plan, row, seed)[-1] / "final"
     for step, ck, why in curve_points(plan, row, seed):
         entry = {"step": step, "samples": step * batch_size if batch_size else None}
@@ -114,7 +115,7 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
                 continue
             model = load_pretrained(ck, progress=False)
             model.to(plan.device)
-            m = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir)), folder,
+            m = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir), features=features), folder,
                          run_info={"name": row.name, "seed": seed, "step": step, "checkpoint": str(ck)}, **kw)
             del model
             if torch.cuda.is_available():

@@ -320,6 +320,15 @@ def eval_dir(plan: StudyPlan, row: str, seed: int) -> Path:
     return Path(plan.runs_dir) / "eval" / row / f"s{seed}"
 
 
+def eval_features(plan: StudyPlan):
+    """The frozen encoder's blocks of the test images, on disk under ``<runs_dir>/features-eval`` (one folder per
+    encoder, blocks and dtype): a row's real-image pass encodes each image once; its blind controls, its
+    learning-curve checkpoints and the evaluation-only rows built on it read them (``model.features``)."""
+    from ..model.features import ImageFeatureCache
+
+    return ImageFeatureCache(root=Path(plan.runs_dir) / "features-eval")
+
+
 def stage_dirs(plan: StudyPlan, row: StudyRow, seed: int) -> list[Path]:
     """The training output folder of each stage of a row (an evaluation-only row: its source's). One stage:
     ``<runs_dir>/<row>/s<seed>``; several: ``<runs_dir>/<row>/s<seed>/stage<k>``, stage 1 in the ``from_stage1``

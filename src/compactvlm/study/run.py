@@ -16,7 +16,7 @@ from ..efficiency.cost import measure_cost
 from ..errors import CompactVLMError
 from ..runtime import set_threads
 from .controls import record_baselines
-from .plan import StudyPlan, StudyRow, checkpoint_dir, eval_dir, result_path, stage_dirs
+from .plan import StudyPlan, StudyRow, checkpoint_dir, eval_dir, eval_features, result_path, stage_dirs
 
 
 def data_build_lock(d: Path):
@@ -266,7 +266,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed}
     t1 = time.perf_counter()
-    answer = make_answer_fn(model, str(data_dir))
+    answer = make_answer_fn(model, str(data_dir), features=eval_features(plan))
     metrics = evaluate("sceneqa", str(data_dir), answer, out,
                        batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress, run_info=run_info)
     t_eval = time.perf_counter() - t1

@@ -18,16 +18,12 @@ compressor class opts out); ``check_cacheable`` says why not.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders.base import VisionFeatures
+# shared with evaluation (evaluate.answer): the model layer holds them
+from ..model.features import FeatureStore, check_cacheable, encode_from_features, store_tag  # noqa: F401
 from ..model.prompting import IGNORE_INDEX
 from .stages import is_peft
 
@@ -90,84 +86,6 @@ class TrainingModel(nn.Module):
         comp = self.vlm.compressor
         return grounding_loss(tokens, objects, self._vectors, comp.token_windows(self.vlm.grid), self.background,
                               self.place)
-
-
-def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:
-    """Cached encoder blocks -> compressor -> (B, M, D_llm), as ``CompactVLM.encode_images`` after the encoder."""
-    enc = vlm.encoder
-    feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=0, info=enc.info)
-    feats.extra_state.update(encoder=enc)
-    if extra_state:
-        feats.extra_state.update(extra_state)
-    comp = vlm.compressor
-    return comp.check_output(comp(feats), feats)
-
-
-def check_cacheable(vlm: nn.Module) -> str | None:
-    """None if frozen-encoder features can be cached for this model, else the reason they cannot."""
-    if any(p.requires_grad for p in vlm.encoder.parameters()):
-        return "the encoder is trained in this stage"
-    comp = vlm.compressor
-    if comp.extra_tokens() is not None:
-        return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
-    if not comp.cacheable_features:
-        return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
-    if getattr(vlm, "reduction", None) is not None:
-        return "a test-time reduction is set"
-    return None
-
-
-class FeatureStore:
-    """Frozen-encoder features on disk, shared by runs: one safetensors file per image, named by the SHA-1 of its
-    preprocessed pixels (so the image's content, size, aspect handling and normalisation are all in the name), in a
-    folder named by ``tag`` (the encoder, a fingerprint of its weights, the layers and the autocast precision).
-    A grounding stage and the stage 2 after it, and every row of a study with the same encoder, encode each image
-    once. Writes go to a temporary file renamed into place, so concurrent runs never read a partial file."""
-
-    def __init__(self, root: str | Path, tag: str):
-        self.dir = Path(root) / tag
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.hits = self.written = 0
-
-    @staticmethod
-    def key(pixels: torch.Tensor) -> str:
-        return hashlib.sha1(pixels.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
-
-    def get(self, key: str, layers: list[int]) -> dict[int, torch.Tensor] | None:
-        from safetensors.torch import load_file
-
-        path = self.dir / f"{key}.safetensors"
-        if not path.is_file():
-            return None
-        sd = load_file(str(path))
-        if any(f"layer{l}" not in sd for l in layers):
-            return None
-        self.hits += 1
-        return {l: sd[f"layer{l}"] for l in layers}
-
-    def put(self, key: str, feats: dict[int, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        path = self.dir / f"{key}.safetensors"
-        if path.exists():
-            return
-        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
-        save_file({f"layer{l}": t.contiguous() for l, t in feats.items()}, str(tmp))
-        os.replace(tmp, path)
-        self.written += 1
-
-
-def store_tag(vlm: nn.Module, layers: list[int], precision: str) -> str:
-    """The folder name of a :class:`FeatureStore`: what, besides the pixels, decides the features — the encoder's
-    class and a fingerprint of its weights (its first and last two tensors; the name or path it was loaded from
-    does not matter), the layers and the precision."""
-    h = hashlib.sha1()
-    h.update(json.dumps({"layers": sorted(layers), "precision": precision}).encode())
-    params = list(vlm.encoder.named_parameters())
-    for name, prm in (params[:2] + params[-2:]) if params else []:
-        h.update(name.encode())
-        h.update(prm.detach().float().contiguous().cpu().numpy().tobytes())
-    return f"{type(vlm.encoder).__name__}-{h.hexdigest()[:16]}"
 
 
 class FeatureCache:
