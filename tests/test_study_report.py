@@ -243,3 +243,21 @@ def test_report_flags_comparisons_of_rows_that_have_not_converged(tmp_path):
     from compactvlm.study.convergence import pair_flag
 
     assert pair_flag(["ref"], {"ref": rows["ref"]["convergence"]}) is None
+
+
+def test_stage_precision_is_reported_per_seed_when_seeds_differ():
+    """Rows trained on a bf16-native machine and on an AVX2 one (precision: auto) say so in the training table."""
+    from compactvlm.study.report import _fmt_precision
+    from compactvlm.study.stats import _stage_curves
+
+    def run(seed, precision):
+        train = {"val_loss_curve": [[0, 1.0], [10, 0.5]], "batch_size": 8, "steps": 10}
+        if precision:
+            train["precision"] = precision
+        return {"seed": seed, "train": train, "stages": [{"stage": 1, "config": "c.yaml", "train": train}]}
+
+    same = _stage_curves([run(0, "fp32"), run(1, "fp32")])[0]
+    assert _fmt_precision(same["precision_by_seed"]) == ", fp32"
+    mixed = _stage_curves([run(0, None), run(1, "fp32"), run(2, "bf16")])[0]
+    assert _fmt_precision(mixed["precision_by_seed"]) == ", s0: ? / s1: fp32 / s2: bf16"
+    assert _fmt_precision({}) == _fmt_precision({0: None}) == ""

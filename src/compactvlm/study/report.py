@@ -199,7 +199,7 @@ def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
              f"every seed's |slope| ≤ {plan.flat_slope:g} (the plan's `flat_slope`). Under a cosine schedule the "
              "learning rate is small at the end, which flattens a curve by itself: read the slope with the test-set "
              "learning curve below, where the plan asks for one.", "",
-             "| row | stage | steps × batch | final val loss by seed | Δ vs ref (paired) | last-third slope by seed | "
+             "| row | stage | steps × batch, precision | final val loss by seed | Δ vs ref (paired) | last-third slope by seed | "
              "flat | val loss curve, first seed (step: loss) |",
              "|---|---:|---:|---|---:|---|---|---|"]
     for name, s in rows.items():
@@ -218,6 +218,7 @@ def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
                 f = s["convergence"]["flat"]
                 flat = "unknown" if f is None else ("yes" if f else "**no**")
             steps = f"{st['steps']} × {st['batch_size']}" if st.get("batch_size") else f"{st['steps']}"
+            steps += _fmt_precision(st.get("precision_by_seed") or {})
             cfg = f" (`{st['config']}`)" if st.get("config") and len(curves) > 1 else ""
             if st.get("shared_with"):
                 cfg += f", `{st['shared_with']}`'s"
@@ -236,6 +237,17 @@ def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
             lines.append(f"| `{n}` | {pts} |")
         lines.append("")
     return lines
+
+
+def _fmt_precision(by_seed: dict) -> str:
+    """The autocast precision the stage trained with (bf16 where native, else fp32: ``precision: auto``), once when
+    every seed agrees, else per seed; "?" for results from before it was recorded."""
+    if not any(by_seed.values()):  # none recorded (results from before): say nothing
+        return ""
+    vals = {v or "?" for v in by_seed.values()}
+    if len(vals) == 1:
+        return f", {vals.pop()}"
+    return ", " + " / ".join(f"s{q}: {v or '?'}" for q, v in sorted(by_seed.items()))
 
 
 def _figure_context(plan: StudyPlan, results: dict, rows: dict, baselines: dict | None,

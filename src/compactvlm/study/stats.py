@@ -166,9 +166,11 @@ def _stage_curves(runs: list[dict], stage1_of: str | None = None,
         entry = {"stage": first.get("stage", k + 1), "config": first.get("config"), "steps": tr0.get("steps"),
                  "batch_size": tr0.get("batch_size") or plan_batch, "curve": tr0.get("val_loss_curve") or [],
                  "gap_curve": tr0.get("val_gap_shuffled_curve") or [], "final_by_seed": {}, "slopes": {},
+                 "precision_by_seed": {},
                  "shared_with": stage1_of if k == 0 else None}
         for seed, stages in per_run:
             tr = (stages[k].get("train") or {}) if k < len(stages) else {}
+            entry["precision_by_seed"][seed] = tr.get("precision")  # None: a result from before it was logged
             c = tr.get("val_loss_curve") or []
             if c:
                 entry["final_by_seed"][seed] = c[-1][1]
