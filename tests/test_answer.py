@@ -128,6 +128,19 @@ def test_eval_throughput_reports_speed_identity_and_logit_difference(tmp_path):
     assert len(r["answers"]["bfloat16-shared"]) == len(its) == rep["questions"]
 
 
+def test_eval_throughput_skips_a_default_dtype_arm_that_is_float32(tmp_path):
+    """Where the default dtype resolves to float32 (no native bf16), a third arm would only repeat fp32-shared."""
+    from compactvlm.efficiency.answers import eval_throughput
+
+    its = items(tmp_path, n_images=2)
+    rep = eval_throughput([("tiny", varied(tiny_vlm("stf", k=2, E=1)))], its, None, batch_size=4, max_new_tokens=4,
+                          repeats=1, dtype="float32", progress=False)
+    r = rep["models"]["tiny"]
+    assert set(r["questions_per_s"]) == {"fp32-plain", "fp32-shared", "fp32-shared-cached"}
+    assert r["first_token_logits_max_abs_diff"] is None and r["first_token_argmax_identical_pct"] is None
+    assert set(r["identical_answers_pct"]) == {"fp32-shared vs fp32-plain", "fp32-shared-cached vs fp32-shared"}
+
+
 def test_closed_form_answers_stop_at_the_line_break(tmp_path):
     """With a token treated as a line break, closed-form answers end right after it (decoding stops there) and
     open answers run on; the stopped answers are prefixes of the full ones."""

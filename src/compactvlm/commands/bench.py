@@ -257,10 +257,14 @@ def run_answers(args: argparse.Namespace) -> int:
                   + (f"  {sp['median']:.2f}x fp32-plain's speed" if sp else ""))
         for k, v in r["identical_answers_pct"].items():
             print(f"  identical answers, {k}: {v:.1f}%")
-        print(f"  first-token logits, fp32 vs {r['dtype_after']}: max |diff| {r['first_token_logits_max_abs_diff']:.4g}, "
-              f"same argmax {r['first_token_argmax_identical_pct']:.1f}%; fp32 top-1 minus top-2 logit: median "
-              f"{r['fp32_margin_median']:.3f}, at the flipped questions "
-              + (", ".join(f"{v:.3f}" for v in r["fp32_margin_of_flipped_first_tokens"].values()) or "none"))
+        if r["first_token_logits_max_abs_diff"] is None:
+            print(f"  no {r['dtype_after']} arm: the default dtype here is float32 (no native bf16; --dtype bfloat16 "
+                  "measures the emulated one)")
+        else:
+            print(f"  first-token logits, fp32 vs {r['dtype_after']}: max |diff| "
+                  f"{r['first_token_logits_max_abs_diff']:.4g}, same argmax {r['first_token_argmax_identical_pct']:.1f}%;"
+                  f" fp32 top-1 minus top-2 logit: median {r['fp32_margin_median']:.3f}, at the flipped questions "
+                  + (", ".join(f"{v:.3f}" for v in r["fp32_margin_of_flipped_first_tokens"].values()) or "none"))
         for w in r["warnings"]:
             print(f"  warning: {w}")
     first = items[0]
