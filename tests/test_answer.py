@@ -94,16 +94,37 @@ def test_encoder_features_are_reused_across_passes_and_processes(tmp_path, monke
     assert len(list((tmp_path / "features").iterdir())) == 1
 
 
-@pytest.mark.parametrize("case", ["reduction", "extra_tokens"])
-def test_no_feature_cache_where_features_depend_on_more_than_the_image(case):
+@pytest.mark.parametrize("case", ["visionzip", "tome", "fastv", "extra_tokens"])
+def test_no_feature_cache_where_features_depend_on_more_than_the_blocks(case):
     from compactvlm.registry import REDUCTIONS
 
-    if case == "reduction":
-        model = tiny_vlm("mlp2x_gelu")
-        model.reduction = REDUCTIONS.create("avgpool", budget=16, model=model)
-    else:
+    if case == "extra_tokens":
         model = tiny_vlm("vistog", tokens=8)
+    else:
+        model = tiny_vlm("mlp2x_gelu")
+        model.reduction = REDUCTIONS.create(case, budget=16, model=model, **({"k": 1} if case == "fastv" else {}))
     assert Answerer(model).features is None
+
+
+@pytest.mark.parametrize("name", ["random", "avgpool", "dart", "divprune"])
+def test_reductions_that_read_only_the_blocks_use_the_cache(tmp_path, monkeypatch, name):
+    """Training-free reductions of a full-token model (the study's evaluation-only rows) answer from cached blocks
+    exactly as from a fresh encode."""
+    from compactvlm.registry import REDUCTIONS
+
+    model = varied(tiny_vlm("mlp2x_gelu"))
+    model.reduction = REDUCTIONS.create(name, budget=16, model=model)
+    its = items(tmp_path)
+    fresh = Answerer(model, max_new_tokens=8, features=False)(its)
+    answer = Answerer(model, max_new_tokens=8)
+    assert answer.features is not None
+    assert answer(its) == fresh
+    calls = {"images": 0}
+    fwd = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward",
+                        lambda pix, *a, **k: calls.__setitem__("images", calls["images"] + int(pix.shape[0]))
+                        or fwd(pix, *a, **k))
+    assert answer(its) == fresh and calls["images"] == 0
 
 
 def test_fastv_takes_the_plain_path():

@@ -5,8 +5,8 @@ Greedy answers, computed with as little repeated work as the prompts allow:
 - **one encode per image**: questions of the same image in a batch share one encoder + compressor pass, and the
   frozen encoder's blocks of each image are kept (``model.features.ImageFeatureCache``: in memory, optionally on
   disk) so that a blind control's pass over the same images, or another checkpoint with the same encoder, runs
-  only the compressor on them (not for compressors that add tokens inside the encoder or read the image, nor
-  with a test-time reduction: ``check_cacheable``);
+  only the compressor (or a reduction that reads only the blocks) on them (not for compressors that add tokens
+  inside the encoder or read the image, nor for reductions that need more: ``check_cacheable``);
 - **one vision-prefix prefill per image**: the prompt is ``[system/user header] <image tokens> [question,
   assistant header]``; everything up to the last image token (the prefix) is identical for every question of an
   image, so its KV cache is computed once and each question continues from a copy of it;

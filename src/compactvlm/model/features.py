@@ -5,7 +5,8 @@ checkpoints of a row all encode each test image once).
 
 Caching is valid only when the encoder is frozen, the compressor adds no tokens inside the encoder (VisToG) and
 does not read the image itself (``cacheable_features = False`` on the compressor class opts out), and no test-time
-reduction runs; ``check_cacheable`` says why not.
+reduction runs, except at inference one that reads only the encoder's blocks (``cacheable_features = True`` on the
+reduction class: random, avgpool, dart, divprune); ``check_cacheable`` says why not.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def check_cacheable(vlm: nn.Module, training: bool = True) -> str | None:
         return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
     if not comp.cacheable_features:
         return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
-    if getattr(vlm, "reduction", None) is not None:
+    red = getattr(vlm, "reduction", None)
+    if red is not None and training:
         return "a test-time reduction is set"
+    if red is not None and (red.in_llm or not red.cacheable_features):
+        return f"reduction {red.registry_name!r} reads more than the encoder's blocks"
     return None
 
 
@@ -91,13 +95,16 @@ def store_tag(vlm: nn.Module, layers: list[int], precision: str) -> str:
 
 
 def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:
-    """Cached encoder blocks -> compressor -> (B, M, D_llm), as ``CompactVLM.encode_images`` after the encoder."""
+    """Cached encoder blocks -> compressor (or the model's cacheable reduction) -> (B, M, D_llm), as
+    ``CompactVLM.encode_images`` after the encoder."""
     enc = vlm.encoder
     feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=0, info=enc.info)
     feats.extra_state.update(encoder=enc)
     if extra_state:
         feats.extra_state.update(extra_state)
     comp = vlm.compressor
+    if getattr(vlm, "reduction", None) is not None:  # a cacheable test-time reduction (inference only)
+        return vlm.reduction(feats, comp)
     return comp.check_output(comp(feats), feats)
 
 
@@ -121,7 +128,10 @@ class ImageFeatureCache:
         enc = vlm.encoder
         dtype = next(enc.parameters()).dtype
         if (id(vlm), dtype) not in self._tags:
-            layers = sorted({enc.info.normalize_layer(l) for l in vlm.compressor.feature_layers()})
+            wanted = list(vlm.compressor.feature_layers())
+            if getattr(vlm, "reduction", None) is not None:  # the blocks CompactVLM.encoder_features asks for
+                wanted += list(vlm.reduction.feature_layers())
+            layers = sorted({enc.info.normalize_layer(l) for l in wanted})
             self._tags[(id(vlm), dtype)] = (store_tag(vlm, layers, f"inference-{str(dtype).replace('torch.', '')}"),
                                             layers)
         return self._tags[(id(vlm), dtype)]

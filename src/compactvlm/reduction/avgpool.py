@@ -27,6 +27,8 @@ from .base import PatchReduction, check_budget
 
 @REDUCTIONS.register("avgpool")
 class GridAvgPool(PatchReduction):
+    cacheable_features = True  # reads only feats.hidden
+
     def __init__(self, budget: int | None = None, model=None):
         budget = check_budget("avgpool", budget)
         s = math.isqrt(budget)

@@ -38,6 +38,9 @@ class Reduction(nn.Module):
     registry_name: str = "?"
     #: True when the reduction prunes inside the LLM (the model delegates prefill and generation to it).
     in_llm: bool = False
+    #: True when ``forward`` reads only the encoder blocks (``feats.hidden``) and the compressor: evaluation may
+    #: then take the blocks from its cache (``model.features``) instead of running the encoder again.
+    cacheable_features: bool = False
 
     def __init__(self, model=None):
         super().__init__()

@@ -29,6 +29,8 @@ from .base import ProjectedSelection
 
 @REDUCTIONS.register("dart")
 class DART(ProjectedSelection):
+    cacheable_features = True  # reads only feats.hidden
+
     def __init__(self, budget: int | None = None, model=None, pivots: int = 8, dup: float = 0.999):
         if isinstance(pivots, bool) or not isinstance(pivots, int) or pivots < 1:
             raise CompactVLMError(f"dart pivots={pivots!r} is not a positive number of tokens", "pass e.g. pivots=8")

@@ -22,6 +22,8 @@ from .base import ProjectedSelection
 
 @REDUCTIONS.register("divprune")
 class DivPrune(ProjectedSelection):
+    cacheable_features = True  # reads only feats.hidden
+
     def keep(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, _ = tokens.shape
         xn = F.normalize(tokens.float(), dim=-1)

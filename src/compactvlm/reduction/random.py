@@ -22,6 +22,8 @@ from .base import PatchReduction
 
 @REDUCTIONS.register("random")
 class RandomDrop(PatchReduction):
+    cacheable_features = True  # reads only feats.hidden
+
     def __init__(self, budget: int | None = None, model=None, seed: int = 0):
         self.seed = int(seed)
         super().__init__(budget, model)
