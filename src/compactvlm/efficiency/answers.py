@@ -62,7 +62,7 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
         if low_name != "float32":  # auto is float32 where bf16 is not native: that arm would repeat fp32-shared
             names.append(f"{low_name}-shared")
             fns.append(shared_low)
-        if cached.features is not None:  # cacheable: no reduction, no tokens inside the encoder
+        if cached.features is not None:  # check_cacheable: blocks alone decide the tokens
             _answer_all(cached, items, batch_size)  # fills the cache (untimed)
             names.append("fp32-shared-cached")
             fns.append(cached)
