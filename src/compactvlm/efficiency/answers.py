@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from ..evaluate.answer import Answerer
+from ..model.build import resolve_dtype
 from ..model.features import ImageFeatureCache
 from .timing import compare, compare_ttft
 
@@ -49,17 +50,20 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
                               "threads": torch.get_num_threads(), "models": {}}
     for label, model in models:
         model.set_dtype("float32")
-        low = copy.deepcopy(model)
-        low_name = low.set_dtype(dtype)
+        low_name = resolve_dtype(dtype, next(model.llm.parameters()).device)
         # every timed round encodes its images, as a first evaluation pass does; the cached arm reads the encoder's
         # blocks from a cache filled beforehand, as a blind control's pass or another checkpoint of the row does
         plain = Answerer(model, data_dir, max_new_tokens, share_prefix=False)
         shared = Answerer(model, data_dir, max_new_tokens, record_logits=True, features=False)
-        shared_low = Answerer(low, data_dir, max_new_tokens, record_logits=True, features=False)
         cached = Answerer(model, data_dir, max_new_tokens, features=ImageFeatureCache())
         names = ["fp32-plain", "fp32-shared"]
         fns = [plain, shared]
+        low, low_logits = None, {}
         if low_name != "float32":  # auto is float32 where bf16 is not native: that arm would repeat fp32-shared
+            low = copy.deepcopy(model)
+            low.set_dtype(low_name)
+            shared_low = Answerer(low, data_dir, max_new_tokens, record_logits=True, features=False)
+            low_logits = shared_low.first_logits
             names.append(f"{low_name}-shared")
             fns.append(shared_low)
         if cached.features is not None:  # check_cacheable: blocks alone decide the tokens
@@ -72,9 +76,9 @@ def eval_throughput(models: Sequence[tuple[str, Any]], items: Sequence, data_dir
         low_arm = f"{low_name}-shared"
         vs_low = ({f"{low_arm} vs fp32-shared": identical(ans[low_arm], ans[names[1]]),
                    f"{low_arm} vs fp32-plain": identical(ans[low_arm], ans[names[0]])} if low_arm in ans else {})
-        keys = [k for k in shared.first_logits if k in shared_low.first_logits]  # none when that arm did not run
-        diffs = [float((shared.first_logits[k] - shared_low.first_logits[k]).abs().max()) for k in keys]
-        flips = [k for k in keys if int(shared.first_logits[k].argmax()) != int(shared_low.first_logits[k].argmax())]
+        keys = [k for k in shared.first_logits if k in low_logits]  # none when that arm did not run
+        diffs = [float((shared.first_logits[k] - low_logits[k]).abs().max()) for k in keys]
+        flips = [k for k in keys if int(shared.first_logits[k].argmax()) != int(low_logits[k].argmax())]
 
         def margin(k):  # fp32's top-1 minus top-2 first-token logit: how close the question was to a tie
             top = shared.first_logits[k].topk(2).values

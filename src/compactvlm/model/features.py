@@ -102,10 +102,7 @@ def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_
     feats.extra_state.update(encoder=enc)
     if extra_state:
         feats.extra_state.update(extra_state)
-    comp = vlm.compressor
-    if getattr(vlm, "reduction", None) is not None:  # a cacheable test-time reduction (inference only)
-        return vlm.reduction(feats, comp)
-    return comp.check_output(comp(feats), feats)
+    return vlm.tokens_from_features(feats)  # a reduction only at inference (check_cacheable refuses it in training)
 
 
 class ImageFeatureCache:
@@ -128,10 +125,7 @@ class ImageFeatureCache:
         enc = vlm.encoder
         dtype = next(enc.parameters()).dtype
         if (id(vlm), dtype) not in self._tags:
-            wanted = list(vlm.compressor.feature_layers())
-            if getattr(vlm, "reduction", None) is not None:  # the blocks CompactVLM.encoder_features asks for
-                wanted += list(vlm.reduction.feature_layers())
-            layers = sorted({enc.info.normalize_layer(l) for l in wanted})
+            layers = sorted({enc.info.normalize_layer(l) for l in vlm.feature_layers()})  # as encoder_features
             self._tags[(id(vlm), dtype)] = (store_tag(vlm, layers, f"inference-{str(dtype).replace('torch.', '')}"),
                                             layers)
         return self._tags[(id(vlm), dtype)]

@@ -129,9 +129,7 @@ class CompactVLM(nn.Module):
         """The encoder features the compressor / reduction read: their blocks, the compressor's extra tokens
         (with its attention mode) and ``extra_state`` (pixels, the encoder, anything the caller adds)."""
         comp = self.compressor
-        layers = list(comp.feature_layers())
-        if self.reduction is not None:
-            layers = sorted(set(layers) | set(self.reduction.feature_layers()))
+        layers = self.feature_layers()
         # a reduction inside the encoder (tome) merges tokens between its blocks while it runs
         with self.reduction.encoder_context(self.encoder) if self.reduction is not None else contextlib.nullcontext():
             feats = self.encoder(pixel_values, layers=layers, extra_tokens=comp.extra_tokens(),
@@ -141,15 +139,23 @@ class CompactVLM(nn.Module):
             feats.extra_state.update(extra_state)
         return feats
 
+    def feature_layers(self) -> list[int]:
+        """The encoder blocks the compressor reads, and the reduction's besides them."""
+        layers = list(self.compressor.feature_layers())
+        if self.reduction is not None:
+            layers = sorted(set(layers) | set(self.reduction.feature_layers()))
+        return layers
+
+    def tokens_from_features(self, feats) -> torch.Tensor:
+        """Encoder features -> vision tokens (B, M, D_llm): the reduction's when one is set, else the compressor's."""
+        comp = self.compressor
+        if self.reduction is not None:
+            return self.reduction(feats, comp)
+        return comp.check_output(comp(feats), feats)
+
     def encode_images(self, pixel_values: torch.Tensor, extra_state: dict | None = None) -> torch.Tensor:
         """pixels (B, 3, S, S) -> vision tokens (B, M, D_llm)."""
-        comp = self.compressor
-        feats = self.encoder_features(pixel_values, extra_state)
-        if self.reduction is not None:
-            out = self.reduction(feats, comp)
-        else:
-            out = comp.check_output(comp(feats), feats)
-        return out
+        return self.tokens_from_features(self.encoder_features(pixel_values, extra_state))
 
     # ---- merge ----------------------------------------------------------------------------------------
     def merge(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:

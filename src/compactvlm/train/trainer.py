@@ -134,11 +134,12 @@ class Trainer:
                 f"optim.batch_size={cfg.optim.batch_size} is not a multiple of per_device_batch_size={per} x "
                 f"{world} processes", "adjust optim.per_device_batch_size or the number of processes")
         self.grad_accum = cfg.optim.batch_size // (per * world)
-        self.precision = resolve_precision(cfg.precision, "cpu" if cpu else "cuda")
+        device = "cpu" if cpu else "cuda"
+        self.precision = resolve_precision(cfg.precision, device)
         if cfg.precision == "auto":
             self.log_lines.append(f"precision auto -> {self.precision} (bf16 {'is' if self.precision == 'bf16' else 'is not'}"
                                   f" native on this {'CPU' if cpu else 'GPU'})")
-        elif cfg.precision == "bf16" and self.precision == "bf16" and not bf16_is_fast("cpu" if cpu else "cuda"):
+        elif cfg.precision == "bf16" and not bf16_is_fast(device):
             self.log_lines.append(
                 "WARNING: precision=bf16 on a device without native bf16 matmuls (no AMX / AVX512-BF16 on this CPU): "
                 "bf16 is emulated and training runs tens of times slower than fp32 (0.8 vs 55 GFLOP/s on an AVX2 "
