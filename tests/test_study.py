@@ -73,10 +73,12 @@ def test_study_run_and_report(plan_file, capsys):
     assert (root / "results" / "stf" / "seed0.json").stat().st_mtime_ns == stamp
     # --force re-measures the cost; with the checkpoint and every prediction reused, the run's wall time is kept
     before = json.loads((root / "results" / "stf" / "seed0.json").read_text())
-    assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--quiet"]) == 0
+    assert before["hardware"]["torch_threads"] == 1  # the plan's threads
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--threads", "2", "--quiet"]) == 0
     after = json.loads((root / "results" / "stf" / "seed0.json").read_text())
     assert after["wall_seconds"] == before["wall_seconds"] and after["finished"] >= before["finished"]
     assert after["metrics"] == before["metrics"]
+    assert after["hardware"]["torch_threads"] == 2  # --threads overrides the plan's
 
     assert main(["study", "report", "--plan", str(plan_file)]) == 0
     md = (root / "docs" / "results.md").read_text()
@@ -168,6 +170,7 @@ def test_bad_plans_are_clear_errors(tmp_path, plan_file):
     with pytest.raises(CompactVLMError, match="reference 'nope'"):
         load_plan(tmp_path / "p.yaml")
     assert main(["study", "run", "--plan", str(plan_file), "--rows", "nosuchrow"]) == 2
+    assert main(["study", "run", "--plan", str(plan_file), "--threads", "0"]) == 2
     import torch
 
     if not torch.cuda.is_available():

@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result")
     r.add_argument("--keep-going", action="store_true", help="on a failing row, report it and go on")
     r.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the plan's device")
+    r.add_argument("--threads", type=int, default=None,
+                   help="override the plan's torch threads per process (e.g. 2 to give one row both cores of a 2-core "
+                        "machine; results record the threads used)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
     rep = ssub.add_parser("report", help="write the results Markdown + plots from the result files")
@@ -51,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     if args.device:
         plan.device = args.device
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CompactVLMError(f"--threads {args.threads}: need at least 1", "pass e.g. --threads 2")
+        plan.threads = args.threads
     if plan.device == "cuda":
         import torch
 

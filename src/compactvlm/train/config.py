@@ -290,7 +290,8 @@ def changeable_on_resume(key: str) -> bool:
 
 #: keys that may change between a checkpoint and its resumption
 RESUME_FREE_KEYS = ("resume", "output_dir", "logging", "threads", "device", "data.num_workers", "feature_cache_dir",
-                    "data.pad_to_multiple_of", "eval", "checkpoint.keep_last", "allow_config_change")
+                    "data.pad_to_multiple_of", "eval", "checkpoint.keep_last",
+                    "checkpoint.every_steps", "allow_config_change")
 
 
 def to_plain(cfg: TrainConfig) -> dict[str, Any]:
