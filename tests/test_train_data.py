@@ -219,3 +219,31 @@ def test_feature_cache_dir_trains_the_same_and_encodes_once(tmp_path):
     assert plain == pytest.approx(first, rel=1e-5) and first == pytest.approx(second, rel=1e-5)
     with pytest.raises(CompactVLMError, match="cache_features"):
         tiny_train_config(tmp_path / "d", [f"feature_cache_dir={store}"])
+
+
+def test_caches_encode_a_repeated_image_once():
+    """A batch that holds one image twice (the blank control's repeated index, a study's shared test image) costs one
+    encoder pass for it in both caches, and the evaluation cache counts its memory once."""
+    from compactvlm.model.features import ImageFeatureCache
+
+    model = tiny_vlm("stf", k=2, E=1)
+    layers = [model.encoder.info.normalize_layer(l) for l in model.compressor.feature_layers()]
+    calls = []
+    orig = model.encoder.forward
+    model.encoder.forward = lambda *a, **k: (calls.append(a[0].shape[0]), orig(*a, **k))[1]
+    pix = torch.randn(2, 3, 32, 32)
+    train_cache = FeatureCache(layers)
+    got = train_cache.features(model, torch.tensor([7, 7, 3]), pix[[0, 0, 1]], torch.device("cpu"))
+    assert calls == [2] and len(train_cache) == 2 and train_cache.encoded == 2
+    for l in layers:
+        assert torch.equal(got[l][0], got[l][1])
+    calls.clear()
+    eval_cache = ImageFeatureCache()
+    hidden = eval_cache.hidden(model, pix[[1, 0, 1]])
+    assert calls == [2] and eval_cache.encoded == 2 and len(eval_cache.mem) == 2
+    assert eval_cache.nbytes == sum(t.numel() * t.element_size() for f in eval_cache.mem.values() for t in f.values())
+    want = orig(pix, layers=layers).hidden
+    for l in layers:
+        torch.testing.assert_close(hidden[l], want[l][[1, 0, 1]])
+    eval_cache.hidden(model, pix)
+    assert calls == [2] and eval_cache.hits == 2  # both images from memory
