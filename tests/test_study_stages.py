@@ -333,3 +333,16 @@ def test_v2_plan_loads_and_validates(tmp_path):
     assert cfgs[0].objective == "grounding" and cfgs[0].stage.specs()["llm"].mode == "frozen"
     assert cfgs[1].init.from_ == "prev" and cfgs[1].stage.specs()["llm"].mode == "full"
     assert all(c.data.train.endswith("data/study_v2/train.json") for c in cfgs)
+    # a stage's own overrides reach that stage only: stage 2 validates every 100 steps, stage 1 keeps its recipe's 125;
+    # the plan's reach both (a resumable checkpoint every 10 steps, no validation at step 0)
+    assert (cfgs[0].eval.every_steps, cfgs[1].eval.every_steps) == (125, 100)
+    assert all(c.checkpoint.every_steps == 10 and not c.eval.at_start for c in cfgs)
+
+
+def test_stage_overrides_are_checked_before_any_work(staged, tmp_path):
+    spec = yaml.safe_load(staged.read_text())
+    spec["stage_data"] = [{"train": "caption.json", "val": "caption_val.json"},
+                          {"train": "mix", "val": "val.json", "overrides": ["eval.evry_steps=3"]}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(CompactVLMError, match="evry_steps"):
+        check_stages(load_plan(tmp_path / "p.yaml"))

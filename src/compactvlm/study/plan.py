@@ -5,7 +5,7 @@ and claims; and where each (row, seed) keeps its checkpoints and result.
 Multi-stage recipes (``train_configs: [stage1.yaml, stage2.yaml]``): each trained row runs every stage in order,
 each stage starting (``init.from``) from the same row's previous stage's final checkpoint at the same seed; the
 row's compressor, ``params`` and ``train_overrides`` apply to every stage. Which file of the plan's SceneQA build
-each stage trains and validates on is ``stage_data`` (default: stage 1 the dense captions, the last stage the
+each stage trains and validates on (and any overrides of that stage alone) is ``stage_data`` (default: stage 1 the dense captions, the last stage the
 instruction split or the plan's caption mix, ``data.mix``). A row may take its stage 1 from another row with the
 same compressor and params (``from_stage1``) and differ only from stage 2 on."""
 
@@ -63,10 +63,13 @@ STAGE_VAL_FILES = ("caption_val.json", "val.json")
 @dataclass
 class StudyStageData:
     """What one training stage reads from the plan's SceneQA build: ``train`` (``caption.json``, ``train.json`` or
-    ``mix``) and ``val`` (``caption_val.json``, ``val.json`` or null: no validation loss)."""
+    ``mix``) and ``val`` (``caption_val.json``, ``val.json`` or null: no validation loss); ``overrides``: dotted
+    key=value for this stage only (after the plan's ``train_overrides``, before the row's), e.g. its validation
+    interval."""
 
     train: str = "train.json"
     val: str | None = "val.json"
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -67,7 +67,8 @@ def stage_overrides(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k
                     init: Path | None) -> list[str]:
     """The dotted overrides that turn stage ``k`` (0-based) of the plan's recipe into this row's run: output
     folder, seed, the stage's data from the plan's build, the row's compressor, threads, device, the previous
-    stage's checkpoint, then the plan's ``train_overrides`` and the row's own (last, so they win)."""
+    stage's checkpoint, then the plan's ``train_overrides``, the stage's own (``stage_data[k].overrides``) and the
+    row's (last, so they win)."""
     _, sd = plan.stages()[k]
     train = mix_path(plan) if sd.train == "mix" else data_dir / sd.train
     ov = [f"output_dir={out}", f"seed={seed}", f"data.train={train}",
@@ -77,7 +78,7 @@ def stage_overrides(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k
         ov.append(f"data.image_root={data_dir}")  # the mix file lives outside the data folder
     if init is not None:
         ov.append(f"init.from={init}")
-    return ov + list(plan.train_overrides) + list(row.train_overrides)
+    return ov + list(plan.train_overrides) + list(sd.overrides) + list(row.train_overrides)
 
 
 def stage_config(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k: int, out: Path, init: Path | None):
