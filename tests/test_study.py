@@ -98,6 +98,18 @@ def test_study_run_and_report(plan_file, capsys):
     assert boot["delta"][1] <= boot["delta"][0] <= boot["delta"][2] and boot["clusters"] == 4
     assert summary["full"]["bootstrap"].get("delta") is None  # the reference is not compared with itself
     assert (root / "results" / "stf" / "bootstrap.json").exists()  # cached; recomputed only when answers change
+    # the report rewrites its own file, but not another plan's report nor a hand-written file, unless forced
+    assert main(["study", "report", "--plan", str(plan_file)]) == 0
+    other = root / "docs" / "other.md"
+    for text, why in (("# Results: another-plan\n\nits tables", "another plan ('another-plan')"),
+                      ("my own notes\n", "did not write")):
+        other.write_text(text)
+        capsys.readouterr()
+        assert main(["study", "report", "--plan", str(plan_file), "--out", str(other)]) == 2
+        assert why in capsys.readouterr().err and other.read_text() == text
+    assert not (root / "docs" / "other.json").exists()  # nothing beside it was written either
+    assert main(["study", "report", "--plan", str(plan_file), "--out", str(other), "--force"]) == 0
+    assert other.read_text().startswith("# Results: ")
     # head-to-head contrasts: a - b paired by seed, the same numbers as the per-row bootstraps where b is the reference
     comps = json.loads((root / "docs" / "results_comparisons.json").read_text())
     assert [(c["a"], c["b"]) for c in comps] == [("stf", "full"), ("stf", "rand-4"), ("objects", "stf")]

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
     rep = ssub.add_parser("report", help="write the results Markdown + plots from the result files")
     rep.add_argument("--plan", required=True)
     rep.add_argument("--out", default=None, help="Markdown file (default: the plan's `report`)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace the Markdown file even if another plan's report (or a hand-written file) is there")
     rep.set_defaults(func=report)
     ex = ssub.add_parser("export", help="copy trained rows' compressor weights (the demo's shipped weights)")
     ex.add_argument("--plan", required=True)
@@ -104,7 +106,7 @@ def report(args: argparse.Namespace) -> int:
     from ..study import load_plan, write_report
 
     plan = load_plan(args.plan)
-    out = write_report(plan, args.plan, args.out)
+    out = write_report(plan, args.plan, args.out, force=args.force)
     print(f"wrote {out}")
     return 0
 

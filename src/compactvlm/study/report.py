@@ -49,7 +49,24 @@ def _fmt_slope(v: float | None) -> str:
     return "–" if v is None else f"{v:+.3f}"
 
 
-def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os.PathLike | None = None) -> Path:
+def check_report_target(plan: StudyPlan, out: Path, force: bool = False) -> None:
+    """Refuse to overwrite a Markdown file this plan's report did not write (another plan's report, a hand-written
+    file) unless ``force``: the report's first line names its plan."""
+    if force or not out.exists():
+        return
+    first = out.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip()
+    if first == f"# Results: {plan.name}":
+        return
+    owner = first.removeprefix("# Results: ") if first.startswith("# Results: ") else None
+    raise CompactVLMError(f"{out} holds " + (f"the report of another plan ({owner!r}), not of {plan.name!r}" if owner
+                                             else "a file that `compactvlm study report` did not write"),
+                          "write this plan's report elsewhere with --out FILE, or pass --force to replace it and its "
+                          "tables and plots beside it")
+
+
+def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os.PathLike | None = None,
+                 force: bool = False) -> Path:
+    check_report_target(plan, Path(out_md or plan.report), force)
     attached = attach_predictions(plan)
     if attached:
         print(f"[study] attached the answers of {len(attached)} earlier result file(s) from {plan.runs_dir}/eval")
