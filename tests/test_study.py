@@ -145,6 +145,9 @@ def test_study_run_and_report(plan_file, capsys):
     assert summary["stf"]["ci_halfwidth"] == pytest.approx((boot["delta"][2] - boot["delta"][1]) / 2)
     assert (root / "docs" / "results_accuracy_vs_tokens.png").stat().st_size > 1000
     assert (root / "docs" / "results_ttft_vs_tokens.png").stat().st_size > 1000
+    # the trained rows' curves are drawn, not only tabulated
+    assert (root / "docs" / "results_learning_curves.png").stat().st_size > 1000
+    assert "![learning curves](results_learning_curves.png)" in (root / "docs" / "results.md").read_text()
 
 
 def test_report_attaches_answers_of_older_results_only_when_they_rescore_the_same(plan_file, capsys):

@@ -1,4 +1,5 @@
-"""The report's figures: accuracy and TTFT versus the number of vision tokens reaching the LLM.
+"""The report's figures: accuracy and TTFT versus the number of vision tokens reaching the LLM, and the trained
+rows' learning curves (validation loss and test family mean against the last stage's step).
 
 Every method family has one fixed colour + marker (``STYLES``), so a family looks the same in every figure and no
 two series of a figure share both; series the table does not know take unused pairs (``series_styles``). The
@@ -149,3 +150,69 @@ def plot_results(plan: StudyPlan, rows: dict, out_md: Path, lines: Iterable[Refe
         plt.close(fig)
         paths.append(p)
     return paths[0], paths[1]
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+MIN_SPAN = 10.0  # the learning-curve figure's smallest y range in accuracy points
+
+
+def plot_curves(plan: StudyPlan, rows: dict, out_md: Path) -> Path | None:
+    """``<report>_learning_curves.png`` next to the report: for each trained row, its last stage's validation loss
+    (the first seed's curve) and its test family mean (mean ± 95% CI over seeds) at the plan's ``eval_steps``, both
+    against the last stage's step. Colour and marker are the row's method series (as in the other figures); rows of
+    one series differ by line style. None when no trained row has either curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = sorted((n, s) for n, s in rows.items()
+                     if s.get("from") is None and (((s.get("stage_curves") or [{}])[-1].get("curve")) or s.get("curve")))
+    if not trained:
+        return None
+    method = {r.name: _series(plan, r) for r in plan.rows}
+    styles = series_styles(method.get(n, n) for n, _ in trained)
+    seen: dict[str, int] = {}
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    for name, s in trained:
+        m = method.get(name, name)
+        colour, marker = styles[m]
+        k = seen.get(m, 0)  # the row's rank within its series: its line style
+        seen[m] = k + 1
+        kw = dict(color=colour, marker=marker, linestyle=LINESTYLES[k % len(LINESTYLES)], markersize=5, label=name)
+        curve = (s.get("stage_curves") or [{}])[-1].get("curve") or []
+        if curve:
+            loss_ax.plot([x for x, _ in curve], [v for _, v in curve], **kw)
+        pts = s.get("curve") or []
+        if pts:
+            acc_ax.errorbar([p["step"] for p in pts], [p["family_mean"][0] for p in pts],
+                            yerr=[p["family_mean"][1] or 0 for p in pts], capsize=3, **kw)
+    from matplotlib.ticker import ScalarFormatter
+
+    loss_ax.set_yscale("log")  # the stage's first point (a model that has never answered) sits far above the rest
+    for axis in (loss_ax.yaxis,):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
+    loss_ax.set_xlabel("step of the last training stage")
+    loss_ax.set_ylabel("validation loss (first seed, log scale)")
+    lo, hi = acc_ax.get_ylim()
+    if hi - lo < MIN_SPAN:  # a flat curve is drawn flat, not stretched over the axes
+        mid = (lo + hi) / 2
+        acc_ax.set_ylim(mid - MIN_SPAN / 2, mid + MIN_SPAN / 2)
+    acc_ax.set_xlabel("step of the last training stage")
+    acc_ax.set_ylabel("test family mean (%), mean ± 95% CI over seeds")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    handles, labels = loss_ax.get_legend_handles_labels()
+    h2, l2 = acc_ax.get_legend_handles_labels()
+    for h, lab in zip(h2, l2):
+        if lab not in labels:
+            handles.append(h)
+            labels.append(lab)
+    acc_ax.legend(handles, labels, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  frameon=False)
+    fig.tight_layout()
+    p = out_md.parent / f"{out_md.stem}_learning_curves.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+    return p

@@ -10,7 +10,7 @@ from ..errors import CompactVLMError
 from .plan import StudyPlan
 from .controls import chance_family_mean, environment, load_baselines
 from .convergence import SAMPLES_UNIT, pair_flag
-from .plots import Reference, plot_results
+from .plots import Reference, plot_curves, plot_results
 from .stats import _paired_loss_deltas, attach_predictions, collect, compare, mean_ci, summarize
 from .verdicts import judge_claims
 
@@ -171,6 +171,11 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
         lines += _claims_table(plan, rows, claims, baselines)
     lines += _precision_section(plan, rows)
     lines += _convergence_section(plan, rows)
+    png_curves = plot_curves(plan, rows, out)
+    if png_curves is not None:
+        lines += [f"![learning curves]({png_curves.name})", "",
+                  "Learning curves: each trained row's validation loss over its last stage (first seed) and its test "
+                  "family mean at the plan's `eval_steps` (mean ± 95% CI over seeds).", ""]
     lines += [f"![accuracy vs tokens]({png_acc.name})", "", f"![TTFT vs tokens]({png_ttft.name})", "",
               f"Accuracy figure: {captions[0]} TTFT figure: {captions[1]}", ""]
     out.write_text("\n".join(lines) + "\n")
