@@ -1,4 +1,4 @@
-"""compactvlm study run|report --plan configs/study/sceneqa_cpu.yaml"""
+"""compactvlm study run|status|report|export --plan configs/study/sceneqa_cpu.yaml"""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def add_parser(sub) -> None:
                         "machine; results record the threads used)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
+    st = ssub.add_parser("status", help="where each (row, seed) stands: done, training (step, checkpoint), waiting",
+                         description="Read from the plan's result and run folders only (no model load, nothing "
+                                     "written): each (row, seed)'s state, and for one in training its stage, last "
+                                     "step and the checkpoint a restart resumes from.")
+    st.add_argument("--plan", required=True)
+    st.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
+    st.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
+    st.add_argument("--pending", action="store_true", help="leave out the (row, seed) pairs that are done")
+    st.set_defaults(func=status)
     rep = ssub.add_parser("report", help="write the results Markdown + plots from the result files")
     rep.add_argument("--plan", required=True)
     rep.add_argument("--out", default=None, help="Markdown file (default: the plan's `report`)")
@@ -100,6 +109,26 @@ def run(args: argparse.Namespace) -> int:
     for name, seed, why in failed:
         print(f"[study] failed: {name} seed {seed}: {why}")
     return 1 if failed else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from ..study import load_plan
+    from ..study.status import plan_status
+
+    plan = load_plan(args.plan)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    for name in rows or []:
+        plan.row(name)  # an unknown name is an error, not an empty table
+    pairs = plan_status(plan, rows, _ints(args.seeds, "seeds") if args.seeds else None)
+    counts = Counter(p.state for p in pairs)
+    shown = [p for p in pairs if not (args.pending and p.state == "done")]
+    w = max([len(p.row) for p in shown] + [3])
+    for p in shown:
+        print(f"{p.row:<{w}}  s{p.seed}  {p.state:<11}  {p.detail}".rstrip())
+    print(f"{len(pairs)} (row, seed) pairs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ comparison of rows that have not flattened is flagged), plots of accuracy and TT
 report is typed by hand.
 
 Modules: ``plan`` (schema, paths), ``run`` (one (row, seed)), ``curve`` (learning-curve snapshots and their
-evaluation), ``progress`` (queue position and ETA of ``study run``), ``stats`` (result files, CIs, bootstraps,
+evaluation), ``progress`` (queue position and ETA of ``study run``), ``status`` (each (row, seed)'s state, from files), ``stats`` (result files, CIs, bootstraps,
 comparisons), ``convergence`` (last-third slopes), ``controls`` (chance, blind controls, machine), ``report``
 (Markdown), ``plots`` (figures), ``verdicts`` (the claims table's rule), ``export`` (shipped weights).
 

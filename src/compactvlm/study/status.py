@@ -1,0 +1,107 @@
+"""Where each (row, seed) of a study plan stands, read from its files alone (no model is loaded, nothing is written):
+a study spans sessions, and what a restart keeps is the question after every stop.
+
+States: ``done`` (its result file exists: family mean with real images and with each blind control), ``evaluating``
+(the model it evaluates is trained, its result is not written yet), ``training`` (a process holds the stage's
+output lock) or ``interrupted`` (none does): stage k of n, the last logged step of the stage's total and the last
+resumable checkpoint, which is where a restart continues; ``waiting`` (an evaluation-only row whose source model is
+not trained yet), ``not started``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..train.state import list_checkpoints
+from .plan import StudyPlan, result_path, stage_dirs
+
+FINAL_MARKER = "compactvlm.json"  # a stage's ``final`` folder holds it once the stage has finished
+
+
+@dataclass
+class PairStatus:
+    row: str
+    seed: int
+    state: str  # done | evaluating | training | interrupted | waiting | not started
+    detail: str = ""
+
+
+def _finished(stage_dir: Path) -> bool:
+    return (stage_dir / "final" / FINAL_MARKER).exists()
+
+
+def _running(stage_dir: Path) -> bool:
+    """True while a training process holds the stage folder's lock (``Trainer._claim_output``)."""
+    from filelock import FileLock, Timeout
+
+    path = stage_dir / ".compactvlm.lock"
+    if not path.exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _stage_progress(stage_dir: Path) -> tuple[int, int | None]:
+    """(last logged training step, the stage's total steps from its latest start event) of a stage's metrics."""
+    step, total = 0, None
+    path = stage_dir / "metrics.jsonl"
+    if not path.exists():
+        return step, total
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if e.get("event") == "start":
+            total = e.get("total_steps", total)
+            step = e.get("step", 0) or 0  # a resumed start logs the step it resumed at
+        elif e.get("event") == "train":
+            step = max(step, int(e.get("step", 0)))
+    return step, total
+
+
+def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
+    res = result_path(plan, name, seed)
+    if res.exists():
+        r = json.loads(res.read_text(encoding="utf-8"))
+        parts = [f"family mean {r['metrics']['family_mean']:.1f}"]
+        for control, c in (r.get("controls") or {}).items():
+            parts.append(f"{control} {c['family_mean']:.1f}")
+        return PairStatus(name, seed, "done", ", ".join(parts))
+    row = plan.row(name)
+    dirs = stage_dirs(plan, row, seed)
+    if _finished(dirs[-1]):
+        return PairStatus(name, seed, "evaluating", "model trained, result not written yet")
+    if not row.trained:
+        return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
+    for k, d in enumerate(dirs):
+        if _finished(d):
+            continue
+        step, total = _stage_progress(d)
+        if step == 0 and total is None and k == 0:
+            return PairStatus(name, seed, "not started")
+        cks = list_checkpoints(d)
+        keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
+            "a restart begins the stage again (no checkpoint yet)" if step else "")
+        detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
+        return PairStatus(name, seed, "training" if _running(d) else "interrupted",
+                          detail + (f"; {keeps}" if keeps else ""))
+    return PairStatus(name, seed, "evaluating", "model trained, result not written yet")
+
+
+def plan_status(plan: StudyPlan, rows: list[str] | None = None, seeds: list[int] | None = None) -> list[PairStatus]:
+    """The status of every (row, seed) of the plan (the row's own seeds, or those of ``seeds`` it has)."""
+    out = []
+    for row in plan.rows:
+        if rows is not None and row.name not in rows:
+            continue
+        for seed in plan.row_seeds(row.name, seeds or plan.seeds):
+            out.append(pair_status(plan, row.name, seed))
+    return out
