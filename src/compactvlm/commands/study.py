@@ -56,6 +56,16 @@ def _ints(text: str, what: str) -> list[int]:
         raise CompactVLMError(f"--{what} {text!r} is not a comma-separated list of integers", "write e.g. 0,1,2") from None
 
 
+def _row_names(plan, text: str | None) -> list[str] | None:
+    """``--rows``'s names (None: not given); an unknown name fails before any work."""
+    if not text:
+        return None
+    names = [r.strip() for r in text.split(",")]
+    for name in names:
+        plan.row(name)
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import CompactVLMError
     from ..study import load_plan, result_path, run_row
@@ -74,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise CompactVLMError("--device cuda but torch sees no CUDA device", "run on a GPU machine or use --device cpu")
-    rows = [r.strip() for r in args.rows.split(",")] if args.rows else [r.name for r in plan.rows]
-    for name in rows:
-        plan.row(name)  # unknown names fail before any work
+    rows = _row_names(plan, args.rows) or [r.name for r in plan.rows]
     _, warnings = check_stages(plan)  # every stage's config loads before any work
     for w in warnings:
         print(f"[study] warning: {w}", flush=True)
@@ -118,10 +126,7 @@ def status(args: argparse.Namespace) -> int:
     from ..study.status import plan_status
 
     plan = load_plan(args.plan)
-    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
-    for name in rows or []:
-        plan.row(name)  # an unknown name is an error, not an empty table
-    pairs = plan_status(plan, rows, _ints(args.seeds, "seeds") if args.seeds else None)
+    pairs = plan_status(plan, _row_names(plan, args.rows), _ints(args.seeds, "seeds") if args.seeds else None)
     counts = Counter(p.state for p in pairs)
     shown = [p for p in pairs if not (args.pending and p.state == "done")]
     w = max([len(p.row) for p in shown] + [3])

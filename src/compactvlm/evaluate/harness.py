@@ -24,13 +24,12 @@ from typing import Any
 from contextlib import contextmanager
 
 from ..errors import CompactVLMError
-from ..model.manifest import MARKER_NAME, marker_kind, refuse_foreign, write_marker
+from ..model.manifest import LOCK_NAME as LOCK, MARKER_NAME, marker_kind, refuse_foreign, write_marker
 from .benchmarks.base import Benchmark, EvalItem, get_benchmark, iter_batches, write_json
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 RUN = "run.json"
-LOCK = ".compactvlm.lock"
 _HELD: dict[str, Any] = {}  # locks this process holds, by path (held again by a nested evaluate())
 
 

@@ -110,6 +110,7 @@ def verify_manifest(folder: str | os.PathLike) -> bool:
 #: the marker file every folder compactvlm creates carries: {"compactvlm_artifact": KIND, "version": N, ...}
 MARKER_NAME = ".compactvlm-artifact.json"
 MARKER_VERSION = 1
+LOCK_NAME = ".compactvlm.lock"  # held by the process writing a training output_dir or an eval --out folder
 ARTIFACT_KINDS = ("sceneqa-build", "checkpoint", "eval-run", "training-run")
 
 

@@ -165,6 +165,7 @@ def plot_curves(plan: StudyPlan, rows: dict, out_md: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     trained = sorted((n, s) for n, s in rows.items()
                      if s.get("from") is None and (((s.get("stage_curves") or [{}])[-1].get("curve")) or s.get("curve")))
@@ -187,12 +188,9 @@ def plot_curves(plan: StudyPlan, rows: dict, out_md: Path) -> Path | None:
         if pts:
             acc_ax.errorbar([p["step"] for p in pts], [p["family_mean"][0] for p in pts],
                             yerr=[p["family_mean"][1] or 0 for p in pts], capsize=3, **kw)
-    from matplotlib.ticker import ScalarFormatter
-
     loss_ax.set_yscale("log")  # the stage's first point (a model that has never answered) sits far above the rest
-    for axis in (loss_ax.yaxis,):
-        axis.set_major_formatter(ScalarFormatter())
-        axis.set_minor_formatter(ScalarFormatter())
+    loss_ax.yaxis.set_major_formatter(ScalarFormatter())
+    loss_ax.yaxis.set_minor_formatter(ScalarFormatter())
     loss_ax.set_xlabel("step of the last training stage")
     loss_ax.set_ylabel("validation loss (first seed, log scale)")
     lo, hi = acc_ax.get_ylim()

@@ -54,7 +54,8 @@ def check_report_target(plan: StudyPlan, out: Path, force: bool = False) -> None
     file) unless ``force``: the report's first line names its plan."""
     if force or not out.exists():
         return
-    first = out.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip()
+    with out.open(encoding="utf-8", errors="replace") as f:
+        first = f.readline().strip()
     if first == f"# Results: {plan.name}":
         return
     owner = first.removeprefix("# Results: ") if first.startswith("# Results: ") else None

@@ -161,18 +161,16 @@ def _train_stats(run_dir: Path) -> dict:
     """Seconds per optimiser step (median over the run, first two steps left out: warm-up), val-loss curve
     ([step, loss]), the shuffled-image gap of the blindness gauge at each validation pass ([step, gap]), global
     batch size (samples per step, from the run's ``train_config.yaml``) and wall time."""
-    f = run_dir / "metrics.jsonl"
-    if not f.exists():
+    from ..train.logging import read_events
+
+    events = read_events(run_dir)
+    if not events:
         return {}
     steps, curve, tps, gaps = [], [], [], []
     precision = None
     end_step = 0  # the step the run's "end" event reports (train events come every logging.every_steps only)
     segments: list[float] = []  # wall clock of each (resumed) segment of the run: its last logged time
-    for line in f.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for e in events:
         if e.get("event") == "start":
             end_step = 0
             if e.get("resumed_from") is None:  # a fresh start: what an earlier, abandoned attempt logged is void

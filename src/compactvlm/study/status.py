@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.state import list_checkpoints
+from ..model.checkpoint import CONFIG_NAME
+from ..train.logging import read_events
+from ..train.state import LOCK, list_checkpoints
 from .plan import StudyPlan, result_path, stage_dirs
-
-FINAL_MARKER = "compactvlm.json"  # a stage's ``final`` folder holds it once the stage has finished
 
 
 @dataclass
@@ -29,14 +29,14 @@ class PairStatus:
 
 
 def _finished(stage_dir: Path) -> bool:
-    return (stage_dir / "final" / FINAL_MARKER).exists()
+    return (stage_dir / "final" / CONFIG_NAME).exists()  # written once the stage has finished
 
 
 def _running(stage_dir: Path) -> bool:
     """True while a training process holds the stage folder's lock (``Trainer._claim_output``)."""
     from filelock import FileLock, Timeout
 
-    path = stage_dir / ".compactvlm.lock"
+    path = stage_dir / LOCK
     if not path.exists():
         return False
     lock = FileLock(str(path))
@@ -51,14 +51,7 @@ def _running(stage_dir: Path) -> bool:
 def _stage_progress(stage_dir: Path) -> tuple[int, int | None]:
     """(last logged training step, the stage's total steps from its latest start event) of a stage's metrics."""
     step, total = 0, None
-    path = stage_dir / "metrics.jsonl"
-    if not path.exists():
-        return step, total
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill mid-write
-            continue
+    for e in read_events(stage_dir):
         if e.get("event") == "start":
             total = e.get("total_steps", total)
             step = e.get("step", 0) or 0  # a resumed start logs the step it resumed at
@@ -81,19 +74,16 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
         return PairStatus(name, seed, "evaluating", "model trained, result not written yet")
     if not row.trained:
         return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
-    for k, d in enumerate(dirs):
-        if _finished(d):
-            continue
-        step, total = _stage_progress(d)
-        if step == 0 and total is None and k == 0:
-            return PairStatus(name, seed, "not started")
-        cks = list_checkpoints(d)
-        keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
-            "a restart begins the stage again (no checkpoint yet)" if step else "")
-        detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
-        return PairStatus(name, seed, "training" if _running(d) else "interrupted",
-                          detail + (f"; {keeps}" if keeps else ""))
-    return PairStatus(name, seed, "evaluating", "model trained, result not written yet")
+    k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
+    step, total = _stage_progress(d)
+    if step == 0 and total is None and k == 0:
+        return PairStatus(name, seed, "not started")
+    cks = list_checkpoints(d)
+    keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
+        "a restart begins the stage again (no checkpoint yet)" if step else "")
+    detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
+    state = "training" if _running(d) else "interrupted"
+    return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""))
 
 
 def plan_status(plan: StudyPlan, rows: list[str] | None = None, seeds: list[int] | None = None) -> list[PairStatus]:

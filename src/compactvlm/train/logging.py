@@ -15,13 +15,30 @@ from typing import Any
 
 from ..errors import CompactVLMError
 
+METRICS = "metrics.jsonl"
+
+
+def read_events(output_dir: str | Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` in order ([] without one); a line cut by a kill mid-write is
+    skipped."""
+    path = Path(output_dir) / METRICS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
 
 class RunLogger:
     def __init__(self, output_dir: Path, enabled: bool, total_steps: int, start_step: int = 0,
                  progress: bool = True, tensorboard: bool = False):
         self.enabled = enabled
         self.t0 = time.time()
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / METRICS
         self.bar = None
         self.tb = None
         if not enabled:

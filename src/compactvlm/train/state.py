@@ -28,11 +28,12 @@ from safetensors.torch import save_file
 
 from ..errors import CompactVLMError
 from ..model.checkpoint import CONFIG_NAME, read_safetensors, save_pretrained
-from ..model.manifest import verify_manifest
+from ..model.manifest import LOCK_NAME, verify_manifest
 
 TRAIN_STATE = "training_state.json"
 OPTIM_STATE = "optimizer.safetensors"
 CHECKPOINTS = "checkpoints"
+LOCK = LOCK_NAME  # held by the training process writing an output_dir (Trainer._claim_output)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 

@@ -156,7 +156,7 @@ class Trainer:
 
         from ..model.checkpoint import CONFIG_NAME, clean_stale_writes
         from ..model.manifest import marker_kind, refuse_foreign, write_marker
-        from .state import CHECKPOINTS, list_checkpoints
+        from .state import CHECKPOINTS, LOCK, list_checkpoints
 
         out = self.out
         if getattr(self, "_lock", None) is not None:
@@ -178,11 +178,11 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         if marker_kind(out) is None:
             write_marker(out, "training-run")
-        lock = FileLock(str(out / ".compactvlm.lock"))
+        lock = FileLock(str(out / LOCK))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise CompactVLMError(f"another training process is writing to {out} (it holds {out / '.compactvlm.lock'})",
+            raise CompactVLMError(f"another training process is writing to {out} (it holds {out / LOCK})",
                                   "wait for it to finish, or train into another output_dir") from None
         self._lock = lock
         for d in clean_stale_writes(out / CHECKPOINTS) + clean_stale_writes(out, ["final"]):
