@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from ..encoders.base import EncoderInfo, VisionFeatures
 from ..registry import COMPRESSORS
-from .base import Compressor, check_grid_divisible, mlp2x_gelu
+from .base import WindowCompressor, check_grid_divisible, mlp2x_gelu
 
 
 @COMPRESSORS.register("avgpool")
-class AvgPool(Compressor):
+class AvgPool(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, k: int = 2, layer: int = -2):
         super().__init__(enc, llm_dim)
         check_grid_divisible(enc.grid, k)
@@ -26,19 +26,6 @@ class AvgPool(Compressor):
         self.k = int(k)
         self.layer = layer
         self.proj = mlp2x_gelu(enc.hidden_size, llm_dim)
-
-    def feature_layers(self) -> list[int]:
-        return [self.layer]
-
-    def num_output_tokens(self, grid=None) -> int:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return (h // self.k) * (w // self.k)
-
-    def token_windows(self, grid=None) -> tuple[int, int, int]:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return h // self.k, w // self.k, 1
 
     def pool(self, feats: VisionFeatures) -> torch.Tensor:
         """The training-free part: (B, H/k*W/k, C) window means, row-major over windows."""

@@ -93,6 +93,28 @@ class Compressor(nn.Module):
         return f"{self.registry_name}({', '.join(f'{k}={v}' for k, v in self.params.items())}) params={n:,}"
 
 
+class WindowCompressor(Compressor):
+    """A compressor whose output tiles the patch grid with k x k windows (stride k, row-major), ``per_window``
+    consecutive tokens each, read from block ``layer``: LLaVA's projector (k=1), AvgPool, TokenConcat, STF (E per
+    window). Its windows and token count are derived here, from ``k`` and ``per_window``, for every such method."""
+
+    k: int = 1
+    per_window: int = 1
+    layer: int = -2
+
+    def feature_layers(self) -> list[int]:
+        return [self.layer]
+
+    def token_windows(self, grid: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        h, w = grid or self.enc.grid
+        check_grid_divisible((h, w), self.k)
+        return h // self.k, w // self.k, self.per_window
+
+    def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        rows, cols, per_window = self.token_windows(grid)
+        return rows * cols * per_window
+
+
 def create_compressor(name: str, enc: EncoderInfo, llm_dim: int, **params: Any) -> Compressor:
     """Build a registered compressor; ``params`` are its method options (k, E, tokens, ...). ``name`` may be a
     named variant (``stf_k2e1``), whose options ``params`` override."""

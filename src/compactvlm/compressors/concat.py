@@ -19,7 +19,7 @@ import torch
 
 from ..encoders.base import EncoderInfo, VisionFeatures
 from ..registry import COMPRESSORS
-from .base import Compressor, check_grid_divisible, mlp2x_gelu
+from .base import WindowCompressor, check_grid_divisible, mlp2x_gelu
 
 
 def space_to_depth(x: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def depth_to_space(x: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tens
 
 
 @COMPRESSORS.register("concat")
-class TokenConcat(Compressor):
+class TokenConcat(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, k: int = 2, layer: int = -2):
         super().__init__(enc, llm_dim)
         check_grid_divisible(enc.grid, k)
@@ -53,19 +53,6 @@ class TokenConcat(Compressor):
         self.k = int(k)
         self.layer = layer
         self.proj = mlp2x_gelu(self.k * self.k * enc.hidden_size, llm_dim)
-
-    def feature_layers(self) -> list[int]:
-        return [self.layer]
-
-    def num_output_tokens(self, grid=None) -> int:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return (h // self.k) * (w // self.k)
-
-    def token_windows(self, grid=None) -> tuple[int, int, int]:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return h // self.k, w // self.k, 1
 
     def forward(self, feats: VisionFeatures) -> torch.Tensor:
         x = space_to_depth(feats.patches(self.layer), feats.grid, self.k)  # (B, H/k*W/k, k²C)

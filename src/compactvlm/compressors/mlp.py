@@ -11,26 +11,15 @@ import torch
 
 from ..encoders.base import EncoderInfo, VisionFeatures
 from ..registry import COMPRESSORS
-from .base import Compressor, mlp2x_gelu
+from .base import WindowCompressor, mlp2x_gelu
 
 
 @COMPRESSORS.register("mlp2x_gelu")
-class MLPProjector(Compressor):
+class MLPProjector(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, layer: int = -2):
         super().__init__(enc, llm_dim)
         self.layer = layer
         self.proj = mlp2x_gelu(enc.hidden_size, llm_dim)
-
-    def feature_layers(self) -> list[int]:
-        return [self.layer]
-
-    def num_output_tokens(self, grid=None) -> int:
-        h, w = grid or self.enc.grid
-        return h * w
-
-    def token_windows(self, grid=None) -> tuple[int, int, int]:
-        h, w = grid or self.enc.grid
-        return h, w, 1
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token projection, reused by test-time reductions: (B, N, C) -> (B, N, D)."""

@@ -62,7 +62,7 @@ from torch import nn
 from ..encoders.base import EncoderInfo, VisionFeatures
 from ..errors import CompactVLMError
 from ..registry import COMPRESSORS
-from .base import Compressor, check_grid_divisible
+from .base import WindowCompressor, check_grid_divisible
 from .concat import space_to_depth
 
 
@@ -107,7 +107,7 @@ class MultiBlockFusion(nn.Module):
 
 
 @COMPRESSORS.register("stf")
-class SpatialTokenFusion(Compressor):
+class SpatialTokenFusion(WindowCompressor):
     """STF (optionally after MBTF). Options: see the module docstring.
 
     k: window size and stride; E: tokens per window; layer: block read without MBTF; mbtf: enable MBTF with
@@ -146,6 +146,7 @@ class SpatialTokenFusion(Compressor):
                 f"pick E in 1..{k * k - 1}; E=1 gives {k * k}x fewer tokens",
             )
         self.k, self.E, self.layer = k, E, layer
+        self.per_window = E  # WindowCompressor derives the windows and token count from k and E
         enc.normalize_layer(layer)
 
         # --- MBTF -------------------------------------------------------------------------------------------
@@ -186,16 +187,6 @@ class SpatialTokenFusion(Compressor):
 
     def feature_layers(self) -> list[int]:
         return list(self.mbtf_layers) if self.mbtf is not None else [self.layer]
-
-    def num_output_tokens(self, grid=None) -> int:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return (h // self.k) * (w // self.k) * self.E
-
-    def token_windows(self, grid=None) -> tuple[int, int, int]:
-        h, w = grid or self.enc.grid
-        check_grid_divisible((h, w), self.k)
-        return h // self.k, w // self.k, self.E
 
     def block_features(self, feats: VisionFeatures) -> torch.Tensor:
         """STF's input: (B, H*W, C1) — MBTF of the chosen blocks, or the patch tokens of ``layer``."""

@@ -86,15 +86,16 @@ def method_label(model) -> str:
     return label
 
 
-def _windows_k(obj, grid: tuple[int, int], num_tokens: int) -> tuple[int, int] | None:
-    """(k, E) if ``obj`` looks like a k x k window method emitting (H/k)*(W/k)*E tokens."""
-    k = getattr(obj, "k", None)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+def _windows_k(comp, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """(k, E) when the compressor declares k x k windows with k >= 2 and E tokens each (``token_windows``, declared
+    on ``Compressor``); None for tokens not tied to fixed windows, and for k = 1 (every token one patch)."""
+    tiles = comp.token_windows(grid)
+    if tiles is None:
         return None
-    e = getattr(obj, "E", 1)
-    e = e if isinstance(e, int) and e >= 1 else 1
+    rows, cols, e = tiles
     h, w = grid
-    if h % k or w % k or (h // k) * (w // k) * e != num_tokens:
+    k = h // rows
+    if k < 2 or rows * k != h or cols * k != w:
         return None
     return k, e
 
@@ -107,7 +108,7 @@ def _token_patches(model, grid: tuple[int, int]) -> list[np.ndarray] | None:
     n = comp.num_output_tokens(grid)
     if n == h * w and _compressor_kind(comp) == "all":
         return [np.array([i]) for i in range(n)]
-    kw = _windows_k(comp, grid, n)
+    kw = _windows_k(comp, grid)
     if kw is None:
         return None
     k, e = kw
@@ -126,7 +127,7 @@ def _compressor_kind(comp) -> str:
         return "masks"
     if callable(getattr(comp, "keep_indices", None)):
         return "kept"
-    if _windows_k(comp, comp.enc.grid, comp.num_output_tokens(comp.enc.grid)) is not None:
+    if _windows_k(comp, comp.enc.grid) is not None:
         return "windows"
     if isinstance(getattr(comp, "queries", None), torch.Tensor) and isinstance(getattr(comp, "blocks", None),
                                                                                 nn.TransformerDecoder):
@@ -214,7 +215,7 @@ def _fastv_map(tm: TokenMap, model, pixel_values: torch.Tensor, question: str) -
     tm.kind = "kept"
     tm.kept = np.unique(np.concatenate([where[t] for t in kept_tok])) if len(kept_tok) else np.zeros(0, np.int64)
     tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
-    kw = _windows_k(model.compressor, tm.grid, tm.num_tokens)
+    kw = _windows_k(model.compressor, tm.grid)
     if kw is not None:
         tm.k, tm.E = kw
     tm.notes.append(f"all {tm.num_tokens} tokens enter the LLM; {len(kept_tok)} remain after layer {layers}")
@@ -294,7 +295,7 @@ def _compressor_map(tm: TokenMap, model, pixel_values: torch.Tensor, feats: Visi
             tm.merged = np.full(h * w, -1, dtype=np.int64)
             tm.kind = "kept"
         elif kind == "windows":
-            tm.k, tm.E = _windows_k(comp, tm.grid, tm.num_tokens)
+            tm.k, tm.E = _windows_k(comp, tm.grid)
             tm.kind = "windows"
         elif kind == "queries":
             tm.kind = "queries"
