@@ -8,7 +8,7 @@ from PIL import Image
 from compactvlm.cli import main
 from compactvlm.commands._common import apply_budget
 from compactvlm.model.prompting import IMAGE_TOKEN_ID
-from compactvlm.registry import REDUCTIONS
+from compactvlm.registry import COMPRESSORS, REDUCTIONS
 from compactvlm.testing import random_images, tiny_vlm
 from compactvlm.viz import token_map, visualize
 from compactvlm.viz.draw import KEPT, MERGED, WINDOW, cell_size, legend_lines, render
@@ -181,6 +181,37 @@ def test_all_tokens_and_unknown_compressor_fallback():
     tmap = token_map(m, m.processor(random_images(1)))
     assert tmap.kind == "all" and tmap.num_tokens == 3 and any("not a known" in n for n in tmap.notes)
     assert render(tmap, random_images(1)[0]).size[0] >= 8 * CELL
+
+
+LAYOUTS = {"windows", "kept", "groups", "masks", "queries", "other"}
+
+
+@pytest.mark.parametrize("name", COMPRESSORS.names())
+def test_every_compressor_declares_a_token_layout_that_viz_draws(name):
+    from compactvlm.compressors.base import create_compressor
+    from compactvlm.encoders.base import EncoderInfo
+    from compactvlm.viz.token_maps import _compressor_kind
+
+    enc = EncoderInfo(hidden_size=8, num_layers=4, patch_size=2, image_size=16, num_heads=2)  # an 8x8 grid
+    comp = create_compressor(name, enc=enc, llm_dim=8)
+    assert comp.token_layout in LAYOUTS
+    kind = _compressor_kind(comp)
+    assert kind in {"windows", "kept", "groups", "masks", "queries", "all"}
+    if kind == "windows":  # k >= 2 windows that tile the grid
+        rows, cols, per_window = comp.token_windows()
+        assert 8 // rows >= 2 and rows * cols * per_window == comp.num_output_tokens()
+    if comp.token_layout == "windows" and kind == "all":  # 1 x 1 windows: one token per patch
+        assert comp.num_output_tokens() == 64
+
+
+def test_vistog_layout_follows_its_grouping():
+    from compactvlm.compressors.base import create_compressor
+    from compactvlm.encoders.base import EncoderInfo
+
+    enc = EncoderInfo(hidden_size=8, num_layers=4, patch_size=2, image_size=16, num_heads=2)
+    assert create_compressor("vistog", enc=enc, llm_dim=8, tokens=4).token_layout == "groups"
+    stage1 = create_compressor("vistog", enc=enc, llm_dim=8, tokens=4, grouping=False)
+    assert stage1.token_layout == "other" and stage1.num_output_tokens() == 64
 
 
 def test_legend_gives_method_tokens_and_ttft(image_file, tmp_path, capsys):

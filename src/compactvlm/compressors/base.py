@@ -32,6 +32,12 @@ class Compressor(nn.Module):
     #: one (``mlp2x_gelu``); patch reductions (random, VisionZip, DART, ...) select patches and then call it. None:
     #: the compressor already compresses or mixes tokens, and those reductions refuse it.
     project = None
+    #: how the output tokens relate to the image patches, for token maps (``viz``): "windows" (k x k windows of
+    #: patches, ``token_windows``; k = 1 is one token per patch), "kept" (a subset of patches, ``keep_indices``),
+    #: "groups" (every patch assigned to one token, ``token_assignment``), "masks" (object tokens from masks,
+    #: ``last_coverage`` after a forward, ``num_objects_kept``), "queries" (learned queries over the whole image,
+    #: ``queries`` and a ``blocks`` decoder), "other" (no fixed relation).
+    token_layout: str = "other"
 
     @property
     def has_budget(self) -> bool:
@@ -98,6 +104,7 @@ class WindowCompressor(Compressor):
     consecutive tokens each, read from block ``layer``: LLaVA's projector (k=1), AvgPool, TokenConcat, STF (E per
     window). Its windows and token count are derived here, from ``k`` and ``per_window``, for every such method."""
 
+    token_layout = "windows"
     k: int = 1
     per_window: int = 1
     layer: int = -2

@@ -70,6 +70,8 @@ NORM_SCALINGS = ("type_mean", "token", "none")
 
 @COMPRESSORS.register("objects")
 class ObjectTokens(Compressor):
+    token_layout = "masks"
+
     def __init__(self, enc: EncoderInfo, llm_dim: int, pool_grid: int = 2, max_objects: int = 16,
                  budget: int | None = None, mask_source: str = "unsupervised", object_embed: str = "masked_pool",
                  patch_layer: int = -2, cls_layer: int = -1, norm_scaling: str = "type_mean",

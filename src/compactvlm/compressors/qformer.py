@@ -36,6 +36,8 @@ def default_budget(enc: EncoderInfo) -> int:
 
 @COMPRESSORS.register("qformer")
 class QFormer(Compressor):
+    token_layout = "queries"
+
     def __init__(
         self,
         enc: EncoderInfo,

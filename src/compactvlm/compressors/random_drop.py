@@ -29,6 +29,8 @@ from .qformer import default_budget
 
 @COMPRESSORS.register("random_drop")
 class RandomDrop(Compressor):
+    token_layout = "kept"
+
     def __init__(self, enc: EncoderInfo, llm_dim: int, tokens: int | None = None, seed: int = 0,
                  layer: int = -2):
         super().__init__(enc, llm_dim)

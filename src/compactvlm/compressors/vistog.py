@@ -110,6 +110,10 @@ class GroupingLayer(nn.Module):
 
 @COMPRESSORS.register("vistog")
 class VisToG(Compressor):
+    @property
+    def token_layout(self) -> str:
+        return "groups" if self.grouping_enabled else "other"  # stage 1 (no grouping): every patch token
+
     def __init__(
         self,
         enc: EncoderInfo,

@@ -3,11 +3,11 @@
     tmap = token_map(model, pixel_values)            # pixel_values (1, 3, S, S) from model.processor
     tmap.kind   # "windows" | "kept" | "groups" | "masks" | "all" | "queries"
 
-Kinds and the adapters that produce them (duck typing on the compressor / reduction, so a new method that
-follows an existing one's shape is drawn without changes here):
-- ``windows``  compressors with integer ``k`` (and ``E``) whose token count is (H/k)*(W/k)*E — STF, AvgPool,
-               TokenConcat — and reductions with a square ``side`` dividing the grid (test-time avgpool):
-               k x k windows, E tokens each.
+Kinds and where they come from: a compressor's kind is its declared ``Compressor.token_layout``; a reduction's
+follows its base class (``in_llm``, ``PatchReduction``) and what it declares there:
+- ``windows``  compressors whose ``token_windows`` tile the grid with k x k windows, k >= 2 (``WindowCompressor``:
+               STF, AvgPool, TokenConcat), and reductions with a square ``side`` dividing the grid (test-time
+               avgpool): k x k windows, E tokens each.
 - ``kept``     patch tokens kept one-to-one: a ``keep_indices`` method (random-drop compressor and reduction);
                any ``PatchReduction`` (a ``select(feats, layer)`` that picks or averages patch features, e.g.
                VisionZip) is probed by linearity: running ``select`` on one-hot patch features returns each
@@ -22,10 +22,10 @@ follows an existing one's shape is drawn without changes here):
 - ``masks``    ``last_coverage`` + ``num_objects_kept()`` after a forward (Mask-LLaVA ``objects``): the masks in
                score order, the first ``masks_kept`` of which reach the LLM as object tokens.
 - ``queries``  a learned-query cross-attention compressor (``queries`` + an ``nn.TransformerDecoder`` in
-               ``blocks``, i.e. ``qformer``): the last layer's cross-attention from the queries to the patches,
+               ``blocks``: ``qformer``): the last layer's cross-attention from the queries to the patches,
                averaged over queries and heads; ``heat`` None ("global") if it cannot be read.
-- ``all``      every patch becomes one token (``mlp2x_gelu``); also the fallback for anything unrecognised,
-               with a ``note`` saying so, so an unknown compressor still renders.
+- ``all``      every patch becomes one token (``mlp2x_gelu``, 1 x 1 windows); also layout "other" (no fixed
+               relation), with a ``note`` when the count is not the patch count, so any compressor still renders.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..encoders.base import VisionFeatures
 from ..model.prompting import IMAGE_TOKEN_ID
+from ..reduction.base import PatchReduction
 
 KINDS = ("windows", "kept", "groups", "masks", "all", "queries")
 
@@ -121,18 +121,12 @@ def _token_patches(model, grid: tuple[int, int]) -> list[np.ndarray] | None:
 
 
 def _compressor_kind(comp) -> str:
-    if callable(getattr(comp, "token_assignment", None)) and getattr(comp, "grouping_enabled", True):
-        return "groups"
-    if hasattr(comp, "last_coverage") and callable(getattr(comp, "num_objects_kept", None)):
-        return "masks"
-    if callable(getattr(comp, "keep_indices", None)):
-        return "kept"
-    if _windows_k(comp, comp.enc.grid) is not None:
-        return "windows"
-    if isinstance(getattr(comp, "queries", None), torch.Tensor) and isinstance(getattr(comp, "blocks", None),
-                                                                                nn.TransformerDecoder):
-        return "queries"
-    return "all"
+    """The compressor's declared ``token_layout`` as a token-map kind ("all": one token per patch or no fixed
+    relation to the patches)."""
+    layout = comp.token_layout
+    if layout == "windows" and _windows_k(comp, comp.enc.grid) is None:
+        return "all"  # 1 x 1 windows: every patch
+    return "all" if layout == "other" else layout
 
 
 def _call_keep_indices(obj, n: int, device) -> np.ndarray:
@@ -174,7 +168,7 @@ def _from_membership(tm: TokenMap, wts: torch.Tensor) -> TokenMap:
 
 def _patch_reduction_map(tm: TokenMap, red, comp, feats: VisionFeatures) -> TokenMap:
     """Probe ``red.select`` with one-hot patch features (see the module docstring)."""
-    layer = red.compressor_layer(comp) if callable(getattr(red, "compressor_layer", None)) else getattr(comp, "layer", -2)
+    layer = red.compressor_layer(comp)
     idx = feats.info.normalize_layer(layer)
     h, w = feats.grid
     n, p = h * w, feats.num_prefix
@@ -274,7 +268,7 @@ def _compressor_map(tm: TokenMap, model, pixel_values: torch.Tensor, feats: Visi
     feats = feats if feats is not None else model.encoder_features(pixel_values)
     h, w = tm.grid
     kind = _compressor_kind(comp)
-    name = getattr(comp, "registry_name", type(comp).__name__)
+    name = comp.registry_name
     try:
         if kind == "groups":
             tm.groups = comp.token_assignment(feats)[0].cpu().numpy().astype(np.int64)
@@ -285,11 +279,10 @@ def _compressor_map(tm: TokenMap, model, pixel_values: torch.Tensor, feats: Visi
             cov = comp.last_coverage[0].float().cpu().numpy()  # (K_i, H, W), score order
             tm.masks = cov
             tm.masks_kept = min(int(comp.num_objects_kept()), cov.shape[0])
-            tm.pool_grid = getattr(comp, "pool_grid", None)
+            tm.pool_grid = comp.pool_grid
             tm.kind = "masks"
-            fixed = getattr(comp, "num_fixed_tokens", None)
-            if fixed is not None:
-                tm.notes.append(f"+ {fixed} tokens not tied to one region (CLS + {tm.pool_grid}x{tm.pool_grid} pooled)")
+            tm.notes.append(f"+ {comp.num_fixed_tokens} tokens not tied to one region "
+                            f"(CLS + {tm.pool_grid}x{tm.pool_grid} pooled)")
         elif kind == "kept":
             tm.kept = np.sort(_call_keep_indices(comp, h * w, feats.patches(getattr(comp, "layer", -2)).device))
             tm.merged = np.full(h * w, -1, dtype=np.int64)
@@ -326,7 +319,7 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
     red = model.reduction
     if red is None:
         return _compressor_map(tm, model, pixel_values)
-    if getattr(red, "in_llm", False):
+    if red.in_llm:
         return _fastv_map(tm, model, pixel_values, question)
     side = getattr(red, "side", None)
     if isinstance(side, int) and grid[0] % side == 0 and grid[1] % side == 0 and grid[0] == grid[1]:
@@ -337,10 +330,10 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
         tm.kept = np.sort(_call_keep_indices(red, grid[0] * grid[1], pixel_values.device))
         tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
         return tm
-    if callable(getattr(red, "select", None)):
+    if isinstance(red, PatchReduction):
         feats = model.encoder_features(pixel_values)
-        kept = red.kept_patches(feats, model.compressor) if callable(getattr(red, "kept_patches", None)) else None
-        groups = red.patch_groups() if callable(getattr(red, "patch_groups", None)) else None
+        kept = red.kept_patches(feats, model.compressor)
+        groups = red.patch_groups()
         if groups is not None:  # tokens merged inside the encoder (tome): the output token of each patch
             tm.kind, tm.num_groups = "groups", int(tm.num_tokens)
             tm.groups = groups[0].cpu().numpy().astype(np.int64)
@@ -355,6 +348,6 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
         except Exception as e:  # noqa: BLE001
             tm.notes.append(f"{red.registry_name}: token map unavailable ({type(e).__name__}); drawn as all tokens")
             return tm
-    tm.notes.append(f"reduction {getattr(red, 'registry_name', type(red).__name__)} is not a known layout; "
+    tm.notes.append(f"reduction {red.registry_name} is not a known layout; "
                     "drawn as all patch tokens")
     return tm
