@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CompactVLMError
+from ..model.adapters import is_peft
 
 REPRESENTABLE = ("mlp2x_gelu",)
 IMAGE_TOKEN = "<image>"
@@ -51,7 +52,7 @@ def check_exportable(model) -> None:
     if model.reduction is not None:
         raise CompactVLMError("the model carries a test-time reduction (--reduce), which llava-hf cannot run",
                               "export the model without --reduce / --budget")
-    if hasattr(model.llm, "peft_config"):
+    if is_peft(model.llm):
         raise CompactVLMError("the LLM still carries LoRA adapters",
                               "merge them first (model.llm = model.llm.merge_and_unload()), then export")
     if model.encoder.num_prefix not in (0, 1):

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..encoders.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, LEGACY_ASPECT, PREPROCESSOR_CONFIG,
                                       aspect_of_hf_processor, read_preprocessor_config)
 from ..errors import CompactVLMError
+from .adapters import is_peft
 
 TOKENIZER_DIR = "tokenizer"
 ENCODER_DIR = "encoder"
@@ -88,7 +89,7 @@ def write_assets(model, folder: Path, cfg: dict, embed: bool = False) -> None:
     if not embed:
         return
     llm = model.llm
-    if hasattr(llm, "peft_config"):
+    if is_peft(llm):
         raise CompactVLMError("cannot embed an LLM that still carries LoRA adapters",
                               "merge them first (model.llm = model.llm.merge_and_unload()) or save with embed=False")
     enc_dir = folder / ENCODER_DIR

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import from_dict
 from ..errors import CompactVLMError
+from .adapters import is_peft
 from .build import ModelConfig, build_model
 from .shipped import resolve_checkpoint
 from .manifest import MANIFEST_NAME, MARKER_NAME, marker_kind, refuse_foreign, verify_manifest, write_manifest, write_marker
@@ -46,10 +46,6 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def _is_peft(module) -> bool:
-    return hasattr(module, "get_base_model") and hasattr(module, "peft_config")
-
-
 def _sub(state_dict: dict | None, prefix: str) -> dict | None:
     if state_dict is None:
         return None
@@ -59,7 +55,7 @@ def _sub(state_dict: dict | None, prefix: str) -> dict | None:
 def _llm_payload(model, save_llm: bool, trainable_only: bool, full_sd: dict | None = None):
     """(state dict, meta) for llm.safetensors, or (None, None) when nothing is to be stored."""
     llm = model.llm
-    if _is_peft(llm):
+    if is_peft(llm):
         from peft import get_peft_model_state_dict
 
         pc = llm.peft_config[llm.active_adapter]
@@ -322,7 +318,7 @@ def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = ()
         if info.get("kind") == "lora":
             _load_lora(model, sd, info, llm_w, merge_lora)
         else:
-            if _is_peft(model.llm):
+            if is_peft(model.llm):
                 raise CompactVLMError(f"{llm_w} holds plain LLM weights but the LLM already has LoRA adapters",
                                       "load the checkpoint before adding adapters (init.from does this)")
             own = model.llm.state_dict()
@@ -352,7 +348,7 @@ def load_weights(model, ckpt: str | os.PathLike, new_modules: Sequence[str] = ()
 def _load_lora(model, sd: dict, info: dict, path: Path, merge: bool) -> None:
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    added = not _is_peft(model.llm)
+    added = not is_peft(model.llm)
     if added:
         cfg = LoraConfig(r=int(info["r"]), lora_alpha=info["alpha"], lora_dropout=float(info.get("dropout", 0.0)),
                          target_modules=list(info["target_modules"]), task_type="CAUSAL_LM")

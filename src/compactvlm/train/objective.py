@@ -25,7 +25,7 @@ from torch import nn
 # shared with evaluation (evaluate.answer): the model layer holds them
 from ..model.features import FeatureCache, FeatureStore, check_cacheable, encode_from_features, store_tag  # noqa: F401
 from ..model.prompting import IGNORE_INDEX
-from .stages import is_peft
+from ..model.adapters import base_llm
 
 
 class TrainingModel(nn.Module):
@@ -40,8 +40,7 @@ class TrainingModel(nn.Module):
         self._vectors = None
 
     def _base_llm(self) -> nn.Module:
-        llm = self.vlm.llm
-        return llm.get_base_model() if is_peft(llm) else llm
+        return base_llm(self.vlm.llm)
 
     def image_tokens(self, pixel_values: torch.Tensor | None, features: dict[int, torch.Tensor] | None,
                      extra_state: dict | None = None):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import CompactVLMError
+from ..model.adapters import is_peft
 from .config import LoraConfig, ModuleSpec, StageConfig
 
 
@@ -37,10 +38,6 @@ def match_prefix(name: str, prefixes) -> str | None:
         if (name == p or name.startswith(p + ".")) and (best is None or len(p) > len(best)):
             best = p
     return best
-
-
-def is_peft(module: nn.Module) -> bool:
-    return hasattr(module, "get_base_model") and hasattr(module, "peft_config")
 
 
 def add_lora(model: nn.Module, lora: LoraConfig) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CompactVLMError
+from ..model.adapters import base_llm
 from ..model.build import bf16_is_fast
 from ..model.init_state import mark_random
 from .config import RESUME_FREE_KEYS, TrainConfig, to_plain
@@ -286,8 +287,7 @@ class Trainer:
         groups, rows = apply_stage(vlm, cfg.stage, cfg.optim.lr)
         self.log_lines.append("stage " + cfg.stage.name + "\n" + format_summary(rows))
         if cfg.gradient_checkpointing:
-            llm = vlm.llm.get_base_model() if hasattr(vlm.llm, "get_base_model") else vlm.llm
-            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base_llm(vlm.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(vlm.llm, "config"):
             vlm.llm.config.use_cache = False
         self.cache = self.val_cache = None
