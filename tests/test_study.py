@@ -74,6 +74,7 @@ def test_study_run_and_report(plan_file, capsys):
     # --force re-measures the cost; with the checkpoint and every prediction reused, the run's wall time is kept
     before = json.loads((root / "results" / "stf" / "seed0.json").read_text())
     assert before["hardware"]["torch_threads"] == 1  # the plan's threads
+    assert before["hardware"]["cpu_capability"] and isinstance(before["hardware"]["bf16_fast"], bool)
     assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--threads", "2", "--quiet"]) == 0
     after = json.loads((root / "results" / "stf" / "seed0.json").read_text())
     assert after["wall_seconds"] == before["wall_seconds"] and after["finished"] >= before["finished"]

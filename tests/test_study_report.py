@@ -261,3 +261,16 @@ def test_stage_precision_is_reported_per_seed_when_seeds_differ():
     mixed = _stage_curves([run(0, None), run(1, "fp32"), run(2, "bf16")])[0]
     assert _fmt_precision(mixed["precision_by_seed"]) == ", s0: ? / s1: fp32 / s2: bf16"
     assert _fmt_precision({}) == _fmt_precision({0: None}) == ""
+
+
+def test_environment_names_each_machine_and_its_bf16():
+    from compactvlm.study.controls import environment
+
+    old = {"machine": "x86_64", "processor": "x86_64", "cpus": 2, "torch_threads": 1, "device": "cpu"}
+    avx2 = {**old, "torch_threads": 2, "cpu_capability": "AVX2", "bf16_fast": False}
+    amx = {**old, "cpu_capability": "AVX512", "bf16_fast": True}
+    text = environment({"ref": [{"hardware": avx2}], "stf": [{"hardware": amx}, {"hardware": old}, {}]})
+    assert "2 CPU cores (x86_64 AVX2, no native bf16), 2 torch threads, no GPU (1 of 4 result files)" in text
+    assert "2 CPU cores (x86_64 AVX512, native bf16), 1 torch thread, no GPU (1 of 4 result files)" in text
+    assert "2 CPU cores (x86_64), 1 torch thread, no GPU (1 of 4 result files)" in text  # recorded before the field
+    assert "1 result files without a record" in text

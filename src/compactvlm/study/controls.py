@@ -120,7 +120,10 @@ def environment(results: dict[str, list[dict]]) -> str:
                 continue
             gpu = f"GPU {hw.get('gpu')}" if hw.get("device") == "cuda" else "no GPU"
             threads = hw.get("torch_threads")
-            seen[f"{hw.get('cpus')} CPU cores ({hw.get('processor') or hw.get('machine')}), {threads} torch "
+            cpu = hw.get("processor") or hw.get("machine")
+            if hw.get("cpu_capability"):  # recorded since 2026-12-04
+                cpu += f" {hw['cpu_capability']}, {'native' if hw.get('bf16_fast') else 'no native'} bf16"
+            seen[f"{hw.get('cpus')} CPU cores ({cpu}), {threads} torch "
                  f"thread{'s' if threads != 1 else ''}, {gpu}"] += 1
     if not seen:
         import torch

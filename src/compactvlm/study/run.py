@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..efficiency.cost import measure_cost
 from ..errors import CompactVLMError
+from ..model.build import bf16_is_fast
 from ..runtime import set_threads
 from .controls import record_baselines
 from .plan import StudyPlan, StudyRow, checkpoint_dir, eval_dir, eval_features, result_path, stage_dirs
@@ -319,7 +320,10 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
                          {"train_or_reuse": t_train, "eval": t_eval, "controls": t_controls, "curve": t_curve}),
         "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": plan.device,
-                     "gpu": torch.cuda.get_device_name() if plan.device == "cuda" else None},
+                     "gpu": torch.cuda.get_device_name() if plan.device == "cuda" else None,
+                     # what the training precision "auto" and the step times depend on (AVX2 vs AMX, docs/recipe.md §15)
+                     "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+                     "bf16_fast": bf16_is_fast(plan.device)},
         "command": f"compactvlm study run --plan <plan> --rows {name} --seeds {seed}",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
