@@ -16,6 +16,7 @@ from typing import Any
 
 from ...errors import CompactVLMError
 from ..metrics.rules import DEFAULT_RULES, check_rules
+from ..metrics.vqa import vqa_score
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -170,6 +171,19 @@ def predictions_for(items: Sequence[EvalItem], predictions: Mapping[str, str] | 
         out = list(predictions)
     missing = sum(p is None for p in out)
     return ["" if p is None else str(p) for p in out], missing
+
+
+def score_vqa_or_upload(bench: Benchmark, items: Sequence[EvalItem], predictions, task: str | None = None) -> dict:
+    """VQA accuracy (``bench.rules``) over the items that carry answers; when none do (a test split whose answers
+    only the evaluation server holds), a "not scored" record that points at the upload file ``export`` writes."""
+    preds, missing = predictions_for(items, predictions)
+    have = [i for i, it in enumerate(items) if it.answers]
+    if not have:
+        return with_headline(None, {"rules": bench.rules, "n": len(items), "missing": missing, "scored": False,
+                                    "note": "answers not public: upload answers_upload.json to EvalAI"})
+    out = vqa_score([preds[i] for i in have], [items[i].answers for i in have], rules=bench.rules, task=task)
+    out.update(missing=missing, scored=True)
+    return with_headline(bench.headline, out, bench.rules)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics.normalize import normalize_answer
-from ..metrics.vqa import vqa_score
-from .base import Benchmark, EvalItem, predictions_for, read_json, read_jsonl, register, with_headline, write_json
+from .base import Benchmark, EvalItem, predictions_for, read_json, read_jsonl, register, score_vqa_or_upload, write_json
 
 
 @register("vizwiz")
@@ -40,14 +39,7 @@ class VizWiz(Benchmark):
                 for q in read_jsonl(qfile)]
 
     def score(self, items, predictions) -> dict:
-        preds, missing = predictions_for(items, predictions)
-        have = [i for i, it in enumerate(items) if it.answers]
-        if not have:
-            return with_headline(None, {"rules": self.rules, "n": len(items), "missing": missing, "scored": False,
-                                        "note": "answers not public: upload answers_upload.json to EvalAI"})
-        out = vqa_score([preds[i] for i in have], [items[i].answers for i in have], rules=self.rules)
-        out.update(missing=missing, scored=True)
-        return with_headline(self.headline, out, self.rules)
+        return score_vqa_or_upload(self, items, predictions)
 
     def export(self, items, predictions, out_dir: Path) -> list[Path]:
         preds, _ = predictions_for(items, predictions)
