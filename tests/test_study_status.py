@@ -44,13 +44,14 @@ def test_status_of_every_pair(tmp_path, capsys):
     # full s1: stage 1 finished, stage 2 resumed at 40 and logged up to 47, checkpoints at 40 (and an older 30)
     _final(runs / "full" / "s1" / "stage1")
     s2 = runs / "full" / "s1" / "stage2"
-    _log(s2, {"event": "start", "step": 0, "total_steps": 300}, {"event": "train", "step": 45},
-         {"event": "start", "step": 40, "total_steps": 300}, {"event": "train", "step": 47})
+    _log(s2, {"event": "start", "step": 0, "total_steps": 300}, {"event": "train", "step": 45, "sec_per_step": 99.0},
+         {"event": "start", "step": 40, "total_steps": 300}, {"event": "train", "step": 46, "sec_per_step": 40.0},
+         {"event": "train", "step": 47, "sec_per_step": 44.0}, {"event": "train", "step": 47, "sec_per_step": 42.0})
     _checkpoint(s2, 30)
     _checkpoint(s2, 40)
     # stf s0: stage 1 at step 12 of 1496 without a checkpoint, and a process holds its lock
     s1 = runs / "stf" / "s0" / "stage1"
-    _log(s1, {"event": "start", "step": 0, "total_steps": 1496}, {"event": "train", "step": 12})
+    _log(s1, {"event": "start", "step": 0, "total_steps": 1496}, {"event": "train", "step": 12, "sec_per_step": 2.0})
     lock = FileLock(str(s1 / ".compactvlm.lock"))
     lock.acquire()
     # stf s1: trained, not evaluated
@@ -61,9 +62,14 @@ def test_status_of_every_pair(tmp_path, capsys):
         lock.release()
     assert got[("full", 0)].state == "done" and got[("full", 0)].detail == "family mean 39.9, shuffled 27.4"
     assert got[("full", 1)].state == "interrupted"
-    assert got[("full", 1)].detail == "stage 2/2: step 47/300; a restart resumes at step 40"
+    # the pace of the steps since the last start (median 42 s; the 99 s before it is another run), from the step a
+    # restart resumes at: 260 x 42 s left
+    assert got[("full", 1)].detail == ("stage 2/2: step 47/300 (42 s/step, ~3 h 02 min of steps left); "
+                                       "a restart resumes at step 40")
     assert got[("stf", 0)].state == "training"
-    assert "stage 1/2: step 12/1496; a restart begins the stage again" in got[("stf", 0)].detail
+    # running: the steps left count from the step it is at, (1496 - 12) x 2 s
+    assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2 s/step, ~49 min of steps left); "
+                                      "a restart begins the stage again (no checkpoint yet)")
     assert got[("stf", 1)].state == "evaluating"
     assert got[("rand", 0)].state == "waiting" and "`full` seed 0" in got[("rand", 0)].detail
     assert got[("rand", 1)].state == "waiting"

@@ -3,8 +3,9 @@ a study spans sessions, and what a restart keeps is the question after every sto
 
 States: ``done`` (its result file exists: family mean with real images and with each blind control), ``evaluating``
 (the model it evaluates is trained, its result is not written yet), ``training`` (a process holds the stage's
-output lock) or ``interrupted`` (none does): stage k of n, the last logged step of the stage's total and the last
-resumable checkpoint, which is where a restart continues; ``waiting`` (an evaluation-only row whose source model is
+output lock) or ``interrupted`` (none does): stage k of n, the last logged step of the stage's total, the median
+time of its recent steps with the time the stage's remaining steps would take at that pace, and the last resumable
+checkpoint, which is where a restart continues; ``waiting`` (an evaluation-only row whose source model is
 not trained yet), ``not started``.
 """
 
@@ -48,16 +49,29 @@ def _running(stage_dir: Path) -> bool:
     return False
 
 
-def _stage_progress(stage_dir: Path) -> tuple[int, int | None]:
-    """(last logged training step, the stage's total steps from its latest start event) of a stage's metrics."""
-    step, total = 0, None
+def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None]:
+    """(last logged training step, the stage's total steps from its latest start event, median seconds per step
+    over the last ``_RECENT`` steps logged since that start) of a stage's metrics."""
+    step, total, times = 0, None, []
     for e in read_events(stage_dir):
         if e.get("event") == "start":
             total = e.get("total_steps", total)
             step = e.get("step", 0) or 0  # a resumed start logs the step it resumed at
+            times = []  # another start: maybe another machine or thread count
         elif e.get("event") == "train":
             step = max(step, int(e.get("step", 0)))
-    return step, total
+            if e.get("sec_per_step") is not None:
+                times.append(float(e["sec_per_step"]))
+    recent = sorted(times[-_RECENT:])
+    return step, total, (recent[len(recent) // 2] if recent else None)
+
+
+_RECENT = 20
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
@@ -75,14 +89,18 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     if not row.trained:
         return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
-    step, total = _stage_progress(d)
+    step, total, per_step = _stage_progress(d)
     if step == 0 and total is None and k == 0:
         return PairStatus(name, seed, "not started")
     cks = list_checkpoints(d)
     keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
         "a restart begins the stage again (no checkpoint yet)" if step else "")
+    running = _running(d)
     detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
-    state = "training" if _running(d) else "interrupted"
+    from_step = step if running else (cks[-1][0] if cks else 0)  # where the steps left are counted from
+    if per_step is not None and total is not None and from_step < total:  # validation passes come on top
+        detail += f" ({per_step:.0f} s/step, ~{_duration((total - from_step) * per_step)} of steps left)"
+    state = "training" if running else "interrupted"
     return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""))
 
 
