@@ -66,6 +66,22 @@ def test_random_reduction_png_marks_exactly_the_kept_indices(image_file, tmp_pat
     assert cells_with_corner(arr, KEPT) == want and len(want) == 16
 
 
+@pytest.mark.parametrize("name,budget,kind,k", [("avgpool", 16, "windows", 2), ("avgpool", 9, "kept", None),
+                                                 ("random", 8, "kept", None), ("pyramiddrop", 40, "kept", None)])
+def test_reductions_are_drawn_from_what_they_declare(name, budget, kind, k):
+    m = tiny_vlm()  # an 8 x 8 grid
+    m.reduction = REDUCTIONS.create(name, budget=budget, model=m)
+    tmap = token_map(m, m.processor(random_images(1, 32)))
+    assert tmap.kind == kind and tmap.k == k
+    if name == "avgpool" and budget == 9:  # 3 x 3 adaptive pooling of 8 x 8 overlaps: no windows, merged patches
+        assert m.reduction.token_windows(m.grid) is None and (tmap.merged >= 0).any()
+    if name == "random":
+        assert set(tmap.kept.tolist()) == set(m.reduction.keep_indices(64).tolist())
+    if name == "pyramiddrop":  # read after the last drop
+        assert m.reduction.prune_layers == list(m.reduction.drop_layers) and tmap.llm_kept is not None
+        assert any(f"after layer {m.reduction.prune_layers[-1]}" in n for n in tmap.notes)
+
+
 def full_lines(arr: np.ndarray, colour, columns: bool, size: int) -> list[int]:
     """Columns (or rows) of the image area drawn entirely in ``colour``."""
     hit = (arr[:size, :size] == np.array(colour)).all(axis=-1)  # (H, W)

@@ -47,6 +47,10 @@ class GridAvgPool(PatchReduction):
                                   f"pick a square budget of at most {min(grid) ** 2}")
         return n
 
+    def token_windows(self, grid: tuple[int, int]) -> tuple[int, int, int] | None:
+        h, w = grid
+        return (self.side, self.side, 1) if h % self.side == 0 and w % self.side == 0 else None
+
     def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(feats.patch_grid(layer), self.side)  # (B, C, s, s)
         return x.flatten(2).transpose(1, 2)  # (B, s*s, C)

@@ -41,6 +41,8 @@ class Reduction(nn.Module):
     #: True when ``forward`` reads only the encoder blocks (``feats.hidden``) and the compressor: evaluation may
     #: then take the blocks from its cache (``model.features``) instead of running the encoder again.
     cacheable_features: bool = False
+    #: in-LLM reductions: (B, T') prompt positions the last prefill kept after its last drop (``viz`` draws them)
+    last_kept_positions: torch.Tensor | None = None
 
     def __init__(self, model=None):
         super().__init__()
@@ -66,6 +68,16 @@ class Reduction(nn.Module):
         """A context the model runs its vision encoder in (``tome`` merges tokens between the encoder's blocks
         there); by default nothing."""
         return contextlib.nullcontext()
+
+    @property
+    def prune_layers(self) -> list[int]:
+        """In-LLM reductions: the LLM layers after which vision tokens are dropped, in order; [] for the others."""
+        return []
+
+    def token_windows(self, grid: tuple[int, int]) -> tuple[int, int, int] | None:
+        """As ``Compressor.token_windows``: ``(rows, cols, per_window)`` when the output tokens are equal windows of
+        the patch grid in row-major order (test-time avgpool to a side dividing the grid), else None."""
+        return None
 
     def patch_groups(self) -> torch.Tensor | None:
         """(B, H*W) index of the output token each patch went into, for reductions that merge patches inside the

@@ -97,6 +97,10 @@ class FastV(Reduction):
         self.last_kept_positions: torch.Tensor | None = None
         self.num_output_tokens(model.grid)
 
+    @property
+    def prune_layers(self) -> list[int]:
+        return [self.k]
+
     # ---- token counts ---------------------------------------------------------------------------------
     def num_output_tokens(self, grid: tuple[int, int] | None = None) -> int:
         """All of the compressor's tokens enter the prompt (pruning happens inside the LLM)."""

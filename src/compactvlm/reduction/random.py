@@ -35,6 +35,10 @@ class RandomDrop(PatchReduction):
         idx = torch.randperm(num_patches, generator=gen)[: self.budget]  # (budget,)
         return idx.sort().values.to(device)
 
+    def kept_patches(self, feats: VisionFeatures, compressor) -> torch.Tensor:
+        x = feats.patches(self.compressor_layer(compressor))  # (B, H*W, C)
+        return self.keep_indices(x.shape[1], x.device).expand(x.shape[0], -1)  # (B, budget): the same for every image
+
     def select(self, feats: VisionFeatures, layer: int) -> torch.Tensor:
         x = feats.patches(layer)  # (B, H*W, C)
         idx = self.keep_indices(x.shape[1], x.device)  # (budget,)

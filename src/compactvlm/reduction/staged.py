@@ -98,7 +98,7 @@ class StagedPruning(Reduction):
         if not drops:
             raise CompactVLMError(f"{name} needs an LLM of at least 2 layers (it has {num_layers})",
                                   "use a deeper LLM")
-        self.drop_layers = drops
+        self.drop_layers = drops  # also its prune_layers
         self.k = drops[0]  # layers that see every vision token (bench's note reads it as FastV's K)
         if budget is not None and ratio is not None:
             raise CompactVLMError(f"{name} takes budget= or ratio=, not both", "drop one of them")
@@ -123,6 +123,10 @@ class StagedPruning(Reduction):
             self.k = self.drop_layers[0]
             self.params["layers"] = tuple(self.drop_layers)
             self.num_output_tokens(model.grid)
+
+    @property
+    def prune_layers(self) -> list[int]:
+        return list(self.drop_layers)
 
     def default_layers(self, num_layers: int, first: int) -> list[float]:
         """Default drop points (before rounding) when the first drop is after layer ``first``."""

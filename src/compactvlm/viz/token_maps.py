@@ -6,17 +6,17 @@
 Kinds and where they come from: a compressor's kind is its declared ``Compressor.token_layout``; a reduction's
 follows its base class (``in_llm``, ``PatchReduction``) and what it declares there:
 - ``windows``  compressors whose ``token_windows`` tile the grid with k x k windows, k >= 2 (``WindowCompressor``:
-               STF, AvgPool, TokenConcat), and reductions with a square ``side`` dividing the grid (test-time
-               avgpool): k x k windows, E tokens each.
-- ``kept``     patch tokens kept one-to-one: a ``keep_indices`` method (random-drop compressor and reduction);
-               any ``PatchReduction`` (a ``select(feats, layer)`` that picks or averages patch features, e.g.
+               STF, AvgPool, TokenConcat), and reductions that declare square ones (``Reduction.token_windows``:
+               test-time avgpool to a side dividing the grid): k x k windows, E tokens each.
+- ``kept``     patch tokens kept one-to-one: the ``keep_indices`` of a "kept" compressor (random_drop), the
+               ``kept_patches(feats, compressor)`` of a ``PatchReduction`` (random, DART, DivPrune); any other
+               ``PatchReduction`` (a ``select(feats, layer)`` that picks or averages patch features, e.g.
                VisionZip) is probed by linearity: running ``select`` on one-hot patch features returns each
                output token's weights over the patches, so single-patch tokens are *kept* and multi-patch
                tokens are *merged* (VisionZip's contextual tokens; drawn in a second colour). The probe is
                checked against the real selection and abandoned if they differ. Reductions that prune inside
                the LLM (``in_llm``: FastV, PyramidDrop, SparseVLM) are run on a prompt and read back from
-               ``last_kept_positions`` (the last stage's). Selections that depend on the image content (DART,
-               DivPrune) report the patches they kept through ``kept_patches(feats, compressor)``.
+               ``last_kept_positions`` (the last stage's, after ``prune_layers[-1]``; both on ``Reduction``).
 - ``groups``   ``token_assignment(feats)`` -> group index per patch (VisToG's grouping layer); ToMe (merging
                inside the encoder) reports its groups through ``patch_groups()`` after the encoder ran.
 - ``masks``    ``last_coverage`` + ``num_objects_kept()`` after a forward (Mask-LLaVA ``objects``): the masks in
@@ -30,7 +30,6 @@ follows its base class (``in_llm``, ``PatchReduction``) and what it declares the
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,16 +72,15 @@ class TokenMap:
 def method_label(model) -> str:
     """``stf(k=2, E=1)``, ``mlp2x_gelu + visionzip(budget=64, ...)``."""
     comp = model.compressor
-    params = getattr(comp, "params", {}) or {}
-    label = getattr(comp, "registry_name", type(comp).__name__)
+    params = comp.params
+    label = comp.registry_name
     if params:
         label += "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
     budget = getattr(comp, "budget", None)
     if isinstance(budget, int) and "budget" not in params:
         label += f" budget={budget}"
-    red = getattr(model, "reduction", None)
-    if red is not None:
-        label += " + " + (red.describe() if hasattr(red, "describe") else type(red).__name__)
+    if model.reduction is not None:
+        label += " + " + model.reduction.describe()
     return label
 
 
@@ -129,13 +127,9 @@ def _compressor_kind(comp) -> str:
     return "all" if layout == "other" else layout
 
 
-def _call_keep_indices(obj, n: int, device) -> np.ndarray:
-    """``keep_indices(batch, num_patches, device)`` (compressor) or ``keep_indices(num_patches, device)``
-    (reduction) -> (n_kept,) indices for the first image."""
-    params = inspect.signature(obj.keep_indices).parameters
-    idx = obj.keep_indices(1, n, device) if "batch" in params else obj.keep_indices(n, device)
-    idx = idx[0] if idx.ndim == 2 else idx
-    return idx.detach().cpu().numpy().astype(np.int64)
+def _call_keep_indices(comp, n: int, device) -> np.ndarray:
+    """The compressor's ``keep_indices(batch, num_patches, device)`` -> (n_kept,) indices for the first image."""
+    return comp.keep_indices(1, n, device)[0].detach().cpu().numpy().astype(np.int64)
 
 
 # ---- adapters ---------------------------------------------------------------------------------------------
@@ -192,7 +186,7 @@ def _fastv_map(tm: TokenMap, model, pixel_values: torch.Tensor, question: str) -
     ids, mask = model.pad_left([model.prompt_ids(question)])
     dev = next(model.llm.parameters()).device
     model.forward(ids.to(dev), mask.to(dev), pixel_values.to(dev), logits_to_keep=1)
-    kept_pos = getattr(red, "last_kept_positions", None)
+    kept_pos = red.last_kept_positions
     img_pos = (ids[0] == IMAGE_TOKEN_ID).nonzero().flatten()  # (N,) prompt positions of the vision tokens
     if kept_pos is None:
         tm.notes.append(f"{red.registry_name} did not report the tokens it kept")
@@ -200,8 +194,7 @@ def _fastv_map(tm: TokenMap, model, pixel_values: torch.Tensor, question: str) -
     kept_tok = np.nonzero(np.isin(img_pos.numpy(), kept_pos[0].cpu().numpy()))[0]  # vision-token indices
     tm.llm_kept = int(len(kept_tok))
     where = _token_patches(model, tm.grid)
-    stages = getattr(red, "drop_layers", None)  # staged pruning (pyramiddrop, sparsevlm): its last drop
-    layers = stages[-1] if stages else getattr(red, "k", "?")
+    layers = red.prune_layers[-1] if red.prune_layers else "?"  # the last drop (FastV: its only one)
     if where is None:
         tm.notes.append(f"{red.registry_name} keeps {len(kept_tok)} of {tm.num_tokens} tokens after LLM layer "
                         f"{layers}; their places on the image are not defined for this compressor")
@@ -232,7 +225,7 @@ def _ranking_note(model, red, layers) -> str:
     weights it has now (random ones said so)."""
     from ..model.init_state import untrained_parts
 
-    name = getattr(red, "registry_name", type(red).__name__)
+    name = red.registry_name
     how = _RANKED_BY.get(name, "the LLM's attention to the vision tokens at layer {layers}").format(layers=layers)
     note = f"ranked by {how}, computed by this model for this image and question"
     untrained = untrained_parts(model)
@@ -284,7 +277,7 @@ def _compressor_map(tm: TokenMap, model, pixel_values: torch.Tensor, feats: Visi
             tm.notes.append(f"+ {comp.num_fixed_tokens} tokens not tied to one region "
                             f"(CLS + {tm.pool_grid}x{tm.pool_grid} pooled)")
         elif kind == "kept":
-            tm.kept = np.sort(_call_keep_indices(comp, h * w, feats.patches(getattr(comp, "layer", -2)).device))
+            tm.kept = np.sort(_call_keep_indices(comp, h * w, feats.patches(comp.layer).device))
             tm.merged = np.full(h * w, -1, dtype=np.int64)
             tm.kind = "kept"
         elif kind == "windows":
@@ -321,14 +314,9 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
         return _compressor_map(tm, model, pixel_values)
     if red.in_llm:
         return _fastv_map(tm, model, pixel_values, question)
-    side = getattr(red, "side", None)
-    if isinstance(side, int) and grid[0] % side == 0 and grid[1] % side == 0 and grid[0] == grid[1]:
-        tm.kind, tm.k, tm.E = "windows", grid[0] // side, 1
-        return tm
-    if callable(getattr(red, "keep_indices", None)):
-        tm.kind = "kept"
-        tm.kept = np.sort(_call_keep_indices(red, grid[0] * grid[1], pixel_values.device))
-        tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
+    tiles = red.token_windows(grid)
+    if tiles is not None and grid[0] // tiles[0] == grid[1] // tiles[1]:  # square k x k windows
+        tm.kind, tm.k, tm.E = "windows", grid[0] // tiles[0], tiles[2]
         return tm
     if isinstance(red, PatchReduction):
         feats = model.encoder_features(pixel_values)
@@ -338,7 +326,7 @@ def token_map(model, pixel_values: torch.Tensor, question: str = "What is in the
             tm.kind, tm.num_groups = "groups", int(tm.num_tokens)
             tm.groups = groups[0].cpu().numpy().astype(np.int64)
             return tm
-        if kept is not None:  # a content-dependent selection (dart, divprune): the patches it kept
+        if kept is not None:  # a selection of patches (random, dart, divprune): the patches it kept
             tm.kind = "kept"
             tm.kept = np.sort(kept[0].cpu().numpy().astype(np.int64))
             tm.merged = np.full(tm.num_patches, -1, dtype=np.int64)
