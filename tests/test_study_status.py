@@ -5,12 +5,13 @@ import json
 from filelock import FileLock
 
 from compactvlm.cli import main
-from compactvlm.study.plan import StudyPlan, StudyRow
+from compactvlm.study.plan import StudyData, StudyPlan, StudyRow
 from compactvlm.study.status import plan_status
 
 
 def _plan(tmp_path) -> StudyPlan:
     return StudyPlan(name="p", runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                     data=StudyData(dir=str(tmp_path / "data")), eval_steps=[10, 20],
                      train_configs=["s1.yaml", "s2.yaml"], reference="full", seeds=[0, 1],
                      rows=[StudyRow(name="full", compressor="mlp2x_gelu"), StudyRow(name="stf", compressor="stf"),
                            StudyRow(name="rand", from_="full", reduce="random", budget=4),
@@ -54,8 +55,13 @@ def test_status_of_every_pair(tmp_path, capsys):
     _log(s1, {"event": "start", "step": 0, "total_steps": 1496}, {"event": "train", "step": 12, "sec_per_step": 2.0})
     lock = FileLock(str(s1 / ".compactvlm.lock"))
     lock.acquire()
-    # stf s1: trained, not evaluated
+    # stf s1: trained (20 steps), its real-image pass has 3 of the 5 test questions answered, the rest not begun
     _final(runs / "stf" / "s1" / "stage2")
+    (runs / "stf" / "s1" / "stage2" / "final" / "compactvlm.json").write_text('{"step": 20}')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test_questions.jsonl").write_text("{}\n" * 5)
+    (runs / "eval" / "stf" / "s1").mkdir(parents=True)
+    (runs / "eval" / "stf" / "s1" / "predictions.jsonl").write_text("{}\n" * 3)
     try:
         got = {(p.row, p.seed): p for p in plan_status(plan)}
     finally:
@@ -70,7 +76,8 @@ def test_status_of_every_pair(tmp_path, capsys):
     # running: the steps left count from the step it is at, (1496 - 12) x 2 s
     assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2 s/step, ~49 min of steps left); "
                                       "a restart begins the stage again (no checkpoint yet)")
-    assert got[("stf", 1)].state == "evaluating"
+    assert got[("stf", 1)].state == "evaluating"  # each pass: real, the blind control, the curve point before the end
+    assert got[("stf", 1)].detail.endswith("answers real 3/5, shuffled 0/5, step 10 0/5")
     assert got[("rand", 0)].state == "waiting" and "`full` seed 0" in got[("rand", 0)].detail
     assert got[("rand", 1)].state == "waiting"
     assert got[("abl", 0)].state == "not started" and ("abl", 1) not in got  # the row's own seeds

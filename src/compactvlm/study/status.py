@@ -2,11 +2,11 @@
 a study spans sessions, and what a restart keeps is the question after every stop.
 
 States: ``done`` (its result file exists: family mean with real images and with each blind control), ``evaluating``
-(the model it evaluates is trained, its result is not written yet), ``training`` (a process holds the stage's
-output lock) or ``interrupted`` (none does): stage k of n, the last logged step of the stage's total, the median
-time of its recent steps with the time the stage's remaining steps would take at that pace, and the last resumable
-checkpoint, which is where a restart continues; ``waiting`` (an evaluation-only row whose source model is
-not trained yet), ``not started``.
+(the model it evaluates is trained, its result is not written yet: the answers each evaluation pass has written so
+far), ``training`` (a process holds the stage's output lock) or ``interrupted`` (none does): stage k of n, the last
+logged step of the stage's total, the median time of its recent steps with the time the stage's remaining steps
+would take at that pace, and the last resumable checkpoint, which is where a restart continues; ``waiting`` (an
+evaluation-only row whose source model is not trained yet), ``not started``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluate.harness import PREDICTIONS
 from ..model.checkpoint import CONFIG_NAME
 from ..train.logging import read_events
 from ..train.state import LOCK, list_checkpoints
-from .plan import StudyPlan, result_path, stage_dirs
+from .plan import StudyPlan, eval_dir, result_path, stage_dirs
 
 
 @dataclass
@@ -74,6 +75,31 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _eval_progress(plan: StudyPlan, name: str, seed: int, trained_stage: Path | None) -> str:
+    """Answers written so far by each evaluation pass of a (row, seed): real images, each blind control, and a
+    trained row's learning-curve points (their last step is the real pass itself), e.g. ``real 2125/2125,
+    shuffled 530/2125, step 100 0/2125``."""
+    questions = Path(plan.data.dir) / "test_questions.jsonl"
+    total = _count_lines(questions) if questions.exists() else None
+    if total is not None and plan.eval_limit:
+        total = min(total, plan.eval_limit)
+    out = eval_dir(plan, name, seed)
+    passes = [("real", out)] + [(c, out.with_name(f"{out.name}.{c}")) for c in plan.controls]
+    if trained_stage is not None and plan.eval_steps:
+        last = json.loads((trained_stage / "final" / CONFIG_NAME).read_text(encoding="utf-8")).get("step")
+        passes += [(f"step {s}", out.with_name(f"{out.name}.step-{s:06d}")) for s in sorted(plan.eval_steps)
+                   if s != last]
+    of = f"/{total}" if total is not None else ""
+    return ", ".join(f"{label} {_count_lines(folder / PREDICTIONS)}{of}" for label, folder in passes)
+
+
 def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     res = result_path(plan, name, seed)
     if res.exists():
@@ -85,7 +111,8 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     row = plan.row(name)
     dirs = stage_dirs(plan, row, seed)
     if _finished(dirs[-1]):
-        return PairStatus(name, seed, "evaluating", "model trained, result not written yet")
+        return PairStatus(name, seed, "evaluating", "model trained, result not written yet; answers "
+                          + _eval_progress(plan, name, seed, dirs[-1] if row.trained else None))
     if not row.trained:
         return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
