@@ -103,32 +103,6 @@ def _new_cache(llm):
     return DynamicCache(config=llm.config)
 
 
-@contextlib.contextmanager
-def shape_only_pruning(reduction, image_mask: torch.Tensor):
-    """On meta, replace an in-LLM reduction's data-dependent token choice by "the first ``kept`` vision tokens".
-
-    ``image_mask``: (B, T) bool on the CPU. Only FastV's ``_keep`` is known; other reductions run unchanged."""
-    if reduction is None or not getattr(reduction, "in_llm", False) or not hasattr(reduction, "_keep"):
-        yield
-        return
-    b, t = image_mask.shape
-
-    def keep(scores: torch.Tensor, _mask) -> torch.Tensor:
-        row = image_mask[0]
-        n_keep = reduction.kept(int(row.sum()))
-        img = torch.nonzero(row).flatten()[:n_keep]
-        kept = (~row).clone()
-        kept[img] = True
-        pos = torch.nonzero(kept).flatten()  # (T',)
-        return pos.unsqueeze(0).expand(b, -1).to(scores.device)
-
-    reduction._keep = keep  # instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del reduction._keep
-
-
 def _count(fn) -> tuple[int, Any]:
     with flop_counter() as fc:
         out = fn()
@@ -179,8 +153,8 @@ def llm_prefill_flops(model, tokens: torch.Tensor, text_tokens: int, llm=None) -
         cache = _new_cache(llm)
 
         def run():
-            with torch.inference_mode(), shape_only_pruning(red, mask):
-                if red is not None and getattr(red, "in_llm", False):
+            with torch.inference_mode():
+                if red is not None and red.in_llm:
                     return red.llm_forward(llm, x, None, mask.to(META), logits_to_keep=1, past_key_values=cache)
                 return llm(inputs_embeds=x, cache=cache, use_cache=True, logits_to_keep=1)
 

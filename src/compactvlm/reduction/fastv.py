@@ -140,6 +140,10 @@ class FastV(Reduction):
 
     def _keep(self, scores: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
         """(B, T') sorted positions kept: every non-image position plus the top image positions."""
+        if image_mask.device.type == "meta":  # FLOPs on the meta device (efficiency.flops): shapes only
+            n = self.num_output_tokens()
+            s = scores.float().masked_fill(~image_mask, float("inf"))  # text and padding always kept
+            return s.topk(image_mask.shape[1] - n + self.kept(n), dim=1).indices.sort(dim=1).values  # (B, T')
         n = image_mask.sum(dim=1)
         if bool((n != n[0]).any()):
             raise CompactVLMError(f"fastv needs the same number of image tokens per sample, got {n.tolist()}",
