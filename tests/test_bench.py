@@ -54,6 +54,8 @@ def test_llava_15_7b_vision_only_prefill_is_7_6_and_1_9_tflops(tmp_path, capsys)
     plain_171 = stf["llm_prefill"] + (full["llm_prefill"] - stf["llm_prefill"]) * (171 - 144) / (576 - 144)
     assert fastv["llm_prefill"] == pytest.approx(plain_171, rel=0.05)
     assert "equivalent tokens" in table
+    assert ("fastv keeps all 576 vision tokens in the prompt; its first 2 LLM layers see all of them, the layers "
+            "after 2 only the kept ones: 171.0 equivalent tokens") in table
     # KV cache measured from the meta prefill: 32 layers x (K, V) x 32 heads x 128 x 616 tokens x 2 bytes (bf16)
     assert full["kv_cache_bytes"] == 32 * 2 * 4096 * (576 + 40) * 2
 

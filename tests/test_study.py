@@ -89,6 +89,8 @@ def test_study_run_and_report(plan_file, capsys):
     fastv = json.loads((root / "results" / "fastv-4" / "seed0.json").read_text())
     # its LLM FLOPs lie between the full-token model's and a plain 4-token model's
     assert res["rand-4"]["cost"]["flops_llm"] < fastv["cost"]["flops_llm"] < res["full"]["cost"]["flops_llm"]
+    assert fastv["equivalent_tokens_note"].startswith("fastv keeps all 64 vision tokens in the prompt; its first 1 LLM")
+    assert json.loads((root / "results" / "rand-4" / "seed0.json").read_text())["equivalent_tokens_note"] is None
     summary = json.loads((root / "docs" / "results.json").read_text())
     assert summary["full"]["prt"][0] == pytest.approx(100.0)  # the reference retains all of itself
     # results carry every answer, and the report re-scores them: a paired test-image bootstrap against the reference

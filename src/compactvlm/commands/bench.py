@@ -153,8 +153,8 @@ def summary_lines(results: list[dict], ref: dict) -> list[str]:
     lines = []
     for r in results:
         f, q = r["flops"], r["ratios"]
-        if r.get("fastv_note"):
-            lines.append(f"{r['label']}: {r['fastv_note']}")
+        if r.get("cost_note"):
+            lines.append(f"{r['label']}: {r['cost_note']}")
         t = r.get("timing")
         if t is None or r is ref:
             continue
@@ -413,10 +413,8 @@ def run(args: argparse.Namespace) -> int:
                                              "reduction": spec.reduction, "reduction_params": spec.reduction_params},
                "flops": f.to_dict(), "timing": None}
         red = counter.meta_model(spec).reduction
-        if red is not None and getattr(red, "in_llm", False):
-            res["fastv_note"] = (f"{spec.reduction} keeps all {f.vision_tokens} vision tokens in the prompt; its first "
-                                 f"K={getattr(red, 'k', '?')} LLM layers see all of them, the rest the kept ones: "
-                                 f"{f.equivalent_tokens:.1f} equivalent tokens (same LLM cost in a plain model)")
+        if red is not None and red.in_llm:
+            res["cost_note"] = red.cost_note()
         results.append(res)
 
     if timing:

@@ -369,7 +369,7 @@ def _new_cache(llm):
 
 
 def _in_llm(model) -> bool:
-    return model.reduction is not None and bool(getattr(model.reduction, "in_llm", False))
+    return model.reduction is not None and model.reduction.in_llm
 
 
 def prefill(model, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor, cache):

@@ -75,7 +75,7 @@ class Answerer:
         self.stop_at_answer = stop_at_answer
         self.closed_form = closed_form or (lambda it: it.category in CLOSED_FORM or bool(it.meta.get("options")))
         self.wants_masks = model.compressor.wants_given_masks
-        in_llm = model.reduction is not None and bool(getattr(model.reduction, "in_llm", False))
+        in_llm = model.reduction is not None and model.reduction.in_llm
         self.share_prefix = share_prefix and model.tokenizer is not None and not in_llm
         if features is True:
             features = ImageFeatureCache()

@@ -36,7 +36,7 @@ def check_cacheable(vlm: nn.Module, training: bool = True) -> str | None:
         return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
     if not comp.cacheable_features:
         return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
-    red = getattr(vlm, "reduction", None)
+    red = vlm.reduction
     if red is not None and training:
         return "a test-time reduction is set"
     if red is not None and (red.in_llm or not red.cacheable_features):

@@ -91,6 +91,16 @@ class Reduction(nn.Module):
         """Vision tokens of a plain model with the same LLM cost (see the module docstring)."""
         return float(self.num_output_tokens(grid))
 
+    def cost_note(self, grid: tuple[int, int] | None = None) -> str | None:
+        """In-LLM reductions: how their vision tokens become equivalent tokens (``bench`` prints it, study results
+        record it); None for the others, whose tokens are all the LLM sees."""
+        if not self.in_llm:
+            return None
+        n, layers = self.num_output_tokens(grid), self.prune_layers
+        return (f"{self.registry_name} keeps all {n} vision tokens in the prompt; its first {layers[0]} LLM layers see "
+                f"all of them, the layers after {', '.join(map(str, layers))} only the kept ones: "
+                f"{self.equivalent_tokens(grid):.1f} equivalent tokens (same LLM cost in a plain model)")
+
     def forward(self, feats: VisionFeatures, compressor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -144,8 +154,8 @@ class PatchReduction(Reduction):
         return int(getattr(compressor, "layer", -2))
 
     def check_compressor(self, compressor) -> None:
-        if not callable(getattr(compressor, "project", None)):
-            name = getattr(compressor, "registry_name", type(compressor).__name__)
+        if compressor.project is None:
+            name = compressor.registry_name
             raise CompactVLMError(
                 f"reduction {self.registry_name!r} selects patch tokens and needs a compressor with a per-token "
                 f"projection (`project`); compressor {name!r} has none (it already compresses, or mixes tokens)",

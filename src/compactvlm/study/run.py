@@ -296,7 +296,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         s = model.processor.size
         extra = {"masks": [torch.from_numpy(object_masks(str(data_dir), first["image"], size=(s, s))[0])]}
     cost = measure_cost(model, load_image(data_dir / first["image"]), first["text"], plan.ttft_repeats, extra)
-    note = getattr(model.reduction, "note", None) if row.reduce == "fastv" else None
+    note = model.reduction.cost_note() if model.reduction is not None else None
     del model, answer  # the curve points load their own models
     stages = [{"stage": k + 1, "config": cfg, "train_file": sd.train, "val_file": sd.val, "output_dir": str(d),
                "train": _train_stats(d)}
