@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 CHECKPOINT_HELP = ("folder written by `compactvlm train` / save_pretrained / convert, or a shipped checkpoint "
@@ -99,15 +98,12 @@ def compressor_params(args: argparse.Namespace) -> dict:
 
 def model_from_args(args: argparse.Namespace, progress: bool = True):
     """Build (or load) the model the CLI options describe."""
-    from ..errors import CompactVLMError
     from ..model.build import ModelConfig, build_model
 
     resolve_spec(args)
     check_runtime_args(args)
     params = compressor_params(args)
     if args.checkpoint:
-        from pathlib import Path
-
         from ..model.checkpoint import CONFIG_NAME, load_pretrained
         from ..model.shipped import resolve_checkpoint
 

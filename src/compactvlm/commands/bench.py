@@ -152,7 +152,7 @@ def timing_table(results: list[dict], ref: dict) -> str:
 def summary_lines(results: list[dict], ref: dict) -> list[str]:
     lines = []
     for r in results:
-        f, q = r["flops"], r["ratios"]
+        q = r["ratios"]
         if r.get("cost_note"):
             lines.append(f"{r['label']}: {r['cost_note']}")
         t = r.get("timing")

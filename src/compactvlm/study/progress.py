@@ -102,7 +102,7 @@ class StudyProgress:
             total += left
         basis = ", ".join(f"{k} {v:.1f} min" for k, v in sorted(measured.items()))
         how = (f"from finished rows ({basis})" if sources <= {"measured"} else
-               f"from the plan's cost_hint" + (f" and finished rows ({basis})" if basis else ""))
+               "from the plan's cost_hint" + (f" and finished rows ({basis})" if basis else ""))
         return total, how
 
     def _status(self) -> str:

@@ -17,7 +17,7 @@ from ..errors import CompactVLMError
 from ..model.build import bf16_is_fast
 from ..runtime import set_threads
 from .controls import record_baselines
-from .plan import StudyPlan, StudyRow, checkpoint_dir, eval_dir, eval_features, result_path, stage_dirs
+from .plan import StudyPlan, StudyRow, eval_dir, eval_features, result_path, stage_dirs
 
 
 def data_build_lock(d: Path):

@@ -6,7 +6,6 @@ transformers dequantises the Q4_1 GGUF to fp32 (~20-40 s); the first load writes
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
