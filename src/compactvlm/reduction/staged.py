@@ -98,8 +98,7 @@ class StagedPruning(Reduction):
         if not drops:
             raise CompactVLMError(f"{name} needs an LLM of at least 2 layers (it has {num_layers})",
                                   "use a deeper LLM")
-        self.drop_layers = drops  # also its prune_layers
-        self.k = drops[0]  # layers that see every vision token (bench's note reads it as FastV's K)
+        self.drop_layers = drops  # also its prune_layers; the first drops[0] layers see every vision token
         if budget is not None and ratio is not None:
             raise CompactVLMError(f"{name} takes budget= or ratio=, not both", "drop one of them")
         if budget is None and ratio is None:
@@ -120,7 +119,6 @@ class StagedPruning(Reduction):
                 raise
             # the default's first 2 layers see every token: too many for a small budget; prune after layer 1
             self.drop_layers = spread_layers(self.default_layers(num_layers, 1), num_layers)
-            self.k = self.drop_layers[0]
             self.params["layers"] = tuple(self.drop_layers)
             self.num_output_tokens(model.grid)
 
