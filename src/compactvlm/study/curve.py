@@ -98,7 +98,7 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
         entry = {"step": step, "samples": step * batch_size if batch_size else None}
         own = eval_dir(plan, row.name, seed)
         # the end of training is the row's own test evaluation (run_row): its answers, not a rerun
-        folder = own if ck == final else own.with_name(f"{own.name}.step-{step:06d}")
+        folder = own if ck == final else eval_dir(plan, row.name, seed, step=step)
         kw = dict(batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress)
         m = None
         done = folder / "metrics.json"

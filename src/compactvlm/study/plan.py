@@ -317,10 +317,11 @@ def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
     return Path(plan.results_dir) / row / f"seed{seed}.json"
 
 
-def eval_dir(plan: StudyPlan, row: str, seed: int) -> Path:
-    """A (row, seed)'s test evaluation with real images: ``<runs_dir>/eval/<row>/s<seed>``; its blind controls
-    and learning-curve points are siblings named ``s<seed>.<control>`` / ``s<seed>.step-NNNNNN``."""
-    return Path(plan.runs_dir) / "eval" / row / f"s{seed}"
+def eval_dir(plan: StudyPlan, row: str, seed: int, control: str | None = None, step: int | None = None) -> Path:
+    """A (row, seed)'s test evaluation with real images: ``<runs_dir>/eval/<row>/s<seed>``; with ``control``, its
+    blind control ``s<seed>.<control>``; with ``step``, its learning-curve point ``s<seed>.step-NNNNNN``."""
+    name = f"s{seed}" + (f".{control}" if control else "") + (f".step-{step:06d}" if step is not None else "")
+    return Path(plan.runs_dir) / "eval" / row / name
 
 
 def eval_features(plan: StudyPlan):

@@ -275,7 +275,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     answered_now = metrics.get("answered_now")
     controls, control_preds = {}, {}
     for c in plan.controls:
-        folder = out.with_name(f"{out.name}.{c}")
+        folder = eval_dir(plan, name, seed, control=c)
         cm = evaluate("sceneqa", str(data_dir), answer, folder, batch_size=plan.eval_batch_size,
                       limit=plan.eval_limit, progress=progress, run_info={**run_info, "control": c}, control=c)
         answered_now = (answered_now or 0) + (cm.get("answered_now") or 0)

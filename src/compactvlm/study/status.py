@@ -50,6 +50,9 @@ def _running(stage_dir: Path) -> bool:
     return False
 
 
+_RECENT = 20  # steps whose median time is a stage's pace
+
+
 def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None]:
     """(last logged training step, the stage's total steps from its latest start event, median seconds per step
     over the last ``_RECENT`` steps logged since that start) of a stage's metrics."""
@@ -65,9 +68,6 @@ def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None]:
                 times.append(float(e["sec_per_step"]))
     recent = sorted(times[-_RECENT:])
     return step, total, (recent[len(recent) // 2] if recent else None)
-
-
-_RECENT = 20
 
 
 def _duration(seconds: float) -> str:
@@ -91,11 +91,10 @@ def _eval_progress(plan: StudyPlan, name: str, seed: int, trained_stage: Path | 
     if total is not None and plan.eval_limit:
         total = min(total, plan.eval_limit)
     out = eval_dir(plan, name, seed)
-    passes = [("real", out)] + [(c, out.with_name(f"{out.name}.{c}")) for c in plan.controls]
+    passes = [("real", out)] + [(c, eval_dir(plan, name, seed, control=c)) for c in plan.controls]
     if trained_stage is not None and plan.eval_steps:
         last = json.loads((trained_stage / "final" / CONFIG_NAME).read_text(encoding="utf-8")).get("step")
-        passes += [(f"step {s}", out.with_name(f"{out.name}.step-{s:06d}")) for s in sorted(plan.eval_steps)
-                   if s != last]
+        passes += [(f"step {s}", eval_dir(plan, name, seed, step=s)) for s in sorted(plan.eval_steps) if s != last]
     of = f"/{total}" if total is not None else ""
     return ", ".join(f"{label} {_count_lines(folder / PREDICTIONS)}{of}" for label, folder in passes)
 
