@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CompactVLMError
+from ..hf_compat import cache_kwargs
 from .memory import available_bytes, cache_bytes
 from .presets import Backbone, BenchSpec, Preset, build_backbone, build_vlm
 
@@ -156,7 +157,7 @@ def llm_prefill_flops(model, tokens: torch.Tensor, text_tokens: int, llm=None) -
             with torch.inference_mode():
                 if red is not None and red.in_llm:
                     return red.llm_forward(llm, x, None, mask.to(META), logits_to_keep=1, past_key_values=cache)
-                return llm(inputs_embeds=x, cache=cache, use_cache=True, logits_to_keep=1)
+                return llm(inputs_embeds=x, **cache_kwargs(llm, cache), use_cache=True, logits_to_keep=1)
 
         flops, _ = _count(run)
         return flops, cache_bytes(cache)

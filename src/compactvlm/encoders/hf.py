@@ -8,6 +8,7 @@ Extra tokens (VisToG's semantic tokens) are appended after the patch embedding; 
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal, Sequence
 
 import torch
@@ -60,6 +61,12 @@ class HFVisionEncoder(nn.Module):
             has_cls=self.num_prefix > 0,
             num_heads=cfg.num_attention_heads,
         )
+
+    @property
+    def blocks_take_mask(self) -> bool:
+        # DINOv2's layers take an attention mask only in recent transformers (5.25 does, 5.17 does not); CLIP's
+        # and SigLIP's always do (and require it positionally)
+        return "attention_mask" in inspect.signature(self.blocks[0].forward).parameters
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,8 +127,17 @@ class HFVisionEncoder(nn.Module):
         if 0 in wanted:
             hidden[0] = h
         last = max(wanted)
+        takes_mask = self.blocks_take_mask
+        if mask is not None and not takes_mask:
+            import transformers
+
+            raise CompactVLMError(
+                f"the {self.family} layers of transformers {transformers.__version__} take no attention mask, which "
+                "isolated extra tokens (VisToG) need",
+                "upgrade transformers (5.25 is tested: pip install -U 'transformers>=5.25,<6'), or use "
+                "extra_attention='full'")
         for i, block in enumerate(self.blocks[:last], start=1):
-            h = block(h, mask)
+            h = block(h, mask) if takes_mask else block(h)  # (B, P + H*W + X, C)
             if isinstance(h, tuple):  # older transformers return tuples
                 h = h[0]
             if i in wanted:

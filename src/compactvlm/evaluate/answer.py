@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..hf_compat import cache_kwargs
 from ..model.features import ImageFeatureCache, check_cacheable, encode_from_features
 from ..model.prompting import IMAGE_TOKEN_ID
 
@@ -142,7 +143,7 @@ class Answerer:
         for _, gs in by_len.items():
             ids = torch.tensor([list(prefixes[g][1]) for g in gs], dtype=torch.long, device=dev)  # (U', P)
             cache = self._new_cache()
-            m.llm(inputs_embeds=m.merge(ids, tokens[gs]), attention_mask=torch.ones_like(ids), cache=cache,
+            m.llm(inputs_embeds=m.merge(ids, tokens[gs]), attention_mask=torch.ones_like(ids), **cache_kwargs(m.llm, cache),
                   use_cache=True, logits_to_keep=1)
             for row, g in enumerate(gs):
                 caches[g] = (cache, row)
@@ -184,7 +185,7 @@ class Answerer:
             mask[i, p: p + s - len(x)] = 0
         # positions count real tokens only, as generate's do for a left-padded prompt: P, P+1, ... after the pads
         pos = (p + mask[:, p:].cumsum(dim=1) - 1).clamp(min=p)  # (B, S)
-        out = llm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+        out = llm(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(llm, cache), use_cache=True,
                   logits_to_keep=1)
         last = pos[:, -1:]  # (B, 1)
         if self.first_logits is not None:
@@ -207,7 +208,8 @@ class Answerer:
                 break
             mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
             last = last + 1
-            out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, cache=cache, use_cache=True,
+            out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, **cache_kwargs(llm, cache),
+                      use_cache=True,
                       logits_to_keep=1)
             nxt = out.logits[:, -1].argmax(dim=-1)
         texts = tok.batch_decode(generated, skip_special_tokens=True)

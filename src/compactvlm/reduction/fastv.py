@@ -25,8 +25,6 @@ same LLM cost (N = all vision tokens, L = LLM layers).
 
 from __future__ import annotations
 
-import functools
-
 from typing import Any
 
 import torch
@@ -36,6 +34,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
+from ..hf_compat import cache_kwargs
 from ..registry import REDUCTIONS
 from .base import Reduction, check_budget, check_greedy, eos_tensor, greedy_loop
 
@@ -57,18 +56,6 @@ def additive_mask(valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> 
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-
-def _cache_kw(layer) -> str:
-    """The KV-cache keyword of an HF decoder layer: ``cache`` (transformers >= 5.2x) or the older
-    ``past_key_values`` (deprecated there, removed in 5.40)."""
-    return _cache_kw_of(type(layer))
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_kw_of(cls) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 @REDUCTIONS.register("fastv")
 class FastV(Reduction):
@@ -178,7 +165,7 @@ class FastV(Reduction):
                 cos_sin = rotary(h, pos)
                 mask = additive_mask(valid, h.shape[1], h.dtype)  # (B, 1, T', T')
             h = layer(h, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                      position_embeddings=cos_sin, **{_cache_kw(layer): cache})
+                      position_embeddings=cos_sin, **cache_kwargs(layer, cache))
         self.last_kept_positions = keep
         return norm(h), keep
 
@@ -212,7 +199,7 @@ class FastV(Reduction):
         h = embeds
         for i, layer in enumerate(layers):
             h = layer(h, attention_mask=m_all if i < self.k else m_kept, position_ids=pos, use_cache=True,
-                      position_embeddings=cos_sin, **{_cache_kw(layer): cache})
+                      position_embeddings=cos_sin, **cache_kwargs(layer, cache))
         return lm_head(norm(h))
 
     @torch.inference_mode()

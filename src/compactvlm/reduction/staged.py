@@ -33,7 +33,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
 from .base import Reduction, check_budget, check_greedy, eos_tensor, greedy_loop
-from .fastv import _cache_kw, _decoder_parts, additive_mask
+from ..hf_compat import cache_kwargs
+from .fastv import _decoder_parts, additive_mask
 
 
 def spread_layers(wanted: list[float], num_layers: int) -> list[int]:
@@ -238,7 +239,7 @@ class StagedPruning(Reduction):
                 scores = self.scores(layer, h, cos_sin, mask, image_mask, valid, qi)  # (B, T_cur)
             layer_stage.append(stage)
             h = layer(h, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                      position_embeddings=cos_sin, **{_cache_kw(layer): cache})
+                      position_embeddings=cos_sin, **cache_kwargs(layer, cache))
         self.last_kept_positions = orig
         self.last_stage_counts = counts
         self.last_stage_positions = stage_pos
@@ -285,7 +286,7 @@ class StagedPruning(Reduction):
             masks = [additive_mask(v, 1, x.dtype) for v in st["valid"]]  # (B, 1, 1, T_s + t)
             for i, layer in enumerate(layers):
                 x = layer(x, attention_mask=masks[layer_stage[i]], position_ids=st["pos"], use_cache=True,
-                          position_embeddings=cos_sin, **{_cache_kw(layer): cache})
+                          position_embeddings=cos_sin, **cache_kwargs(layer, cache))
             st["pos"] = st["pos"] + 1
             return lm_head(norm(x))
 

@@ -96,6 +96,13 @@ class ToMe(PatchReduction):
     @contextlib.contextmanager
     def encoder_context(self, encoder):
         """Hooks on the encoder's blocks: proportional attention before each block, a merge after it."""
+        if not encoder.blocks_take_mask:
+            import transformers
+
+            raise CompactVLMError(
+                f"tome's proportional attention needs the encoder's layers to take an attention mask; the "
+                f"{encoder.family} layers of transformers {transformers.__version__} take none",
+                "upgrade transformers (5.25 is tested: pip install -U 'transformers>=5.25,<6')")
         blocks = self.num_blocks(encoder)
         prefix = encoder.num_prefix
         state: dict = {}

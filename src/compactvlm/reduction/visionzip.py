@@ -44,9 +44,13 @@ def block_attention(encoder, block_index: int, x: torch.Tensor, num_prefix: int)
     norm = getattr(block, "norm1", None) or getattr(block, "layer_norm1", None)
     attn = getattr(block, "attention", None) or getattr(block, "self_attn", None)
     if norm is None or attn is None or not hasattr(attn, "q_proj") or not hasattr(attn, "k_proj"):
+        import transformers
+
         raise CompactVLMError(
-            f"visionzip cannot read the attention of a {encoder.family!r} encoder block",
-            "use a DINOv2, CLIP or SigLIP encoder (HF transformers >= 5 module layout)",
+            f"visionzip cannot read the attention of a {encoder.family!r} encoder block: it has no q_proj / k_proj "
+            f"in transformers {transformers.__version__}",
+            "use a CLIP or SigLIP encoder, or for DINOv2 a recent transformers (5.25 is tested: "
+            "pip install -U 'transformers>=5.25,<6')",
         )
     b, s, _ = x.shape
     heads = encoder.info.num_heads
