@@ -82,3 +82,16 @@ def test_layers_without_a_mask_run_plain_and_refuse_isolated_extra_tokens(monkey
                 pass
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_extra, full_extra)
+
+
+def test_cache_kwargs_sees_through_a_real_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+    from transformers import DynamicCache
+
+    llm = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    cache = DynamicCache(config=llm.get_base_model().config)
+    kw = cache_kwargs(llm, cache)
+    assert list(kw) == [cache_keyword(type(llm.get_base_model()))]
+    with torch.inference_mode():
+        llm(input_ids=torch.tensor([[1, 2, 3, 4]]), use_cache=True, **kw)
+    assert cache.get_seq_length() == 4
