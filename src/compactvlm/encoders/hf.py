@@ -8,13 +8,13 @@ Extra tokens (VisToG's semantic tokens) are appended after the patch embedding; 
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import CompactVLMError
+from ..hf_compat import UPGRADE, takes_attention_mask, version
 from .base import EncoderInfo, VisionFeatures
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
@@ -64,9 +64,8 @@ class HFVisionEncoder(nn.Module):
 
     @property
     def blocks_take_mask(self) -> bool:
-        # DINOv2's layers take an attention mask only in recent transformers (5.25 does, 5.17 does not); CLIP's
-        # and SigLIP's always do (and require it positionally)
-        return "attention_mask" in inspect.signature(self.blocks[0].forward).parameters
+        """Whether the blocks take an attention mask (DINOv2's do only in recent transformers; hf_compat)."""
+        return takes_attention_mask(self.blocks[0])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -129,13 +128,8 @@ class HFVisionEncoder(nn.Module):
         last = max(wanted)
         takes_mask = self.blocks_take_mask
         if mask is not None and not takes_mask:
-            import transformers
-
-            raise CompactVLMError(
-                f"the {self.family} layers of transformers {transformers.__version__} take no attention mask, which "
-                "isolated extra tokens (VisToG) need",
-                "upgrade transformers (5.25 is tested: pip install -U 'transformers>=5.25,<6'), or use "
-                "extra_attention='full'")
+            raise CompactVLMError(f"the {self.family} layers of transformers {version()} take no attention mask, which "
+                                  "isolated extra tokens (VisToG) need", UPGRADE + ", or use extra_attention='full'")
         for i, block in enumerate(self.blocks[:last], start=1):
             h = block(h, mask) if takes_mask else block(h)  # (B, P + H*W + X, C)
             if isinstance(h, tuple):  # older transformers return tuples

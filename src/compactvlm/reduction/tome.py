@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
+from ..hf_compat import UPGRADE, version
 from ..registry import REDUCTIONS
 from .base import PatchReduction
 
@@ -97,12 +98,8 @@ class ToMe(PatchReduction):
     def encoder_context(self, encoder):
         """Hooks on the encoder's blocks: proportional attention before each block, a merge after it."""
         if not encoder.blocks_take_mask:
-            import transformers
-
-            raise CompactVLMError(
-                f"tome's proportional attention needs the encoder's layers to take an attention mask; the "
-                f"{encoder.family} layers of transformers {transformers.__version__} take none",
-                "upgrade transformers (5.25 is tested: pip install -U 'transformers>=5.25,<6')")
+            raise CompactVLMError(f"tome's proportional attention needs the encoder's layers to take an attention mask; "
+                                  f"the {encoder.family} layers of transformers {version()} take none", UPGRADE)
         blocks = self.num_blocks(encoder)
         prefix = encoder.num_prefix
         state: dict = {}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..encoders.base import VisionFeatures
 from ..errors import CompactVLMError
+from ..hf_compat import UPGRADE, version
 from ..registry import REDUCTIONS
 from .base import PatchReduction, check_budget
 
@@ -44,14 +45,9 @@ def block_attention(encoder, block_index: int, x: torch.Tensor, num_prefix: int)
     norm = getattr(block, "norm1", None) or getattr(block, "layer_norm1", None)
     attn = getattr(block, "attention", None) or getattr(block, "self_attn", None)
     if norm is None or attn is None or not hasattr(attn, "q_proj") or not hasattr(attn, "k_proj"):
-        import transformers
-
         raise CompactVLMError(
             f"visionzip cannot read the attention of a {encoder.family!r} encoder block: it has no q_proj / k_proj "
-            f"in transformers {transformers.__version__}",
-            "use a CLIP or SigLIP encoder, or for DINOv2 a recent transformers (5.25 is tested: "
-            "pip install -U 'transformers>=5.25,<6')",
-        )
+            f"in transformers {version()}", "use a CLIP or SigLIP encoder, or for DINOv2: " + UPGRADE)
     b, s, _ = x.shape
     heads = encoder.info.num_heads
     y = norm(x)  # (B, S, C)
