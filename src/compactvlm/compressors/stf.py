@@ -114,7 +114,10 @@ class SpatialTokenFusion(WindowCompressor):
     the default blocks; mbtf_layers / mbtf_blocks: MBTF blocks as a list (or "3,6,9") / an evenly sampled
     count (either enables MBTF); fuse_dim: C2; hidden: conv2 width; mbtf_hidden: MBTF conv1 width;
     learned_fuse: False = no conv1 (plain concatenation); act_last: GELU after the last layers (Table 1).
+    ``mbtf`` defaults to the class's ``mbtf_default``: off for ``stf``, on for ``stf_mbtf``.
     """
+
+    mbtf_default = False
 
     def __init__(
         self,
@@ -123,7 +126,7 @@ class SpatialTokenFusion(WindowCompressor):
         k: int = 2,
         E: int = 1,
         layer: int = -2,
-        mbtf: bool = False,
+        mbtf: bool | None = None,
         mbtf_layers: Sequence[int] | str | None = None,
         mbtf_blocks: int | None = None,
         fuse_dim: int | None = None,
@@ -159,7 +162,7 @@ class SpatialTokenFusion(WindowCompressor):
             if not layers or len(set(layers)) != len(layers):
                 raise CompactVLMError(f"mbtf_layers={mbtf_layers!r} is empty or repeats a block",
                                       "list distinct block indices, e.g. 3,6,9,12")
-        elif mbtf:
+        elif self.mbtf_default if mbtf is None else mbtf:
             layers = default_mbtf_layers(enc.num_layers)
         else:
             layers = []
@@ -214,25 +217,7 @@ class SpatialTokenFusion(WindowCompressor):
 class SpatialTokenFusionMBTF(SpatialTokenFusion):
     """The paper's full method: MBTF (every third block by default) then STF. Same options as ``stf``."""
 
-    def __init__(
-        self,
-        enc: EncoderInfo,
-        llm_dim: int,
-        k: int = 2,
-        E: int = 1,
-        layer: int = -2,
-        mbtf: bool = True,
-        mbtf_layers: Sequence[int] | str | None = None,
-        mbtf_blocks: int | None = None,
-        fuse_dim: int | None = None,
-        hidden: int | None = None,
-        mbtf_hidden: int | None = None,
-        learned_fuse: bool = True,
-        act_last: bool = True,
-    ):
-        super().__init__(enc, llm_dim, k=k, E=E, layer=layer, mbtf=mbtf, mbtf_layers=mbtf_layers,
-                         mbtf_blocks=mbtf_blocks, fuse_dim=fuse_dim, hidden=hidden, mbtf_hidden=mbtf_hidden,
-                         learned_fuse=learned_fuse, act_last=act_last)
+    mbtf_default = True
 
 
 # ---- named variants (``--compressor stf_k2e1``; the configurations of the STF paper's tables) -----------------
