@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from compactvlm.evaluate.harness import answering_seconds
 from compactvlm.train import train
 from compactvlm.train.config import to_plain
 from compactvlm.train.fixtures import tiny_train_config
@@ -162,7 +163,7 @@ def answer(items):
 evaluate("gqa", data, answer, out, batch_size=1, progress=False, run_info={"name": "tiny"})
 """
 
-TIMING = ("answer_seconds", "answered_now")
+TIMING = ("answer_seconds", "answer_seconds_earlier", "answered_now")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,10 @@ def _killed_eval(tmp: Path, gqa: Path, out: Path, kill_after: int) -> None:
 
 
 def _preds(out: Path) -> list[dict]:
-    return [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    """The answers written, without their timing (``seconds``: how long each took, which differs run to run)."""
+    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r.pop("seconds") >= 0 for r in rows)
+    return rows
 
 
 def _run(gqa: Path, out: Path, seed: int = 0) -> dict:
@@ -211,6 +215,11 @@ def test_eval_killed_mid_run_resumes_to_identical_metrics(gqa, tmp_path):
         assert _preds(out) == ref_preds[:done]  # what was written before the kill is kept as it was
     metrics = _run(gqa, out)
     assert metrics["answered_now"] == 1  # only the question still missing was answered
+    # the killed processes' answering time is kept: the lines they wrote carry it
+    assert metrics["answer_seconds_earlier"] == pytest.approx(answering_seconds(out / "predictions.jsonl")
+                                                              - json.loads((out / "predictions.jsonl").read_text()
+                                                                           .splitlines()[-1])["seconds"], abs=2e-3)
+    assert metrics["answer_seconds_earlier"] > 0
     assert {k: v for k, v in metrics.items() if k not in TIMING} == {k: v for k, v in ref.items() if k not in TIMING}
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == ref["accuracy"]
     assert _preds(out) == ref_preds  # same answers, same order, nothing twice

@@ -81,6 +81,19 @@ def test_study_run_and_report(plan_file, capsys):
     assert after["metrics"] == before["metrics"]
     assert after["hardware"]["torch_threads"] == 2  # --threads overrides the plan's
 
+    # a row whose answers were written by earlier processes (a session ended before its result file): the wall
+    # time counts their answering time (each answer line's `seconds`), not only this process's
+    ev = root / "runs" / "eval" / "rand-4"
+    for folder in (ev / "s0", ev / "s0.shuffled"):
+        lines = [json.loads(l) for l in (folder / "predictions.jsonl").read_text().splitlines()]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps({**l, "seconds": 100.0}) + "\n" for l in lines))
+        (folder / "metrics.json").unlink()
+    n = len(lines)
+    (root / "results" / "rand-4" / "seed0.json").unlink()
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "rand-4", "--quiet"]) == 0
+    wall = json.loads((root / "results" / "rand-4" / "seed0.json").read_text())["wall_seconds"]
+    assert 100.0 * n <= wall["eval"] < 100.0 * n + 60 and 100.0 * n <= wall["controls"] < 100.0 * n + 60
+
     assert main(["study", "report", "--plan", str(plan_file)]) == 0
     md = (root / "docs" / "results.md").read_text()
     assert "`full`" in md and "`stf`" in md and "`rand-4`" in md and "study run --plan" in md

@@ -53,6 +53,19 @@ def load_predictions(path: Path) -> dict[str, str]:
     return done
 
 
+def answering_seconds(path: Path) -> float:
+    """Seconds the model spent on the answers in ``path`` (each line's ``seconds``: its batch's time / batch
+    size); lines written before that field existed count 0. What a resumed run adds to its own time."""
+    total = 0.0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                total += float(json.loads(line).get("seconds") or 0.0)
+            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue
+    return total
+
+
 def _missing_final_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
@@ -205,8 +218,10 @@ def _evaluate_locked(reader, items, asked, answer_fn, out, identity, batch_size,
     replaced under a blind control)."""
     pred_path, run_path = out / PREDICTIONS, out / RUN
     done: dict[str, str] = {}
+    earlier = 0.0  # answering time of the lines already written (by earlier, interrupted processes)
     if resume and pred_path.exists():
         done = load_predictions(pred_path)
+        earlier = answering_seconds(pred_path)
     else:
         pred_path.write_text("", encoding="utf-8")
         (out / METRICS).unlink(missing_ok=True)  # another run's metrics must not sit beside these answers
@@ -219,13 +234,15 @@ def _evaluate_locked(reader, items, asked, answer_fn, out, identity, batch_size,
     t0 = time.perf_counter()
     with open(pred_path, "a", encoding="utf-8") as f:
         for batch in iter_batches(todo, batch_size):
+            tb = time.perf_counter()
             answers = list(answer_fn(list(batch)))
+            each = round((time.perf_counter() - tb) / max(len(batch), 1), 4)
             if len(answers) != len(batch):
                 raise CompactVLMError(f"answer_fn returned {len(answers)} answers for {len(batch)} questions",
                                       "return exactly one string per EvalItem, in order")
             for it, a in zip(batch, answers):
                 f.write(json.dumps({"question_id": it.question_id, "prompt": it.prompt, "text": str(a),
-                                    "category": it.category}, ensure_ascii=False) + "\n")
+                                    "category": it.category, "seconds": each}, ensure_ascii=False) + "\n")
                 done[it.key] = str(a)
             f.flush()
             os.fsync(f.fileno())
@@ -238,7 +255,8 @@ def _evaluate_locked(reader, items, asked, answer_fn, out, identity, batch_size,
     exports = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in reader.export(items, preds, out)]
     metrics.update(benchmark=reader.name, n_items=len(items), limit=limit, run=run_info or {},
                    predictions=PREDICTIONS, exports=exports,
-                   answer_seconds=round(seconds, 3), answered_now=len(todo), control=identity.get("control"))
+                   answer_seconds=round(seconds, 3), answer_seconds_earlier=round(earlier, 3), answered_now=len(todo),
+                   control=identity.get("control"))
     if hasattr(reader, "split"):
         metrics.setdefault("split", reader.split)
     write_json(out / METRICS, metrics)

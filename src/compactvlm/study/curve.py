@@ -120,5 +120,8 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        out.append({**entry, "checkpoint": str(ck), "family_mean": m["family_mean"], "components": m["components"]})
+        out.append({**entry, "checkpoint": str(ck), "family_mean": m["family_mean"], "components": m["components"],
+                    # answering time of earlier processes on this folder, which run_row adds to the curve's wall
+                    # time (the final point's folder is the row's own evaluation, already counted there)
+                    "answer_seconds_earlier": 0.0 if folder == own else m.get("answer_seconds_earlier", 0.0)})
     return out

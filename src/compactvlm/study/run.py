@@ -269,16 +269,19 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     answer = make_answer_fn(model, str(data_dir), features=eval_features(plan))
     metrics = evaluate("sceneqa", str(data_dir), answer, out,
                        batch_size=plan.eval_batch_size, limit=plan.eval_limit, progress=progress, run_info=run_info)
-    t_eval = time.perf_counter() - t1
+    # + the answering time of earlier, interrupted processes on this folder (a row's evaluation spans sessions)
+    t_eval = time.perf_counter() - t1 + metrics.get("answer_seconds_earlier", 0.0)
     # blind controls: the same questions, each image replaced (shuffled across questions / blank)
     t2 = time.perf_counter()
     answered_now = metrics.get("answered_now")
     controls, control_preds = {}, {}
+    earlier_controls = 0.0
     for c in plan.controls:
         folder = eval_dir(plan, name, seed, control=c)
         cm = evaluate("sceneqa", str(data_dir), answer, folder, batch_size=plan.eval_batch_size,
                       limit=plan.eval_limit, progress=progress, run_info={**run_info, "control": c}, control=c)
         answered_now = (answered_now or 0) + (cm.get("answered_now") or 0)
+        earlier_controls += cm.get("answer_seconds_earlier", 0.0)
         controls[c] = {k: cm[k] for k in ("components", "family_mean", "n")}
         control_preds[c] = load_predictions(folder / PREDICTIONS)
     predictions = load_predictions(out / PREDICTIONS)
@@ -287,7 +290,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         answers = read_jsonl(data_dir / "test_answers.jsonl")
         answers = answers[: plan.eval_limit] if plan.eval_limit else answers
         gap = blind_gap(answers, predictions, control_preds, n=plan.bootstrap if plan.bootstrap > 0 else 1000)
-    t_controls = time.perf_counter() - t2
+    t_controls = time.perf_counter() - t2 + earlier_controls
     first = json.loads((data_dir / "test_questions.jsonl").read_text().splitlines()[0])
     extra = None
     if model.compressor.wants_given_masks:  # the `given` mask source: SceneQA's own masks
@@ -307,7 +310,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         from .curve import evaluate_curve
 
         curve = evaluate_curve(plan, row, seed, data_dir, stages[-1]["train"].get("batch_size"), progress)
-    t_curve = time.perf_counter() - t3
+    t_curve = time.perf_counter() - t3 + sum(p.pop("answer_seconds_earlier", 0.0) for p in curve or [])
     result = {
         "plan": plan.name, "row": asdict(row), "seed": seed, "vision_tokens": tokens,
         "equivalent_tokens_note": note,
