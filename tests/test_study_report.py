@@ -274,3 +274,15 @@ def test_environment_names_each_machine_and_its_bf16():
     assert "2 CPU cores (x86_64 AVX512, native bf16), 1 torch thread, no GPU (1 of 4 result files)" in text
     assert "2 CPU cores (x86_64), 1 torch thread, no GPU (1 of 4 result files)" in text  # recorded before the field
     assert "1 result files without a record" in text
+
+
+def test_stage_steps_are_never_below_the_validation_curve():
+    """A result written before the end-step fix recorded 150 (logged train events) for 1496 steps: the training
+    table shows the validation curve's last step instead."""
+    from compactvlm.study.stats import _stage_curves
+
+    stale = {"steps": 150, "batch_size": 32, "val_loss_curve": [[0, 0.02], [750, 0.006], [1496, 0.005]]}
+    good = {"steps": 300, "batch_size": 8, "val_loss_curve": [[100, 0.7], [300, 0.6]]}
+    runs = [{"seed": 0, "train": good, "stages": [{"stage": 1, "train": stale}, {"stage": 2, "train": good}]}]
+    assert [s["steps"] for s in _stage_curves(runs)] == [1496, 300]
+    assert _stage_curves([{"seed": 0, "train": {}, "stages": [{"stage": 1, "train": {}}]}])[0]["steps"] is None

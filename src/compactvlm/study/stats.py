@@ -163,7 +163,11 @@ def _stage_curves(runs: list[dict], stage1_of: str | None = None,
     for k, first in enumerate(per_run[0][1]):
         tr0 = first.get("train") or {}
         plan_batch = batches[k] if batches and k < len(batches) else None
-        entry = {"stage": first.get("stage", k + 1), "config": first.get("config"), "steps": tr0.get("steps"),
+        # results written before run._train_stats read the end event counted logged train events (every 10th
+        # step): the validation curve's last step bounds the steps from below
+        steps = max(([tr0["steps"]] if tr0.get("steps") else []) + [c[0] for c in tr0.get("val_loss_curve") or []],
+                    default=None)
+        entry = {"stage": first.get("stage", k + 1), "config": first.get("config"), "steps": steps,
                  "batch_size": tr0.get("batch_size") or plan_batch, "curve": tr0.get("val_loss_curve") or [],
                  "gap_curve": tr0.get("val_gap_shuffled_curve") or [], "final_by_seed": {}, "slopes": {},
                  "precision_by_seed": {},
