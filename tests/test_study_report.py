@@ -286,3 +286,39 @@ def test_stage_steps_are_never_below_the_validation_curve():
     runs = [{"seed": 0, "train": good, "stages": [{"stage": 1, "train": stale}, {"stage": 2, "train": good}]}]
     assert [s["steps"] for s in _stage_curves(runs)] == [1496, 300]
     assert _stage_curves([{"seed": 0, "train": {}, "stages": [{"stage": 1, "train": {}}]}])[0]["steps"] is None
+
+
+def test_prt_averages_over_the_families_the_reference_sees(tmp_path):
+    """PRT leaves out the families on which the reference does not beat its blind control: there a ratio compares
+    blind answers, and a reference near 0 (OCR 0.8 in study v2) turned DivPrune's 3.2 into 400 %."""
+    from compactvlm.study import load_plan
+    from compactvlm.study.report import _prt_scope
+    from compactvlm.study.stats import collect, prt_families, summarize
+
+    path = _study(tmp_path, {"attribute": 80.0, "ocr": 0.8}, {"ref": True, "small": True}, None)
+    for name, comps in (("ref", {"attribute": 80.0, "ocr": 0.8}), ("small", {"attribute": 72.0, "ocr": 3.2})):
+        for seed in (0, 1, 2):
+            f = tmp_path / "results" / name / f"seed{seed}.json"
+            r = _result(name, seed, comps, True)
+            r["blind_gap"]["sees"].update(attribute=True, ocr=False)
+            f.write_text(json.dumps(r))
+    plan = load_plan(path)
+    results = collect(plan)
+    assert prt_families(results["ref"]) == ["sceneqa/attribute"]
+    assert summarize(plan, results)["small"]["prt"][0] == pytest.approx(90.0)  # 72 / 80, not (90 + 400) / 2
+    assert "(attribute)" in _prt_scope(plan, results)
+    # one seed that does not see on a family takes it out; a reference that sees on none gets no PRT
+    r = json.loads((tmp_path / "results" / "ref" / "seed1.json").read_text())
+    r["blind_gap"]["sees"]["attribute"] = False
+    (tmp_path / "results" / "ref" / "seed1.json").write_text(json.dumps(r))
+    results = collect(plan)
+    assert prt_families(results["ref"]) == []
+    assert summarize(plan, results)["small"]["prt"] == (None, None)
+    assert "not reported" in _prt_scope(plan, results)
+    from compactvlm.study.verdicts import UNTESTED, judge_claims
+
+    rows = summarize(plan, results)
+    [claim] = judge_claims(plan, rows, {}, None)
+    assert claim["verdict"] == UNTESTED and "no PRT" in claim["reason"]
+    # results whose control has no per-family verdicts (older files): every family, as before
+    assert prt_families([_result("ref", 0, {"attribute": 80.0}, True)]) is None

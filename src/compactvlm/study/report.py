@@ -49,6 +49,22 @@ def _fmt_slope(v: float | None) -> str:
     return "–" if v is None else f"{v:+.3f}"
 
 
+def _prt_scope(plan: StudyPlan, results: dict) -> str:
+    """Which families the PRT column averages over (``stats.prt_families``), in words."""
+    from .stats import prt_families
+
+    fams = prt_families(results.get(plan.reference, []))
+    if fams is None:
+        return ""
+    if not fams:
+        return (f"; not reported: `{plan.reference}` beats its shuffled-image control on no family, so every ratio "
+                f"would compare answers that do not depend on the image")
+    names = ", ".join(f.split("/", 1)[-1].replace("_", " ") for f in fams)
+    return (f", over the families on which `{plan.reference}` beats its shuffled-image control at every seed "
+            f"({names}): on the others a ratio compares answers that do not depend on the image, and a reference "
+            f"score near 0 makes it explode")
+
+
 def check_report_target(plan: StudyPlan, out: Path, force: bool = False) -> None:
     """Refuse to overwrite a Markdown file this plan's report did not write (another plan's report, a hand-written
     file) unless ``force``: the report's first line names its plan."""
@@ -93,7 +109,7 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
              f"{n_img}test images ({plan.bootstrap} draws; `compactvlm.evaluate.bootstrap`): it measures how much the "
              f"gap depends on which questions were asked, not on the training seed. Final val loss: SceneQA validation "
              f"loss at the last step, mean ± CI over seeds (trained rows). PRT: performance retained versus `{plan.reference}` "
-             f"(VisToG Eq. 6–7, mean over families of score / reference score). FastV rows (`256→B`) keep all "
+             f"(VisToG Eq. 6–7, mean over families of score / reference score){_prt_scope(plan, results)}. FastV rows (`256→B`) keep all "
              f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that. TTFT here is measured once per run (batch 1, "
              f"median of {plan.ttft_repeats}) under whatever else the machine was running then; for controlled ratios "
              f"between methods use one `compactvlm bench` run (results/bench/). Train s/step is the median step time "

@@ -71,6 +71,18 @@ def collect(plan: StudyPlan) -> dict[str, list[dict]]:
 
 
 
+def prt_families(ref_runs: list[dict]) -> list[str] | None:
+    """The SceneQA components PRT averages over: the families on which the reference beats its shuffled-image
+    control at every seed that has one (``blind_gap.sees``). On the others a ratio compares answers that do not
+    depend on the image, and a reference near 0 (OCR) makes the ratio explode. ``None`` (every family) when no
+    reference result carries a blind control by family; ``[]`` when it sees on none (PRT is then not reported)."""
+    sees = [r["blind_gap"]["sees"] for r in ref_runs if (r.get("blind_gap") or {}).get("sees")]
+    if not sees or not any(f != "family_mean" for f in sees[0]):  # no control, or no per-family verdicts
+        return None
+    fams = [f for f in sees[0] if f != "family_mean" and all(s.get(f) for s in sees)]
+    return [f"sceneqa/{f}" for f in fams]
+
+
 def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (per seed against the reference's mean)."""
     from ..evaluate.prt import prt
@@ -82,12 +94,13 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
     boots = _bootstraps(plan, results)
     batches = _plan_batches(plan)
+    prt_datasets = prt_families(ref_runs)
     rows = {}
     for name, runs in results.items():
         comps = [r["metrics"]["components"] for r in runs]
         final_loss = [r["train"]["val_loss_curve"][-1][1] for r in runs if r["train"].get("val_loss_curve")]
         fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
-        prts = [prt(c, ref)["prt"] for c in comps] if ref else []
+        prts = [prt(c, ref, prt_datasets)["prt"] for c in comps] if ref and prt_datasets != [] else []
         spec = runs[0]["row"]
         # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
         # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)

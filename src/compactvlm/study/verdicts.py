@@ -133,6 +133,8 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
                            f"no blind control for `{c.a}` in the results")
         elif c.kind != "retains" and not e["delta"]:
             e["reason"] = "no paired test-image CI (the plan's bootstrap is 0)"
+        elif c.kind == "retains" and e["prt"][0] is None:
+            e["reason"] = "no PRT: the reference beats its blind control on no single family"
         if e["reason"]:
             e["verdict"] = UNTESTED
             out.append(e)
