@@ -38,6 +38,17 @@ def prt(scores: Mapping[str, float], reference: Mapping[str, float], datasets: I
             "left_out": [d for d in names if d not in used]}
 
 
+def seen_datasets(sees: Iterable[Mapping[str, bool]], prefix: str = "sceneqa/") -> list[str] | None:
+    """The datasets PRT should average over: the SceneQA families on which the reference beats its blind control
+    in every one of ``sees`` (``blind_gap``'s per-family verdicts, one per reference run). On the others a ratio
+    compares answers that do not depend on the image, and a reference near 0 makes it explode. ``None`` (use every
+    dataset) when no run has per-family verdicts; ``[]`` when the reference sees on none (no PRT)."""
+    sees = [s for s in sees if s and any(f != "family_mean" for f in s)]
+    if not sees:
+        return None
+    return [f"{prefix}{f}" for f in sees[0] if f != "family_mean" and all(s.get(f) for s in sees)]
+
+
 def run_name(result: Mapping, path: str | os.PathLike | None = None) -> str:
     run = result.get("run") or {}
     if run.get("name"):

@@ -72,15 +72,12 @@ def collect(plan: StudyPlan) -> dict[str, list[dict]]:
 
 
 def prt_families(ref_runs: list[dict]) -> list[str] | None:
-    """The SceneQA components PRT averages over: the families on which the reference beats its shuffled-image
-    control at every seed that has one (``blind_gap.sees``). On the others a ratio compares answers that do not
-    depend on the image, and a reference near 0 (OCR) makes the ratio explode. ``None`` (every family) when no
-    reference result carries a blind control by family; ``[]`` when it sees on none (PRT is then not reported)."""
-    sees = [r["blind_gap"]["sees"] for r in ref_runs if (r.get("blind_gap") or {}).get("sees")]
-    if not sees or not any(f != "family_mean" for f in sees[0]):  # no control, or no per-family verdicts
-        return None
-    fams = [f for f in sees[0] if f != "family_mean" and all(s.get(f) for s in sees)]
-    return [f"sceneqa/{f}" for f in fams]
+    """The SceneQA components PRT averages over (``evaluate.prt.seen_datasets``): the families on which the
+    reference beats its shuffled-image control at every seed that has one. ``None``: every family (no result
+    carries per-family blind verdicts); ``[]``: it sees on none, and PRT is not reported."""
+    from ..evaluate.prt import seen_datasets
+
+    return seen_datasets((r.get("blind_gap") or {}).get("sees") for r in ref_runs)
 
 
 def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
