@@ -36,17 +36,16 @@ def takes_attention_mask(layer) -> bool:
     return _forward_takes(type(layer), "attention_mask")
 
 
-@functools.lru_cache(maxsize=None)
 def cache_keyword(cls: type) -> str:
     """The KV-cache keyword of a transformers module class's ``forward``: ``cache`` or ``past_key_values``."""
-    params = inspect.signature(cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if _forward_takes(cls, "cache") else "past_key_values"
 
 
 def cache_kwargs(module, cache: Any) -> dict[str, Any]:
     """``{keyword: cache}`` for calling ``module`` (a causal LM, its decoder stack or one decoder layer; a PEFT
-    wrapper, whose ``forward`` takes ``**kwargs`` only, is asked for the model it wraps)."""
-    params = inspect.signature(type(module).forward).parameters
-    if "cache" not in params and "past_key_values" not in params and hasattr(module, "get_base_model"):
-        module = module.get_base_model()
-    return {cache_keyword(type(module)): cache}
+    wrapper, whose ``forward`` takes ``**kwargs`` only, is asked for the model it wraps). Called at every decoding
+    step: the signature lookups are cached per class."""
+    cls = type(module)
+    if not (_forward_takes(cls, "cache") or _forward_takes(cls, "past_key_values")) and hasattr(module, "get_base_model"):
+        cls = type(module.get_base_model())
+    return {cache_keyword(cls): cache}

@@ -143,8 +143,8 @@ class Answerer:
         for _, gs in by_len.items():
             ids = torch.tensor([list(prefixes[g][1]) for g in gs], dtype=torch.long, device=dev)  # (U', P)
             cache = self._new_cache()
-            m.llm(inputs_embeds=m.merge(ids, tokens[gs]), attention_mask=torch.ones_like(ids), **cache_kwargs(m.llm, cache),
-                  use_cache=True, logits_to_keep=1)
+            m.llm(inputs_embeds=m.merge(ids, tokens[gs]), attention_mask=torch.ones_like(ids),
+                  **cache_kwargs(m.llm, cache), use_cache=True, logits_to_keep=1)
             for row, g in enumerate(gs):
                 caches[g] = (cache, row)
         # questions grouped by prefix length (one group in practice: every prompt has the same header), sorted by
@@ -209,8 +209,7 @@ class Answerer:
             mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
             last = last + 1
             out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, **cache_kwargs(llm, cache),
-                      use_cache=True,
-                      logits_to_keep=1)
+                      use_cache=True, logits_to_keep=1)
             nxt = out.logits[:, -1].argmax(dim=-1)
         texts = tok.batch_decode(generated, skip_special_tokens=True)
         return [t.strip().split("\n")[0].strip() if c else t.strip() for t, c in zip(texts, closed)]

@@ -35,8 +35,21 @@ _HELD: dict[str, Any] = {}  # locks this process holds, by path (held again by a
 
 def load_predictions(path: Path) -> dict[str, str]:
     """Answers already written; a torn last line (killed mid-write) is dropped and the file repaired."""
+    return read_predictions(path)[0]
+
+
+def answering_seconds(path: Path) -> float:
+    """Seconds the model spent on the answers in ``path`` (each line's ``seconds``: its batch's time / batch
+    size); lines written before that field existed count 0. What a resumed run adds to its own time."""
+    return read_predictions(path)[1]
+
+
+def read_predictions(path: Path) -> tuple[dict[str, str], float]:
+    """``(answers, answering seconds)`` of a predictions file in one pass (``load_predictions``,
+    ``answering_seconds``); a torn last line (killed mid-write) is dropped and the file repaired."""
     done: dict[str, str] = {}
     good: list[str] = []
+    seconds = 0.0
     torn = False
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -46,24 +59,16 @@ def load_predictions(path: Path) -> dict[str, str]:
                 good.append(line if line.endswith("\n") else line + "\n")
             except (json.JSONDecodeError, KeyError):
                 torn = True
+                continue
+            try:
+                seconds += float(row.get("seconds") or 0.0)
+            except (TypeError, ValueError):
+                pass
     if torn or (good and not good[-1].endswith("\n")) or _missing_final_newline(path):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(good), encoding="utf-8")
         tmp.replace(path)
-    return done
-
-
-def answering_seconds(path: Path) -> float:
-    """Seconds the model spent on the answers in ``path`` (each line's ``seconds``: its batch's time / batch
-    size); lines written before that field existed count 0. What a resumed run adds to its own time."""
-    total = 0.0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                total += float(json.loads(line).get("seconds") or 0.0)
-            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-                continue
-    return total
+    return done, seconds
 
 
 def _missing_final_newline(path: Path) -> bool:
@@ -220,8 +225,7 @@ def _evaluate_locked(reader, items, asked, answer_fn, out, identity, batch_size,
     done: dict[str, str] = {}
     earlier = 0.0  # answering time of the lines already written (by earlier, interrupted processes)
     if resume and pred_path.exists():
-        done = load_predictions(pred_path)
-        earlier = answering_seconds(pred_path)
+        done, earlier = read_predictions(pred_path)
     else:
         pred_path.write_text("", encoding="utf-8")
         (out / METRICS).unlink(missing_ok=True)  # another run's metrics must not sit beside these answers
