@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                         "machine; results record the threads used)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
-    st = ssub.add_parser("status", help="where each (row, seed) stands: done, training (step, checkpoint), waiting",
+    st = ssub.add_parser("status",
+                         help="where each (row, seed) stands: done, training (step, checkpoint), waiting, blocked",
                          description="Read from the plan's result and run folders only (no model load, nothing "
                                      "written): each (row, seed)'s state, and for one in training its stage, last "
                                      "step and the checkpoint a restart resumes from.")
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..study import load_plan, result_path, run_row
     from ..study.progress import StudyProgress, build_queue
     from ..study.run import check_stages
+    from ..study.source import missing_source
 
     plan = load_plan(args.plan)
     if args.device:
@@ -103,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     failed = []
     for i, (name, seed) in enumerate(pairs):
         print(progress.start(i), flush=True)
+        gone = missing_source(plan, name, seed)
+        if gone is not None and gone.reproducible:  # run_row refuses the others itself
+            print(f"[study] warning: {gone.message}", flush=True)
         try:
             path = run_row(plan, name, seed, progress=not args.quiet, force=args.force)
         except CompactVLMError as e:

@@ -18,6 +18,7 @@ from ..model.build import bf16_is_fast
 from ..runtime import set_threads
 from .controls import record_baselines
 from .plan import StudyPlan, StudyRow, eval_dir, eval_features, result_path, stage_dirs
+from .source import missing_source
 
 
 def data_build_lock(d: Path):
@@ -242,6 +243,9 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     res = result_path(plan, name, seed)
     if res.exists() and not force:
         return res
+    gone = missing_source(plan, name, seed)
+    if gone is not None and not gone.reproducible:  # before any slow work: it would train for hours in vain
+        raise CompactVLMError(gone.message, gone.fix)
     previous = json.loads(res.read_text()) if res.exists() else None
     set_threads(plan.threads)
     t0 = time.perf_counter()

@@ -6,7 +6,9 @@ States: ``done`` (its result file exists: family mean with real images and with 
 far), ``training`` (a process holds the stage's output lock) or ``interrupted`` (none does): stage k of n, the last
 logged step of the stage's total, the median time of its recent steps with the time the stage's remaining steps
 would take at that pace, and the last resumable checkpoint, which is where a restart continues; ``waiting`` (an
-evaluation-only row whose source model is not trained yet), ``not started``.
+evaluation-only row whose source model is not trained yet, or whose source has a result but no model on this
+machine: running it trains the source again first), ``blocked`` (the same, where a training here cannot reproduce
+the source's result: ``study.source``), ``not started``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from ..model.checkpoint import CONFIG_NAME
 from ..train.logging import read_events
 from ..train.state import LOCK, list_checkpoints
 from .plan import StudyPlan, eval_dir, result_path, stage_dirs
+from .source import missing_source
 
 
 @dataclass
 class PairStatus:
     row: str
     seed: int
-    state: str  # done | evaluating | training | interrupted | waiting | not started
+    state: str  # done | evaluating | training | interrupted | waiting | blocked | not started
     detail: str = ""
 
 
@@ -113,6 +116,9 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
         return PairStatus(name, seed, "evaluating", "model trained, result not written yet; answers "
                           + _eval_progress(plan, name, seed, dirs[-1] if row.trained else None))
     if not row.trained:
+        gone = missing_source(plan, name, seed)
+        if gone is not None:
+            return PairStatus(name, seed, "waiting" if gone.reproducible else "blocked", gone.message)
         return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
     step, total, per_step = _stage_progress(d)

@@ -1,0 +1,77 @@
+"""Whether an evaluation-only (row, seed) would evaluate the model behind its source row's result.
+
+An evaluation-only row (``from: full-mlp2x``) loads its source's final model from ``runs_dir``. In a fresh checkout,
+or on a machine that did not keep ``runs_dir``, the source's result file (committed) may exist while its model does
+not: running the row then trains the source again first — hours of CPU — and evaluates that new model, which the
+report pairs with the source's result only if the new training reproduced the old one (same validation-loss curve,
+``stats._retrained_source_seeds``). A training in another precision (fp32 on an AVX2 CPU, bf16 where the hardware has
+it: ``precision: auto``) or on another device cannot reproduce it, so ``study run`` refuses such a row before any
+work, and ``study status`` says why it is blocked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .plan import StudyPlan, result_path, stage_dirs
+
+
+@dataclass(frozen=True)
+class MissingSource:
+    source: str
+    seed: int
+    message: str  # what is missing and what running the row would do
+    reproducible: bool  # False: a retraining here cannot give the model behind the source's result
+    fix: str
+
+
+def _precisions_here(plan: StudyPlan) -> list[str]:
+    """The autocast precision each stage of the plan's recipe resolves to on ``plan.device`` here."""
+    from ..train import load_train_config
+    from ..train.trainer import resolve_precision
+
+    out = []
+    for path, sd in plan.stages():
+        cfg = load_train_config(path, list(plan.train_overrides) + list(sd.overrides))
+        out.append(resolve_precision(cfg.precision, plan.device))
+    return out
+
+
+def missing_source(plan: StudyPlan, name: str, seed: int) -> MissingSource | None:
+    """For an evaluation-only row whose source (row, seed) has a result file but no final model under
+    ``runs_dir``: what is missing, and whether training the source again here could reproduce that result
+    (the same autocast precision, stage by stage, and the same device kind). ``None`` otherwise (a trained row,
+    a source whose model is there, or a source without a result yet: it is trained for this row and its own
+    result will come from the same model)."""
+    row = plan.row(name)
+    if row.trained:
+        return None
+    src = plan.row(row.from_)
+    res = result_path(plan, src.name, seed)
+    final = stage_dirs(plan, src, seed)[-1] / "final"
+    if not res.exists() or (final / "compactvlm.json").exists():
+        return None
+    r = json.loads(res.read_text(encoding="utf-8"))
+    then = [s.get("train", {}).get("precision") for s in r.get("stages", [])]
+    hw = r.get("hardware") or {}
+    reasons = []
+    if all(then) and then:
+        here = _precisions_here(plan)
+        if len(here) == len(then) and here != then:
+            reasons.append(f"its result was trained in {'/'.join(then)} ({hw.get('cpu_capability', '?')}), "
+                           f"this machine trains the plan's recipe in {'/'.join(here)}")
+    if hw.get("device") and hw["device"] != plan.device:
+        reasons.append(f"its result was trained on {hw['device']}, this run uses {plan.device}")
+    hours = plan.cost_hint.get(src.name, plan.cost_hint.get("trained"))
+    cost = f" (~{hours / 60:.1f} h by the plan's cost_hint)" if hours else ""
+    message = (f"`{src.name}` seed {seed} has a result ({res}) but its model is not on this machine ({final} is "
+               f"missing): running `{name}` would train `{src.name}` again first{cost} and evaluate that new model, "
+               f"which the report pairs with `{src.name}`'s result only if the training reproduces it")
+    if reasons:
+        message += "; it cannot here: " + "; ".join(reasons)
+    fix = (f"run `{name}` where `{src.name}` seed {seed}'s model is (the machine that trained it, with its "
+           f"{plan.runs_dir}), or train and evaluate `{src.name}` again here first: `compactvlm study run --plan "
+           f"<plan> --rows {src.name} --seeds {seed} --force` (replaces its result; the report then no longer pairs "
+           f"the evaluation-only rows measured on the old model with it)")
+    return MissingSource(src.name, seed, message, not reasons, fix)
