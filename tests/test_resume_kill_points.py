@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from compactvlm.evaluate.harness import answering_seconds
+from compactvlm.evaluate.harness import read_predictions
 from compactvlm.train import train
 from compactvlm.train.config import to_plain
 from compactvlm.train.fixtures import tiny_train_config
@@ -216,7 +216,7 @@ def test_eval_killed_mid_run_resumes_to_identical_metrics(gqa, tmp_path):
     metrics = _run(gqa, out)
     assert metrics["answered_now"] == 1  # only the question still missing was answered
     # the killed processes' answering time is kept: the lines they wrote carry it
-    assert metrics["answer_seconds_earlier"] == pytest.approx(answering_seconds(out / "predictions.jsonl")
+    assert metrics["answer_seconds_earlier"] == pytest.approx(read_predictions(out / "predictions.jsonl")[1]
                                                               - json.loads((out / "predictions.jsonl").read_text()
                                                                            .splitlines()[-1])["seconds"], abs=2e-3)
     assert metrics["answer_seconds_earlier"] > 0

@@ -115,23 +115,24 @@ def run(args: argparse.Namespace) -> int:
         v = m["family_mean"] if f == "family_mean" else m["components"].get(f)
         return f"{v:>8.1f}" if v is not None else f"{'':>8}"
 
+    def line(label, cells, tail=""):  # one table row: per model its value (14 wide) and its blind control (8 wide)
+        print(f"{label:<28}" + "".join(f"{v:>14}{b:>8}" for v, b in cells) + tail)
+
     for f in fams:
-        print(f"{f.split('/')[-1]:<28}" + "".join(f"{results[r]['metrics']['components'][f]:>14.1f}{blind(r, f)}"
-                                                  for r in ROWS))
-    print(f"{'family mean':<28}" + "".join(f"{results[r]['metrics']['family_mean']:>14.1f}{blind(r, 'family_mean')}"
-                                           for r in ROWS))
+        line(f.split("/")[-1], [(f"{results[r]['metrics']['components'][f]:.1f}", blind(r, f)) for r in ROWS])
+    line("family mean", [(f"{results[r]['metrics']['family_mean']:.1f}", blind(r, "family_mean")) for r in ROWS])
     # PRT over the families where the full-token model beats its blind control (as the study reports it)
     scope = seen_datasets([results[ROWS[0]]["gap"]["sees"]])
-    cells = [f"{prt(results[r]['metrics']['components'], ref, scope)['prt']:>14.1f}" if scope != [] else f"{'n/a':>14}"
-             for r in ROWS]
-    print(f"{'PRT vs full tokens (%)':<28}" + "".join(c + " " * 8 for c in cells)
-          + (f"(over {', '.join(f.split('/')[-1] for f in scope)}: the families {ROWS[0]} sees)" if scope else
-             f"({ROWS[0]} beats its blind control on no family)" if scope == [] else ""))
-    print(f"{'vision tokens':<28}" + "".join(f"{results[r]['tokens']:>14d}{'':>8}" for r in ROWS))
-    print(f"{'LLM prefill GFLOPs':<28}" + "".join(f"{results[r]['cost']['flops_llm'] / 1e9:>14.2f}{'':>8}" for r in ROWS))
-    print(f"{'vision GFLOPs':<28}" + "".join(f"{results[r]['cost']['flops_vision'] / 1e9:>14.2f}{'':>8}" for r in ROWS))
-    print(f"{'TTFT ms (median)':<28}" + "".join(f"{results[r]['cost']['ttft_ms']:>14.0f}{'':>8}" for r in ROWS))
-    print(f"{'TTFT CPU ms (median)':<28}" + "".join(f"{results[r]['cost']['ttft_cpu_ms']:>14.0f}{'':>8}" for r in ROWS))
+    line("PRT vs full tokens (%)",
+         [(f"{prt(results[r]['metrics']['components'], ref, scope)['prt']:.1f}" if scope != [] else "n/a", "")
+          for r in ROWS],
+         f"(over {', '.join(f.split('/')[-1] for f in scope)}: the families {ROWS[0]} sees)" if scope else
+         f"({ROWS[0]} beats its blind control on no family)" if scope == [] else "")
+    line("vision tokens", [(f"{results[r]['tokens']:d}", "") for r in ROWS])
+    line("LLM prefill GFLOPs", [(f"{results[r]['cost']['flops_llm'] / 1e9:.2f}", "") for r in ROWS])
+    line("vision GFLOPs", [(f"{results[r]['cost']['flops_vision'] / 1e9:.2f}", "") for r in ROWS])
+    line("TTFT ms (median)", [(f"{results[r]['cost']['ttft_ms']:.0f}", "") for r in ROWS])
+    line("TTFT CPU ms (median)", [(f"{results[r]['cost']['ttft_cpu_ms']:.0f}", "") for r in ROWS])
     print(f"\nSTF k=2 answers from {results[ROWS[1]]['tokens']} instead of {results[ROWS[0]]['tokens']} vision tokens "
           f"({results[ROWS[0]]['cost']['flops_llm'] / results[ROWS[1]]['cost']['flops_llm']:.2f}x fewer LLM FLOPs); "
           f"first token on this CPU ({dtype}, {cmp.rounds} interleaved rounds, median of per-round ratios): "

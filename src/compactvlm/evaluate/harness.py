@@ -38,15 +38,10 @@ def load_predictions(path: Path) -> dict[str, str]:
     return read_predictions(path)[0]
 
 
-def answering_seconds(path: Path) -> float:
-    """Seconds the model spent on the answers in ``path`` (each line's ``seconds``: its batch's time / batch
-    size); lines written before that field existed count 0. What a resumed run adds to its own time."""
-    return read_predictions(path)[1]
-
-
 def read_predictions(path: Path) -> tuple[dict[str, str], float]:
-    """``(answers, answering seconds)`` of a predictions file in one pass (``load_predictions``,
-    ``answering_seconds``); a torn last line (killed mid-write) is dropped and the file repaired."""
+    """``(answers, answering seconds)`` of a predictions file in one pass; a torn last line (killed mid-write) is
+    dropped and the file repaired. The seconds are each line's ``seconds`` (its batch's time / batch size; lines
+    written before that field existed count 0): what a resumed run adds to its own time."""
     done: dict[str, str] = {}
     good: list[str] = []
     seconds = 0.0
