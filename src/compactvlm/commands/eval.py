@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace, reader, producer: dict) -> int:
     tokens = model.num_image_tokens()
     method = args.reduce or model.compressor.registry_name
     # FastV keeps all tokens in the prompt and prunes to its budget inside the LLM
-    kept = args.budget if getattr(model.reduction, "in_llm", False) and args.budget else tokens
+    kept = args.budget if (model.reduction is not None and model.reduction.in_llm) and args.budget else tokens
     run_info = {"name": args.name or f"{method}-{kept}", "method": method, "vision_tokens": tokens,
                 "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
                 "reduce": args.reduce, "budget": args.budget, "checkpoint": args.checkpoint}

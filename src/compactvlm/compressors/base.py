@@ -38,6 +38,9 @@ class Compressor(nn.Module):
     #: ``last_coverage`` after a forward, ``num_objects_kept``), "queries" (learned queries over the whole image,
     #: ``queries`` and a ``blocks`` decoder), "other" (no fixed relation).
     token_layout: str = "other"
+    #: the test-time token budget in force (None: all tokens, as trained); set only through ``set_budget`` by
+    #: compressors that declare one (``has_budget``).
+    budget: int | None = None
 
     @property
     def has_budget(self) -> bool:

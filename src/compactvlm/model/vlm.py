@@ -183,7 +183,7 @@ class CompactVLM(nn.Module):
                 extra_state: dict | None = None, **kwargs):
         image_tokens = self.encode_images(pixel_values, extra_state) if pixel_values is not None else None
         embeds = self.merge(input_ids, image_tokens)
-        if image_tokens is not None and getattr(self.reduction, "in_llm", False):  # FastV: prunes inside the LLM
+        if image_tokens is not None and self.reduction is not None and self.reduction.in_llm:  # FastV: prunes inside the LLM
             return self.reduction.llm_forward(self.llm, embeds, attention_mask, input_ids == IMAGE_TOKEN_ID,
                                               position_ids=position_ids, labels=labels,
                                               logits_to_keep=logits_to_keep, **kwargs)
@@ -234,7 +234,7 @@ class CompactVLM(nn.Module):
             image_tokens = self.encode_images(pix.to(dev), extra_state)
         t1 = time.perf_counter()
         embeds = self.merge(ids, image_tokens)
-        if with_image and getattr(self.reduction, "in_llm", False):  # FastV: its own prefill + pruned KV cache
+        if with_image and self.reduction is not None and self.reduction.in_llm:  # FastV: its own prefill + pruned KV cache
             out = self.reduction.generate(self.llm, embeds, mask, ids == IMAGE_TOKEN_ID, max_new_tokens=max_new_tokens,
                                           do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)
         else:

@@ -76,7 +76,7 @@ def method_label(model) -> str:
     label = comp.registry_name
     if params:
         label += "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
-    budget = getattr(comp, "budget", None)
+    budget = comp.budget
     if isinstance(budget, int) and "budget" not in params:
         label += f" budget={budget}"
     if model.reduction is not None:
