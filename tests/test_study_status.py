@@ -74,7 +74,7 @@ def test_status_of_every_pair(tmp_path, capsys):
                                        "a restart resumes at step 40")
     assert got[("stf", 0)].state == "training"
     # running: the steps left count from the step it is at, (1496 - 12) x 2 s
-    assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2 s/step, ~49 min of steps left); "
+    assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2.0 s/step, ~49 min of steps left); "
                                       "a restart begins the stage again (no checkpoint yet)")
     assert got[("stf", 1)].state == "evaluating"  # each pass: real, the blind control, the curve point before the end
     assert got[("stf", 1)].detail.endswith("answers real 3/5, shuffled 0/5, step 10 0/5")
@@ -97,3 +97,11 @@ def test_status_of_every_pair(tmp_path, capsys):
     assert "full  s1  interrupted" in out and "full  s0" not in out
     assert out.strip().splitlines()[-1] == "4 (row, seed) pairs: 1 done, 1 interrupted, 2 waiting"
     assert main(["study", "status", "--plan", str(plan_file), "--rows", "nope"]) == 2
+
+
+def test_per_step_keeps_fast_steps_readable():
+    from compactvlm.study.status import _per_step
+
+    assert _per_step(42.4) == "42 s/step"
+    assert _per_step(2.0) == "2.0 s/step"
+    assert _per_step(0.214) == "0.21 s/step"  # a stage-1 step, not "0 s/step"

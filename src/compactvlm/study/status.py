@@ -102,6 +102,11 @@ def _eval_progress(plan: StudyPlan, name: str, seed: int, trained_stage: Path | 
     return ", ".join(f"{label} {_count_lines(folder / PREDICTIONS)}{of}" for label, folder in passes)
 
 
+def _per_step(seconds: float) -> str:
+    """``42 s/step``; below 10 s one decimal, below 1 s two (a stage-1 step of 0.21 s is not "0 s/step")."""
+    return f"{seconds:.0f} s/step" if seconds >= 10 else f"{seconds:.1f} s/step" if seconds >= 1 else f"{seconds:.2f} s/step"
+
+
 def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     res = result_path(plan, name, seed)
     if res.exists():
@@ -131,7 +136,7 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
     from_step = step if running else (cks[-1][0] if cks else 0)  # where the steps left are counted from
     if per_step is not None and total is not None and from_step < total:  # validation passes come on top
-        detail += f" ({per_step:.0f} s/step, ~{_duration((total - from_step) * per_step)} of steps left)"
+        detail += f" ({_per_step(per_step)}, ~{_duration((total - from_step) * per_step)} of steps left)"
     state = "training" if running else "interrupted"
     return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""))
 
