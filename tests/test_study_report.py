@@ -91,8 +91,9 @@ def _result(name: str, seed: int, comps: dict, blind_sees: bool | None) -> dict:
         "metrics": {"components": {f"sceneqa/{k}": v for k, v in comps.items()}, "family_mean": fm,
                     "headline": fm, "n": 10, "missing": 0, "split": "test"},
         "cost": {"ttft_ms": 100.0, "flops_llm": 1e9, "flops_vision": 1e8, "flops_total": 1.1e9},
-        "train": {"steps": 10, "sec_per_step": 0.1, "val_loss_curve": [[0, 2.0], [10, 1.0 + seed / 100]],
-                  "wall_seconds": 1.0},
+        # flat over its last third: the claims compare models that had finished learning
+        "train": {"steps": 10, "sec_per_step": 0.1, "batch_size": 8, "wall_seconds": 1.0,
+                  "val_loss_curve": [[0, 2.0], [7, 1.0 + seed / 100], [10, 1.0 + seed / 100]]},
         "wall_seconds": {"eval": 1.0, "train_or_reuse": 1.0},
         "hardware": {"machine": "x86_64", "processor": "testcpu", "cpus": 4, "torch_threads": 2, "device": "cpu"},
     }
@@ -235,6 +236,9 @@ def test_report_flags_comparisons_of_rows_that_have_not_converged(tmp_path):
     assert claims[0]["convergence"].startswith("not converged: `small` (last-third slope -0.100")
     assert "`ref`" not in claims[0]["convergence"]
     assert "**not converged: `small`" in _claim_row(md)
+    # PRT ~100 with a tight CI would hold; compared while `small` was still learning it is direction only, and why
+    assert claims[0]["verdict"] == "direction only"
+    assert _claim_row(md).endswith("| direction only: its CI settles it, but before the curves flattened |")
     rows = json.loads((out.parent / "results.json").read_text())
     assert rows["ref"]["convergence"]["flat"] is True and rows["small"]["convergence"]["flat"] is False
     assert "| `small` | 2 (`s2.yaml`) | 700 × 8 |" in md and "s0: -0.100" in md

@@ -46,3 +46,19 @@ def test_tolerance_and_bad_input():
         verdict("greater", ev(delta=(1, 2, 0)))
     with pytest.raises(CompactVLMError, match="PRT must be"):
         verdict("retains", ev(delta=(1, 0, 2)))
+
+
+def test_a_comparison_before_the_curves_flattened_holds_at_best_in_direction():
+    """A CI that settles the claim while a model was still learning gives "direction only"; the other verdicts
+    (and a blind model's "untested") are unchanged."""
+    loose = dict(converged=False)
+    assert verdict("greater", Evidence(delta=(2.0, 0.5, 3.5), reference_sees=True, row_sees=True, **loose)) \
+        == DIRECTION_ONLY
+    assert verdict("retains", Evidence(prt=(99.0, 97.5, 101.0), reference_sees=True, row_sees=True, **loose)) \
+        == DIRECTION_ONLY
+    assert verdict("greater", Evidence(delta=(2.0, -0.5, 4.5), reference_sees=True, row_sees=True, **loose)) \
+        == DIRECTION_ONLY
+    assert verdict("greater", Evidence(delta=(-1.0, -3.0, 1.0), reference_sees=True, row_sees=True, **loose)) \
+        == NOT_REPRODUCED
+    assert verdict("greater", Evidence(delta=(5.0, 3.0, 7.0), reference_sees=False, row_sees=True, **loose)) \
+        == UNTESTED

@@ -322,12 +322,7 @@ def _claims(plan: StudyPlan, results: dict, rows: dict, comparisons: list[dict],
     extra = [[c.a, c.b] for c in plan.claims if c.b and c.b != plan.reference and (c.a, c.b) not in pairs
              and c.a in rows and c.b in rows]
     pairs.update({(c["a"], c["b"]): c for c in compare(plan, results, rows, extra)} if extra else {})
-    claims = judge_claims(plan, rows, pairs, baselines)
-    for e in claims:  # a comparison made before both curves flattened is flagged (the verdict's rule is unchanged)
-        names = [e["a"], e["b"] or plan.reference]
-        e["convergence"] = (pair_flag(names, {n: rows[n]["convergence"] for n in names})
-                            if all(n in rows for n in names) else None)
-    return claims
+    return judge_claims(plan, rows, pairs, baselines)
 
 
 def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: dict | None) -> list[str]:
@@ -342,8 +337,9 @@ def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: di
              "Where the results carry no blind control, a reference whose family mean (95% CI, test images) reaches "
              "down to chance is reported as \"reference at chance\". Δ: the paired test-image bootstrap of the "
              "comparisons above; PRT: mean ± 95% CI over seeds. A claim whose rows' validation loss had not "
-             "flattened is flagged **not converged** in its evidence (its verdict is still given by the rule, but "
-             "it compares models that were still learning).", "",
+             "flattened is flagged **not converged** in its evidence, and its verdict is at best **direction only**: "
+             "a comparison is made at the end of training only when both curves have flattened, so a CI that would "
+             "settle it while a model was still learning does not make it hold.", "",
              "| paper's claim | rows | evidence | blind controls | verdict |", "|---|---|---|---|---|"]
     for e in claims:
         rows_txt = f"`{e['a']}`" + (f" vs `{e['b']}`" if e["b"] else f" vs `{plan.reference}`")

@@ -2,8 +2,11 @@
 
 - **holds**: the claimed direction with a 95 % CI excluding 0 (``greater`` / ``less``), or for "retains accuracy"
   (``retains``) a PRT CI within ±``tol`` points of 100, or for "no better / no worse" (``equal``) a difference CI
-  within ±``tol`` points;
-- **direction only**: the sign (or the point estimate, for ``retains`` / ``equal``) agrees, the CI does not settle it;
+  within ±``tol`` points; and the compared models had finished learning (every row's validation-loss curve
+  flattened, ``convergence.pair_flag``): a comparison is made at the end of training only when both curves have
+  flattened, so a CI that settles it while a model was still learning gives **direction only**, with that reason;
+- **direction only**: the sign (or the point estimate, for ``retains`` / ``equal``) agrees, the CI does not settle it
+  (or settles it before the curves flattened);
 - **not reproduced**: the point estimate disagrees with the claim;
 - **untested**: the reference or the row does not beat its blind control on the families the claim is about (a
   model that does not look at the image cannot test what a compressor keeps of it).
@@ -27,12 +30,14 @@ KINDS = ("greater", "less", "retains", "equal")
 class Evidence:
     """What one claim is judged on. ``delta``: (point, lo, hi) of row minus comparison (accuracy points);
     ``prt``: (point, lo, hi) of the row's PRT vs the reference (%); ``reference_sees`` / ``row_sees``: whether each
-    beats its shuffled-image control (real minus shuffled CI above 0) on the claim's families."""
+    beats its shuffled-image control (real minus shuffled CI above 0) on the claim's families; ``converged``:
+    whether every compared model's validation-loss curve had flattened (False caps the verdict at direction only)."""
 
     delta: Sequence[float] | None = None
     prt: Sequence[float] | None = None
     reference_sees: bool = False
     row_sees: bool = False
+    converged: bool = True
 
 
 def _ci(v: Sequence[float] | None, what: str) -> tuple[float, float, float]:
@@ -51,6 +56,11 @@ def verdict(kind: str, ev: Evidence, tol: float = 3.0) -> str:
         raise CompactVLMError(f"unknown claim kind {kind!r}", f"use one of {', '.join(KINDS)}")
     if not (ev.reference_sees and ev.row_sees):
         return UNTESTED
+    settled = _by_ci(kind, ev, tol)
+    return DIRECTION_ONLY if settled == HOLDS and not ev.converged else settled
+
+
+def _by_ci(kind: str, ev: Evidence, tol: float) -> str:
     if kind == "retains":
         p, lo, hi = _ci(ev.prt, "PRT")
         if 100 - tol <= lo and hi <= 100 + tol:
@@ -99,6 +109,7 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
     (``delta``: a - b with the test-image CI; b = the reference may be left out: the row's own bootstrap is used);
     ``baselines``: the test split's chance baselines (``controls.load_baselines``), or None."""
     from .controls import sees
+    from .convergence import pair_flag
 
     ref = rows.get(plan.reference)
     out = []
@@ -109,9 +120,12 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
         a = rows.get(c.a)
         missing = [n for n in (c.a, c.b, plan.reference) if n and n not in rows]
         if missing:
-            e.update(verdict=UNTESTED, reason="not yet run: " + ", ".join(f"`{n}`" for n in dict.fromkeys(missing)))
+            e.update(verdict=UNTESTED, reason="not yet run: " + ", ".join(f"`{n}`" for n in dict.fromkeys(missing)),
+                     convergence=None)
             out.append(e)
             continue
+        names = [c.a, c.b or plan.reference]
+        e["convergence"] = pair_flag(names, {n: rows[n].get("convergence") for n in names})
         if c.kind == "retains":
             m, ci = a["prt"]
             e["prt"] = (m, ci)
@@ -142,9 +156,13 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
         if c.kind == "retains":
             m, ci = e["prt"]
             # one seed gives no CI: the claim can at best be "direction only"
-            prt = (m, m - ci, m + ci) if ci is not None else (m, float("-inf"), float("inf"))
-            e["verdict"] = verdict(c.kind, Evidence(prt=prt, reference_sees=True, row_sees=True), c.tol)
+            ev = Evidence(prt=(m, m - ci, m + ci) if ci is not None else (m, float("-inf"), float("inf")))
         else:
-            e["verdict"] = verdict(c.kind, Evidence(delta=e["delta"], reference_sees=True, row_sees=True), c.tol)
+            ev = Evidence(delta=e["delta"])
+        ev.reference_sees = ev.row_sees = True
+        ev.converged = e["convergence"] is None
+        e["verdict"] = verdict(c.kind, ev, c.tol)
+        if not ev.converged and e["verdict"] != verdict(c.kind, Evidence(ev.delta, ev.prt, True, True), c.tol):
+            e["reason"] = "its CI settles it, but before the curves flattened"
         out.append(e)
     return out
