@@ -17,7 +17,7 @@ Blindness comes first: a claim is "untested" whatever its numbers when either mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import CompactVLMError
 
@@ -156,13 +156,12 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
         if c.kind == "retains":
             m, ci = e["prt"]
             # one seed gives no CI: the claim can at best be "direction only"
-            ev = Evidence(prt=(m, m - ci, m + ci) if ci is not None else (m, float("-inf"), float("inf")))
+            ev = Evidence(prt=(m, m - ci, m + ci) if ci is not None else (m, float("-inf"), float("inf")),
+                          reference_sees=True, row_sees=True)
         else:
-            ev = Evidence(delta=e["delta"])
-        ev.reference_sees = ev.row_sees = True
-        ev.converged = e["convergence"] is None
-        e["verdict"] = verdict(c.kind, ev, c.tol)
-        if not ev.converged and e["verdict"] != verdict(c.kind, Evidence(ev.delta, ev.prt, True, True), c.tol):
+            ev = Evidence(delta=e["delta"], reference_sees=True, row_sees=True)
+        e["verdict"] = verdict(c.kind, replace(ev, converged=e["convergence"] is None), c.tol)
+        if e["verdict"] != verdict(c.kind, ev, c.tol):  # it would hold, had the curves flattened
             e["reason"] = "its CI settles it, but before the curves flattened"
         out.append(e)
     return out
