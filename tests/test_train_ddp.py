@@ -69,3 +69,17 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     base = load_file(str(tmp_path / "models" / "llm" / "model.safetensors"))
     assert max((w2[f"llm.{k}"] - v).abs().max().item() for k, v in base.items() if f"llm.{k}" in w2) > 1e-4
     assert torch.isfinite(torch.cat([v.flatten() for v in w2.values()])).all()
+
+
+def test_train_command_leaves_the_process_group(tmp_path):
+    """The CLI's train leaves a torchrun group itself: a gloo group left to interpreter exit once aborted a rank
+    (SIGABRT after 'done', CI of 2026-12-04)."""
+    import torch.distributed as dist
+
+    from compactvlm.commands.train import _end_process_group
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    _end_process_group()
+    assert not dist.is_initialized()
+    _end_process_group()  # and without a group it does nothing

@@ -32,8 +32,21 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
         return 0
-    res = train(cfg)
+    try:
+        res = train(cfg)
+    finally:
+        _end_process_group()
     if res.val_losses:
         print("val loss: " + ", ".join(f"step {s}: {v:.4f}" for s, v in res.val_losses))
     print(f"model: {res.final_dir}")
     return 0
+
+
+def _end_process_group() -> None:
+    """Under torchrun / accelerate launch, leave the process group before the interpreter exits: a gloo group torn
+    down by interpreter exit instead can abort a process ("terminate called without an active exception", SIGABRT)
+    after the training itself has finished and saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
