@@ -326,3 +326,37 @@ def test_prt_averages_over_the_families_the_reference_sees(tmp_path):
     assert claim["verdict"] == UNTESTED and "no PRT" in claim["reason"]
     # results whose control has no per-family verdicts (older files): every family, as before
     assert prt_families([_result("ref", 0, {"attribute": 80.0}, True)]) is None
+
+
+def test_prt_pairs_each_seed_with_the_references_same_seed(tmp_path):
+    """A row evaluated on the reference's seed-1 model is judged against seed 1's scores, not the mean of seeds it
+    never ran (study v2: FastV-64 at seed 1 read 77.7 % against the two seeds' mean, 82.5 % against its own model);
+    a row with no seed in common with the reference gets no PRT and an untested claim that says why."""
+    from compactvlm.study import load_plan
+    from compactvlm.study.stats import collect, summarize
+    from compactvlm.study.verdicts import UNTESTED, judge_claims
+
+    path = _study(tmp_path, {"attribute": 80.0}, {"ref": True, "small": True}, None)
+    res = tmp_path / "results"
+    for seed, score in ((0, 80.0), (1, 40.0), (2, 60.0)):
+        (res / "ref" / f"seed{seed}.json").write_text(json.dumps(_result("ref", seed, {"attribute": score}, True)))
+    for seed in (0, 2):
+        (res / "small" / f"seed{seed}.json").unlink()
+    (res / "small" / "seed1.json").write_text(json.dumps(_result("small", 1, {"attribute": 36.0}, True)))
+    plan = load_plan(path)
+    rows = summarize(plan, collect(plan))
+    assert rows["small"]["prt"][0] == pytest.approx(90.0)  # 36 / 40; against the mean 60 it would read 60
+    assert rows["small"]["prt_seeds"] == [1]
+    # the reference without the row's seed: nothing to pair
+    (res / "ref" / "seed1.json").unlink()
+    rows = summarize(plan, collect(plan))
+    assert rows["small"]["prt"] == (None, None) and rows["small"]["prt_seeds"] == []
+    [claim] = judge_claims(plan, rows, {}, None)
+    assert claim["verdict"] == UNTESTED
+    assert claim["reason"] == "no seed in common: `small` has seed 1; `ref` has seed 0, 2"
+    # the head-to-head table says why a pair has no Δ instead of a bare "–"
+    spec = yaml.safe_load(path.read_text())
+    spec["comparisons"] = [["small", "ref"]]
+    path.write_text(yaml.safe_dump(spec))
+    md = write_report(load_plan(path), path).read_text()
+    assert "| `small` | `ref` | 16 / 64 | 36.0 / 70.0 | no seed in common (a: 1; b: 0, 2) |" in md

@@ -109,7 +109,8 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
              f"{n_img}test images ({plan.bootstrap} draws; `compactvlm.evaluate.bootstrap`): it measures how much the "
              f"gap depends on which questions were asked, not on the training seed. Final val loss: SceneQA validation "
              f"loss at the last step, mean ± CI over seeds (trained rows). PRT: performance retained versus `{plan.reference}` "
-             f"(VisToG Eq. 6–7, mean over families of score / reference score){_prt_scope(plan, results)}. FastV rows (`256→B`) keep all "
+             f"(VisToG Eq. 6–7, mean over families of score / reference score; each seed against the reference's same seed, "
+             f"mean ± CI over the seeds both have){_prt_scope(plan, results)}. FastV rows (`256→B`) keep all "
              f"vision tokens for the first K LLM layers and B after; their FLOPs and TTFT include that. TTFT here is measured once per run (batch 1, "
              f"median of {plan.ttft_repeats}) under whatever else the machine was running then; for controlled ratios "
              f"between methods use one `compactvlm bench` run (results/bench/). Train s/step is the median step time "
@@ -175,10 +176,13 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             c["convergence"] = flag
             vl = c["val_loss_delta"]
             vl_txt = "–" if vl[0] is None else _fmt_signed(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})"
-            n_seeds = f" ({_seeds(len(c['seeds']))})" if c["seeds"] else ""
+            delta = _fmt_delta({'delta': c['delta']}) + (f" ({_seeds(len(c['seeds']))})" if c["seeds"] else "")
+            if not set(a["seeds"]) & set(b["seeds"]):  # nothing to pair: say why instead of a bare "–"
+                delta = (f"no seed in common (a: {', '.join(map(str, sorted(a['seeds'])))}; "
+                         f"b: {', '.join(map(str, sorted(b['seeds'])))})")
             lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
                          f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
-                         f"{_fmt_delta({'delta': c['delta']})}{n_seeds} | {vl_txt} | "
+                         f"{delta} | {vl_txt} | "
                          f"{('**' + flag + '**') if flag and flag.startswith('not') else (flag or 'yes')} |")
         lines += [""]
     claims = _claims(plan, results, rows, comparisons, baselines)

@@ -81,14 +81,15 @@ def prt_families(ref_runs: list[dict]) -> list[str] | None:
 
 
 def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (per seed against the reference's mean)."""
+    """Per row: seeds, tokens, per-family and overall mean ± CI, PRT (each seed against the reference's same seed,
+    mean ± CI over the seeds both have; ``prt_seeds`` lists them)."""
     from ..evaluate.prt import prt
 
     ref_runs = results.get(plan.reference, [])
-    ref = {}
-    if ref_runs:
-        comps = [r["metrics"]["components"] for r in ref_runs]
-        ref = {k: statistics.fmean(c[k] for c in comps if c.get(k) is not None) for k in comps[0]}
+    # PRT pairs each seed with the reference's same seed (the model an evaluation-only row reduces; a trained row's
+    # data order and initialisation), as the Δ column pairs them: a row at seed 0 only is not judged against a
+    # reference mean that includes seeds it never ran
+    ref_by_seed = {r["seed"]: r["metrics"]["components"] for r in ref_runs}
     boots = _bootstraps(plan, results)
     batches = _plan_batches(plan)
     prt_datasets = prt_families(ref_runs)
@@ -97,7 +98,8 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         comps = [r["metrics"]["components"] for r in runs]
         final_loss = [r["train"]["val_loss_curve"][-1][1] for r in runs if r["train"].get("val_loss_curve")]
         fams = {k: mean_ci([c[k] for c in comps if c.get(k) is not None]) for k in comps[0]}
-        prts = [prt(c, ref, prt_datasets)["prt"] for c in comps] if ref and prt_datasets != [] else []
+        paired = [r for r in runs if r["seed"] in ref_by_seed] if prt_datasets != [] else []
+        prts = [prt(r["metrics"]["components"], ref_by_seed[r["seed"]], prt_datasets)["prt"] for r in paired]
         spec = runs[0]["row"]
         # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
         # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)
@@ -110,6 +112,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "tokens_label": (f"{runs[0]['vision_tokens']}→{spec['budget']}" if in_llm else str(runs[0]["vision_tokens"])),
             "overall": mean_ci([r["metrics"]["family_mean"] for r in runs]),
             "prt": mean_ci(prts) if prts else (None, None),
+            "prt_seeds": [r["seed"] for r in paired],
             "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
             "llm_gflops": statistics.fmean(r["cost"]["flops_llm"] for r in runs) / 1e9,
             "vision_gflops": statistics.fmean(r["cost"]["flops_vision"] for r in runs) / 1e9,

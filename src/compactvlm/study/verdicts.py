@@ -126,6 +126,11 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
             continue
         names = [c.a, c.b or plan.reference]
         e["convergence"] = pair_flag(names, {n: rows[n].get("convergence") for n in names})
+        if not set(rows[names[0]]["seeds"]) & set(rows[names[1]]["seeds"]):  # Δ and PRT pair rows seed by seed
+            e.update(verdict=UNTESTED, reason="no seed in common: " + "; ".join(
+                f"`{n}` has seed {', '.join(map(str, sorted(rows[n]['seeds'])))}" for n in names))
+            out.append(e)
+            continue
         if c.kind == "retains":
             m, ci = a["prt"]
             e["prt"] = (m, ci)
