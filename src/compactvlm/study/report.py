@@ -176,8 +176,9 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             c["convergence"] = flag
             vl = c["val_loss_delta"]
             vl_txt = "–" if vl[0] is None else _fmt_signed(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})"
-            delta = _fmt_delta({'delta': c['delta']}) + (f" ({_seeds(len(c['seeds']))})" if c["seeds"] else "")
-            if not set(a["seeds"]) & set(b["seeds"]):  # nothing to pair: say why instead of a bare "–"
+            if set(a["seeds"]) & set(b["seeds"]):
+                delta = _fmt_delta({"delta": c["delta"]}) + (f" ({_seeds(len(c['seeds']))})" if c["seeds"] else "")
+            else:  # nothing to pair: say why instead of a bare "–"
                 delta = (f"no seed in common (a: {', '.join(map(str, sorted(a['seeds'])))}; "
                          f"b: {', '.join(map(str, sorted(b['seeds'])))})")
             lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
