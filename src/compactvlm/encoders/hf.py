@@ -4,13 +4,23 @@ The blocks are HF's own modules, called one by one (no fork of transformers' mod
 attention mask can be handed to every block through HF's attention interface; SDPA stays in use.
 Extra tokens (VisToG's semantic tokens) are appended after the patch embedding; with
 ``extra_attention="isolated"`` the image tokens (prefix + patches) cannot attend to them (VisToG Eq. 5).
+
+Isolated extra tokens run as two streams (``extra_stream``): the image tokens through the plain blocks — exactly
+the encoder without extra tokens, so with a frozen encoder autograd keeps none of it — and the extra tokens through
+the same blocks' weights as queries over the image tokens' keys and values plus their own. Equal to one masked run
+of the concatenation (tested), at a fraction of its cost in training: the masked run's backward goes through every
+image token of every block, since the extra tokens' gradients reach the image tokens' keys and values. The extra
+stream reads the blocks' parts (``BlockParts``) for DINOv2, CLIP and SigLIP layers as transformers names them;
+layers it does not know (or in training mode) run the masked concatenation as before.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CompactVLMError
@@ -19,6 +29,64 @@ from .base import EncoderInfo, VisionFeatures
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 ExtraAttention = Literal["isolated", "full"]
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """A pre-norm ViT block's pieces, for running queries over keys and values of other tokens:
+    ``x + ls1(o(attn(q(norm1 x), k(norm1 kv), v(norm1 kv))))``, then ``x + ls2(mlp(norm2 x))``."""
+
+    norm1: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    heads: int
+    scale: float
+    ls1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    ls2: nn.Module
+
+    @staticmethod
+    def of(block: nn.Module) -> "BlockParts | None":
+        """The parts of a DINOv2 / CLIP / SigLIP layer of the installed transformers, or None for another layout
+        (or one in training mode, whose dropout / drop-path this does not reproduce)."""
+        if block.training:
+            return None
+        attn = getattr(block, "attention", None) or getattr(block, "self_attn", None)
+        names = ("q_proj", "k_proj", "v_proj")
+        if attn is None or not all(isinstance(getattr(attn, n, None), nn.Linear) for n in names):
+            return None
+        heads = getattr(attn, "num_attention_heads", None) or getattr(attn, "num_heads", None)
+        scale = getattr(attn, "scaling", None) or getattr(attn, "scale", None)
+        o = getattr(attn, "o_proj", None) or getattr(attn, "out_proj", None)
+        if hasattr(block, "norm1"):  # DINOv2: layer scales, drop-path (identity in eval)
+            norm1, norm2, ls1, ls2 = block.norm1, block.norm2, block.layer_scale1, block.layer_scale2
+        elif hasattr(block, "layer_norm1"):  # CLIP, SigLIP
+            norm1, norm2, ls1, ls2 = block.layer_norm1, block.layer_norm2, nn.Identity(), nn.Identity()
+        else:
+            return None
+        if not heads or not scale or o is None or not hasattr(block, "mlp"):
+            return None
+        return BlockParts(norm1, attn.q_proj, attn.k_proj, attn.v_proj, o, int(heads), float(scale), ls1, norm2,
+                          block.mlp, ls2)
+
+    def extra_step(self, img: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """One block for the extra tokens: image tokens' block input (B, S, C), extra tokens' (B, X, C) ->
+        extra tokens' block output (B, X, C). The image tokens do not see the extra tokens (isolated)."""
+        b, x, c = extra.shape
+        n_img, n_ext = self.norm1(img), self.norm1(extra)
+        kv_in = torch.cat([n_img, n_ext], dim=1)  # (B, S + X, C)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, H*d) -> (B, H, T, d)
+            return t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)
+
+        q, k, v = heads(self.q(n_ext)), heads(self.k(kv_in)), heads(self.v(kv_in))
+        att = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale)  # (B, H, X, d)
+        att = att.transpose(1, 2).reshape(b, x, -1)  # (B, X, H*d)
+        extra = extra + self.ls1(self.o(att))
+        return extra + self.ls2(self.mlp(self.norm2(extra)))  # (B, X, C)
 
 
 class HFVisionEncoder(nn.Module):
@@ -109,7 +177,15 @@ class HFVisionEncoder(nn.Module):
                 f"resize to a multiple of {p} (default {self.info.image_size})",
             )
         wanted = {self.info.normalize_layer(l) for l in layers}
+        if extra_tokens is not None and extra_attention not in ("isolated", "full"):
+            raise CompactVLMError(f"unknown extra_attention {extra_attention!r}", "use 'isolated' or 'full'")
         h = self.embed(pixel_values.to(self.dtype))  # (B, P + H*W, C)
+        if extra_tokens is not None and extra_attention == "isolated" and self.splits_extra_tokens:
+            last = max(wanted)
+            image = self._run(h, None, set(range(last + 1)))  # block inputs 0..last-1 and the outputs wanted
+            hidden = self.extra_stream(image, extra_tokens, wanted)
+            return VisionFeatures(hidden=hidden, grid=self.grid_of(pixel_values), num_prefix=self.num_prefix,
+                                  num_extra=hidden[last].shape[1] - h.shape[1], info=self.info)
         num_image = h.shape[1]
         num_extra = 0
         mask = None
@@ -120,8 +196,45 @@ class HFVisionEncoder(nn.Module):
             h = torch.cat([h, extra_tokens.to(h.dtype)], dim=1)  # (B, P + H*W + X, C)
             if extra_attention == "isolated":
                 mask = self.isolation_mask(num_image, num_extra, h.dtype, h.device)
-            elif extra_attention != "full":
-                raise CompactVLMError(f"unknown extra_attention {extra_attention!r}", "use 'isolated' or 'full'")
+        hidden = self._run(h, mask, wanted)
+        return VisionFeatures(
+            hidden=hidden,
+            grid=self.grid_of(pixel_values),
+            num_prefix=self.num_prefix,
+            num_extra=num_extra,
+            info=self.info,
+        )
+
+    @property
+    def splits_extra_tokens(self) -> bool:
+        """Whether isolated extra tokens run as their own stream beside the plain image blocks (``extra_stream``):
+        every block's parts are known and the blocks are in eval mode."""
+        return all(BlockParts.of(b) is not None for b in self.blocks)
+
+    def extra_stream(self, image: dict[int, torch.Tensor], extra_tokens: torch.Tensor,
+                     wanted: set[int]) -> dict[int, torch.Tensor]:
+        """Isolated extra tokens through the blocks beside the image tokens' own run: ``image`` holds the plain
+        encoder's block inputs 0..L-1 and the blocks in ``wanted`` (L = the last of them), each (B, P + H*W, C)
+        (from ``forward`` or a cache of them). Returns {block in wanted: (B, P + H*W + X, C)}, as one masked run."""
+        last = max(wanted)
+        img0 = image[0] if 0 in image else image[min(image)]
+        extra = extra_tokens if extra_tokens.ndim == 3 else extra_tokens.unsqueeze(0).expand(img0.shape[0], -1, -1)
+        extra = extra.to(img0.dtype)  # (B, X, C)
+        out: dict[int, torch.Tensor] = {}
+        if 0 in wanted:
+            out[0] = torch.cat([image[0], extra], dim=1)
+        for i, block in enumerate(self.blocks[:last], start=1):
+            img_in = image[i - 1]  # (B, S, C), the image tokens' input of block i
+            if img_in.shape[1] != img0.shape[1]:
+                raise CompactVLMError("the image tokens changed in number inside the encoder (a token merge such as "
+                                      "tome) in a run with extra tokens", "use tome with a full-token compressor")
+            extra = BlockParts.of(block).extra_step(img_in, extra)  # (B, X, C)
+            if i in wanted:
+                out[i] = torch.cat([image[i], extra.to(image[i].dtype)], dim=1)  # (B, S + X, C)
+        return out
+
+    def _run(self, h: torch.Tensor, mask: torch.Tensor | None, wanted: set[int]) -> dict[int, torch.Tensor]:
+        """The blocks up to the last wanted on ``h`` (B, T, C); returns {block in wanted: (B, T', C)}."""
         hidden: dict[int, torch.Tensor] = {}
         if 0 in wanted:
             hidden[0] = h
@@ -136,10 +249,4 @@ class HFVisionEncoder(nn.Module):
                 h = h[0]
             if i in wanted:
                 hidden[i] = h
-        return VisionFeatures(
-            hidden=hidden,
-            grid=self.grid_of(pixel_values),
-            num_prefix=self.num_prefix,
-            num_extra=num_extra,
-            info=self.info,
-        )
+        return hidden
