@@ -239,6 +239,21 @@ def test_row_convergence_and_pair_flag():
     assert unknown["flat"] is None and pair_flag(["a", "u"], {"a": a, "u": unknown}).startswith("convergence unknown")
 
 
+def test_pair_flag_judges_only_the_seeds_the_comparison_pairs():
+    flat = [[s, 1.0] for s in range(0, 700, 100)]
+    slight = [[s, 2.0 - 0.00024 * s] for s in range(0, 700, 100)]  # -0.030 per 1000 samples
+    steep = [[s, 2.0 - 0.0008 * s] for s in range(0, 700, 100)]  # -0.100
+    ref = row_convergence([_run(0, slight), _run(1, steep)], 0.02)
+    row0 = row_convergence([_run(0, flat)], 0.02)  # a row with seed 0 only
+    flags = {"a": row0, "ref": ref}
+    assert "-0.100" in pair_flag(["a", "ref"], flags)  # every seed: the reference's worst
+    on_seed0 = pair_flag(["a", "ref"], flags, seeds={0})
+    assert on_seed0.startswith("not converged: `ref`") and "-0.030" in on_seed0 and "-0.100" not in on_seed0
+    assert pair_flag(["a", "ref"], {"a": row0, "ref": row_convergence([_run(0, flat), _run(1, steep)], 0.02)},
+                     seeds={0}) is None  # the steep seed is not paired
+    assert pair_flag(["a", "ref"], flags, seeds={2}).startswith("convergence unknown")  # no curve at seed 2
+
+
 # ---- progress and ETA -------------------------------------------------------------------------------------------
 class FakeClock:
     def __init__(self):

@@ -12,7 +12,7 @@ read a flat slope with the test-set learning curve (``eval_steps``) beside it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 SAMPLES_UNIT = 1000  # the slope's denominator: nats per this many training samples
 
@@ -54,18 +54,22 @@ def row_convergence(runs: Sequence[dict], flat_slope: float, default_batch: int 
             "threshold": flat_slope}
 
 
-def pair_flag(names: Sequence[str], convergence: dict[str, dict]) -> str | None:
+def pair_flag(names: Sequence[str], convergence: dict[str, dict], seeds: Iterable[int] | None = None) -> str | None:
     """The flag of a comparison between rows ``names``: None when every row's curve has flattened, else
     ``not converged: `row` (last-third slope S nats/1000 samples)`` or ``convergence unknown: ...``. An entry may
-    name its ``source`` (an evaluation-only row's trained row), shown with it."""
+    name its ``source`` (an evaluation-only row's trained row), shown with it. ``seeds``: the seeds the comparison
+    pairs (None: all of each row's); a row is judged on those seeds' curves only."""
+    keep = None if seeds is None else {int(s) for s in seeds}
     loose, unknown = [], []
     for n in dict.fromkeys(names):
         c = convergence.get(n)
         label = f"`{n}`" + (f" (`{c['source']}`'s model)" if c and c.get("source") else "")
-        if c is None or c["flat"] is None:
+        slopes = {} if c is None else {int(s): v for s, v in c["slopes"].items() if keep is None or int(s) in keep}
+        known = [v for v in slopes.values() if v is not None]
+        if not known:
             unknown.append(label)
-        elif not c["flat"]:
-            worst = max((v for v in c["slopes"].values() if v is not None), key=abs)
+        elif len(known) < len(slopes) or any(abs(v) > c["threshold"] for v in known):
+            worst = max(known, key=abs)
             loose.append(f"{label} (last-third slope {worst:+.3f} nats/1000 samples, limit ±{c['threshold']:g})")
     if loose:
         return "not converged: " + ", ".join(loose)

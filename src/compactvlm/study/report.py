@@ -172,11 +172,13 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             if a is None or b is None:
                 lines.append(f"| `{c['a']}` | `{c['b']}` | not yet run | | | | |")
                 continue
-            flag = pair_flag([c["a"], c["b"]], {n: rows[n]["convergence"] for n in (c["a"], c["b"])})
+            common = set(a["seeds"]) & set(b["seeds"])
+            flag = pair_flag([c["a"], c["b"]], {n: rows[n]["convergence"] for n in (c["a"], c["b"])},
+                             seeds=common or None)
             c["convergence"] = flag
             vl = c["val_loss_delta"]
             vl_txt = "–" if vl[0] is None else _fmt_signed(*vl, digits=3) + f" ({_seeds(c['val_loss_seeds'])})"
-            if set(a["seeds"]) & set(b["seeds"]):
+            if common:
                 delta = _fmt_delta({"delta": c["delta"]}) + (f" ({_seeds(len(c['seeds']))})" if c["seeds"] else "")
             else:  # nothing to pair: say why instead of a bare "–"
                 delta = (f"no seed in common (a: {', '.join(map(str, sorted(a['seeds'])))}; "

@@ -125,8 +125,9 @@ def judge_claims(plan, rows: dict[str, dict], pairs: dict[tuple[str, str], dict]
             out.append(e)
             continue
         names = [c.a, c.b or plan.reference]
-        e["convergence"] = pair_flag(names, {n: rows[n].get("convergence") for n in names})
-        if not set(rows[names[0]]["seeds"]) & set(rows[names[1]]["seeds"]):  # Δ and PRT pair rows seed by seed
+        common = set(rows[names[0]]["seeds"]) & set(rows[names[1]]["seeds"])  # Δ and PRT pair rows seed by seed
+        e["convergence"] = pair_flag(names, {n: rows[n].get("convergence") for n in names}, seeds=common)
+        if not common:
             e.update(verdict=UNTESTED, reason="no seed in common: " + "; ".join(
                 f"`{n}` has seed {', '.join(map(str, sorted(rows[n]['seeds'])))}" for n in names))
             out.append(e)
