@@ -94,16 +94,27 @@ def test_encoder_features_are_reused_across_passes_and_processes(tmp_path, monke
     assert len(list((tmp_path / "features").iterdir())) == 1
 
 
-@pytest.mark.parametrize("case", ["visionzip", "tome", "fastv", "extra_tokens"])
+@pytest.mark.parametrize("case", ["visionzip", "tome", "fastv", "extra_tokens_full_attention"])
 def test_no_feature_cache_where_features_depend_on_more_than_the_blocks(case):
     from compactvlm.registry import REDUCTIONS
 
-    if case == "extra_tokens":
-        model = tiny_vlm("vistog", tokens=8)
+    if case == "extra_tokens_full_attention":  # the image tokens attend to the semantic tokens: other blocks
+        model = tiny_vlm("vistog", tokens=8, attention="full")
     else:
         model = tiny_vlm("mlp2x_gelu")
         model.reduction = REDUCTIONS.create(case, budget=16, model=model, **({"k": 1} if case == "fastv" else {}))
     assert Answerer(model).features is None
+
+
+def test_isolated_extra_tokens_answer_from_cached_blocks(tmp_path):
+    """VisToG (isolated semantic tokens): the cache keeps the plain encoder's blocks and the semantic tokens run
+    beside them, with the answers of a fresh encode."""
+    model = varied(tiny_vlm("vistog", tokens=8))
+    its = items(tmp_path)
+    answer = Answerer(model, max_new_tokens=8)
+    assert answer.features is not None
+    assert answer(its) == Answerer(model, max_new_tokens=8, features=False)(its)
+    assert answer.features.encoded > 0
 
 
 @pytest.mark.parametrize("name", ["random", "avgpool", "dart", "divprune"])

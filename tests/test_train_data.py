@@ -144,8 +144,9 @@ def test_feature_cache_same_loss_and_validity(data):
         assert torch.equal(f1[k], f2[k])
     torch.testing.assert_close(tm(**x, features=f2)[0], direct, rtol=1e-6, atol=1e-6)
     assert check_cacheable(model) is None
-    vis = tiny_vlm("vistog", tokens=4, grouping=True)
-    assert "adds tokens" in check_cacheable(vis)
+    # VisToG's isolated semantic tokens run beside cached image blocks; with full attention the blocks change
+    assert check_cacheable(tiny_vlm("vistog", tokens=4, grouping=True)) is None
+    assert "that the image tokens attend to" in check_cacheable(tiny_vlm("vistog", tokens=4, attention="full"))
     # declared on the compressor (via its mask source), not guessed: detector + SAM read the pixels
     assert "reads the image" in check_cacheable(tiny_vlm("objects", mask_source="detector_sam"))
     assert check_cacheable(tiny_vlm("objects")) is None
@@ -247,3 +248,70 @@ def test_caches_encode_a_repeated_image_once():
         torch.testing.assert_close(hidden[l], want[l][[1, 0, 1]])
     eval_cache.hidden(model, pix)
     assert calls == [2] and eval_cache.hits == 2  # both images from memory
+
+
+def test_isolated_extra_tokens_train_and_answer_from_cached_blocks(tmp_path):
+    """VisToG from cached blocks: the caches keep every block input up to the one read (training's on disk only, in
+    the dtype asked), and the tokens, the loss and its gradients equal the encoder's own run."""
+    from compactvlm.model.features import ImageFeatureCache, cached_layers, encode_from_features
+    from compactvlm.train.objective import FeatureStore, store_tag
+
+    torch.manual_seed(0)
+    vis = tiny_vlm("vistog", tokens=4, grouping=True)
+    last = vis.encoder.info.normalize_layer(vis.compressor.layer)
+    layers = cached_layers(vis)
+    assert layers == list(range(last + 1))
+    pix = torch.randn(3, 3, 32, 32)
+    vis.compressor.eval()  # no Gumbel noise: one assignment for both runs
+    with torch.no_grad():
+        want = vis.encode_images(pix)
+        got = encode_from_features(vis, ImageFeatureCache().hidden(vis, pix))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    store = FeatureStore(tmp_path, store_tag(vis, layers, "fp32"))
+    cache = FeatureCache(layers, store, memory=False)
+    feats = cache.features(vis, torch.tensor([0, 1, 2]), pix, torch.device("cpu"))
+    assert len(cache) == 0 and store.written == 3  # nothing held in memory: every block is on disk
+    again = cache.features(vis, torch.tensor([0, 1, 2]), pix, torch.device("cpu"))
+    assert store.hits == 3 and all(torch.equal(feats[l], again[l]) for l in layers)
+    direct = vis.encode_images(pix)
+    direct.square().sum().backward()
+    g_direct = vis.compressor.semantic_tokens.grad.clone()
+    vis.compressor.semantic_tokens.grad = None
+    cached = encode_from_features(vis, again)
+    cached.square().sum().backward()
+    torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vis.compressor.semantic_tokens.grad, g_direct, atol=1e-5, rtol=1e-4)
+
+    half = FeatureCache(layers, FeatureStore(tmp_path, store_tag(vis, layers, "bf16")), memory=False,
+                        dtype=torch.bfloat16)
+    assert all(t.dtype == torch.bfloat16 for t in half.features(vis, torch.tensor([0]), pix[:1],
+                                                                 torch.device("cpu")).values())
+    with pytest.raises(ValueError, match="needs a FeatureStore"):
+        FeatureCache(layers, None, memory=False)
+
+
+def test_vistog_training_caches_its_blocks_on_disk_only(tmp_path, capfd):
+    """Training VisToG with cache_features: without a feature_cache_dir it says why it does not cache (every block
+    of every image would be held in memory); with one, the blocks go to disk and the losses equal the uncached run."""
+    from safetensors.torch import load_file
+
+    from compactvlm.train import train
+    from compactvlm.train.fixtures import tiny_train_config
+
+    def run(name, extra):
+        cfg = tiny_train_config(tmp_path / name, ["model.compressor=vistog:tokens=4", "cache_features=true",
+                                                  "optim.max_steps=3", "eval.every_steps=0"] + extra)
+        train(cfg)
+        rows = [json.loads(l) for l in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        return capfd.readouterr().err, [r["loss"] for r in rows if "loss" in r and r.get("event") != "eval"]
+
+    store = tmp_path / "features"
+    err_plain, plain = run("a", [])
+    assert "cache_features off: the extra tokens read every encoder block" in err_plain
+    err_disk, disk = run("b", [f"feature_cache_dir={store}"])
+    assert "encoder features on disk" in err_disk
+    files = list(store.rglob("*.safetensors"))
+    assert files and disk == pytest.approx(plain, rel=1e-4)
+    keys = set(load_file(str(files[0])))
+    assert len(keys) > 2 and keys == {f"layer{i}" for i in range(len(keys))}  # blocks 0.. up to the one read

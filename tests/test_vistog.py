@@ -112,11 +112,16 @@ def test_isolated_extra_stream_equals_the_masked_concatenation(family, impl, mon
         torch.testing.assert_close(g, joint_grads[name], atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
 
 
-def test_the_extra_stream_falls_back_in_training_mode_and_refuses_a_token_merge(enc):
+def test_the_extra_stream_falls_back_under_dropout_and_refuses_a_token_merge(enc):
     comp = make(enc, tokens=3)
     enc.train()
     try:
-        assert not enc.splits_extra_tokens  # dropout / drop-path are the blocks' own business
+        assert enc.splits_extra_tokens  # training mode without dropout: the same computation
+        for name in ("attention_probs_dropout_prob", "drop_path_rate"):
+            cfg = dict(hidden_size=C, num_hidden_layers=LAYERS, num_attention_heads=4, patch_size=4, image_size=16)
+            drop = HFVisionEncoder(Dinov2Model(Dinov2Config(**cfg, **{name: 0.1})).train())
+            assert not drop.splits_extra_tokens  # dropout / drop-path are the blocks' own business
+            assert drop.eval().splits_extra_tokens
     finally:
         enc.eval()
     image = enc._run(enc.embed(pixels()), None, set(range(LAYERS + 1)))

@@ -11,7 +11,7 @@ the same blocks' weights as queries over the image tokens' keys and values plus 
 of the concatenation (tested), at a fraction of its cost in training: the masked run's backward goes through every
 image token of every block, since the extra tokens' gradients reach the image tokens' keys and values. The extra
 stream reads the blocks' parts (``BlockParts``) for DINOv2, CLIP and SigLIP layers as transformers names them;
-layers it does not know (or in training mode) run the masked concatenation as before.
+layers it does not know (or with dropout in training mode) run the masked concatenation as before.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ from .base import EncoderInfo, VisionFeatures
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 ExtraAttention = Literal["isolated", "full"]
+
+
+def _stochastic(block: nn.Module, attn: nn.Module | None) -> bool:
+    """Whether ``block`` in training mode drops anything: a dropout module, drop-path or attention dropout above 0."""
+    for m in block.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0 or float(getattr(m, "drop_prob", 0.0) or 0.0) > 0:
+            return True
+    rates = (getattr(attn, n, 0.0) for n in ("attention_dropout", "dropout"))
+    return any(isinstance(r, float) and r > 0 for r in rates)
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,10 @@ class BlockParts:
     @staticmethod
     def of(block: nn.Module) -> "BlockParts | None":
         """The parts of a DINOv2 / CLIP / SigLIP layer of the installed transformers, or None for another layout
-        (or one in training mode, whose dropout / drop-path this does not reproduce)."""
-        if block.training:
-            return None
+        (or one in training mode with dropout or drop-path, which this does not reproduce)."""
         attn = getattr(block, "attention", None) or getattr(block, "self_attn", None)
+        if block.training and _stochastic(block, attn):
+            return None
         names = ("q_proj", "k_proj", "v_proj")
         if attn is None or not all(isinstance(getattr(attn, n, None), nn.Linear) for n in names):
             return None
@@ -208,7 +217,7 @@ class HFVisionEncoder(nn.Module):
     @property
     def splits_extra_tokens(self) -> bool:
         """Whether isolated extra tokens run as their own stream beside the plain image blocks (``extra_stream``):
-        every block's parts are known and the blocks are in eval mode."""
+        every block's parts are known, and in training mode none drops anything."""
         return all(BlockParts.of(b) is not None for b in self.blocks)
 
     def extra_stream(self, image: dict[int, torch.Tensor], extra_tokens: torch.Tensor,
@@ -217,20 +226,30 @@ class HFVisionEncoder(nn.Module):
         encoder's block inputs 0..L-1 and the blocks in ``wanted`` (L = the last of them), each (B, P + H*W, C)
         (from ``forward`` or a cache of them). Returns {block in wanted: (B, P + H*W + X, C)}, as one masked run."""
         last = max(wanted)
-        img0 = image[0] if 0 in image else image[min(image)]
-        extra = extra_tokens if extra_tokens.ndim == 3 else extra_tokens.unsqueeze(0).expand(img0.shape[0], -1, -1)
-        extra = extra.to(img0.dtype)  # (B, X, C)
+        missing = sorted((set(range(last)) | set(wanted)) - set(image))
+        if missing:
+            raise CompactVLMError(f"the extra stream needs the image tokens of blocks {missing}",
+                                  f"pass the plain encoder's blocks 0..{last}")
+        dtype = self.dtype  # the extra tokens' residual stream, whatever dtype a cache keeps the image tokens in
+        n_img = image[0].shape[1]
+        extra = extra_tokens if extra_tokens.ndim == 3 else extra_tokens.unsqueeze(0).expand(image[0].shape[0], -1, -1)
+        extra = extra.to(dtype)  # (B, X, C)
         out: dict[int, torch.Tensor] = {}
         if 0 in wanted:
-            out[0] = torch.cat([image[0], extra], dim=1)
+            out[0] = torch.cat([image[0].to(dtype), extra], dim=1)
         for i, block in enumerate(self.blocks[:last], start=1):
-            img_in = image[i - 1]  # (B, S, C), the image tokens' input of block i
-            if img_in.shape[1] != img0.shape[1]:
+            img_in = image[i - 1].to(dtype)  # (B, S, C), the image tokens' input of block i
+            if img_in.shape[1] != n_img:
                 raise CompactVLMError("the image tokens changed in number inside the encoder (a token merge such as "
                                       "tome) in a run with extra tokens", "use tome with a full-token compressor")
-            extra = BlockParts.of(block).extra_step(img_in, extra)  # (B, X, C)
+            parts = BlockParts.of(block)
+            if parts is None:
+                raise CompactVLMError(f"block {i} of this {self.family} encoder cannot run extra tokens as their own "
+                                      "stream (dropout in training mode, or a layer layout this does not know)",
+                                      "put the encoder in eval mode (it is frozen), or run it with the extra tokens")
+            extra = parts.extra_step(img_in, extra)  # (B, X, C)
             if i in wanted:
-                out[i] = torch.cat([image[i], extra.to(image[i].dtype)], dim=1)  # (B, S + X, C)
+                out[i] = torch.cat([image[i].to(extra.dtype), extra], dim=1)  # (B, S + X, C)
         return out
 
     def _run(self, h: torch.Tensor, mask: torch.Tensor | None, wanted: set[int]) -> dict[int, torch.Tensor]:

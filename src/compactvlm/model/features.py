@@ -4,10 +4,14 @@ by evaluation (``ImageFeatureCache``, by pixels, for ``evaluate.answer.Answerer`
 controls and the learning-curve checkpoints of a row all encode each test image once). Both run one lookup
 (memory, then disk, then the encoder for what is still missing): ``_BlockLookup``.
 
-Caching is valid only when the encoder is frozen, the compressor adds no tokens inside the encoder (VisToG) and
-does not read the image itself (``cacheable_features = False`` on the compressor class opts out), and no test-time
-reduction runs, except at inference one that reads only the encoder's blocks (``cacheable_features = True`` on the
-reduction class: random, avgpool, dart, divprune); ``check_cacheable`` says why not.
+Caching is valid only when the encoder is frozen, the compressor adds no tokens inside the encoder that the image
+tokens attend to (VisToG's full-attention ablation) and does not read the image itself (``cacheable_features = False``
+on the compressor class opts out), and no test-time reduction runs, except at inference one that reads only the
+encoder's blocks (``cacheable_features = True`` on the reduction class: random, avgpool, dart, divprune);
+``check_cacheable`` says why not. Isolated extra tokens (VisToG) are cacheable: the image tokens' blocks are the plain
+encoder's, so the caches keep every block input up to the last block read (``cached_layers``) and the extra tokens
+run beside them from the cache (``HFVisionEncoder.extra_stream``). That is 12 blocks of DINOv2-S per image (4.7 MB in
+fp32, 2.4 MB in bf16): training keeps them on disk only (``FeatureCache(memory=False)``, in the autocast dtype).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ def check_cacheable(vlm: nn.Module, training: bool = True) -> str | None:
     if training and any(p.requires_grad for p in vlm.encoder.parameters()):
         return "the encoder is trained in this stage"
     comp = vlm.compressor
-    if comp.extra_tokens() is not None:
-        return f"compressor {comp.registry_name!r} adds tokens inside the encoder"
+    if comp.extra_tokens() is not None and comp.extra_attention != "isolated":
+        return f"compressor {comp.registry_name!r} adds tokens inside the encoder that the image tokens attend to"
+    if comp.extra_tokens() is not None and not vlm.encoder.splits_extra_tokens:
+        return (f"compressor {comp.registry_name!r} adds tokens inside the encoder, whose blocks cannot run them "
+                "beside cached image tokens")
     if not comp.cacheable_features:
         return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
     red = vlm.reduction
@@ -97,11 +104,27 @@ def store_tag(vlm: nn.Module, layers: list[int], precision: str) -> str:
     return f"{type(vlm.encoder).__name__}-{h.hexdigest()[:16]}"
 
 
-def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:
-    """Cached encoder blocks -> compressor (or the model's cacheable reduction) -> (B, M, D_llm), as
-    ``CompactVLM.encode_images`` after the encoder."""
+def cached_layers(vlm: nn.Module) -> list[int]:
+    """The encoder blocks a cache keeps for ``vlm``: those its compressor and reduction read; with isolated extra
+    tokens (VisToG) every block input up to the last of them as well (the extra tokens' keys and values)."""
     enc = vlm.encoder
-    feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=0, info=enc.info)
+    layers = sorted({enc.info.normalize_layer(l) for l in vlm.feature_layers()})
+    if vlm.compressor.extra_tokens() is not None:
+        return list(range(max(layers) + 1))
+    return layers
+
+
+def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_state: dict | None = None) -> torch.Tensor:
+    """Cached encoder blocks (``cached_layers``) -> compressor (or the model's cacheable reduction) -> (B, M, D_llm),
+    as ``CompactVLM.encode_images`` after the encoder; isolated extra tokens run beside the cached blocks."""
+    enc = vlm.encoder
+    extra = vlm.compressor.extra_tokens()
+    num_extra = 0
+    if extra is not None:
+        wanted = {enc.info.normalize_layer(l) for l in vlm.feature_layers()}
+        hidden = enc.extra_stream(hidden, extra, wanted)  # {block: (B, P + H*W + X, C)}
+        num_extra = extra.shape[-2]
+    feats = VisionFeatures(hidden=hidden, grid=vlm.grid, num_prefix=enc.num_prefix, num_extra=num_extra, info=enc.info)
     feats.extra_state.update(encoder=enc)
     if extra_state:
         feats.extra_state.update(extra_state)
@@ -112,6 +135,9 @@ class _BlockLookup:
     """The lookup both caches run for a batch of images: memory first, then the disk store (a hit is kept in memory),
     then one encoder call for the images still missing, each distinct image once (kept in memory and written to the
     store). Subclasses say how memory is keyed and held (``_recall``, ``_keep``)."""
+
+    #: the dtype features are kept in (None: the encoder's output dtype)
+    dtype: torch.dtype | None = None
 
     def __init__(self):
         self.hits = self.encoded = 0  # images served from memory or disk / images encoded
@@ -145,7 +171,7 @@ class _BlockLookup:
             pix = pixel_values[[first[k] for k in missing]]
             hidden = vlm.encoder(pix if device is None else pix.to(device), layers=layers).hidden  # {l: (n, S_tok, C)}
             for n, k in enumerate(missing):
-                one = {l: hidden[l][n].detach().cpu().clone() for l in layers}  # (S_tok, C) each, off the batch
+                one = {l: hidden[l][n].detach().to("cpu", self.dtype).clone() for l in layers}  # (S_tok, C) each
                 self._keep(k, one)
                 got[k] = one
                 if store is not None:
@@ -162,14 +188,23 @@ class FeatureCache(_BlockLookup):
     Features are copied into preallocated blocks of ``CHUNK`` samples (one large allocation per block) instead of
     one small tensor per sample: thousands of small long-lived tensors interleaved with each step's large transient
     activations fragment the C heap, and a process caching 5,800 DINOv2-S images grew by ~2.9 MB per image instead
-    of the 0.4 MB the features take."""
+    of the 0.4 MB the features take.
+
+    ``memory=False`` keeps nothing in memory (each batch's features come from ``store``, which it then needs): for
+    features too large to hold for every sample, such as the 12 blocks VisToG's extra tokens read. ``dtype``: the
+    dtype features are kept and stored in (None: the encoder's)."""
 
     CHUNK = 256
 
-    def __init__(self, layers: list[int], store: FeatureStore | None = None):
+    def __init__(self, layers: list[int], store: FeatureStore | None = None, memory: bool = True,
+                 dtype: torch.dtype | None = None):
         super().__init__()
+        if not memory and store is None:
+            raise ValueError("a FeatureCache without memory needs a FeatureStore")
         self.layers = sorted(layers)
         self.store = store
+        self.memory = memory
+        self.dtype = dtype
         self.slot: dict[int, int] = {}  # sample index -> row in the blocks
         self.blocks: dict[int, list[torch.Tensor]] = {}  # layer -> blocks of (CHUNK, S, C)
 
@@ -183,6 +218,8 @@ class FeatureCache(_BlockLookup):
         return sum(b.numel() * b.element_size() for bs in self.blocks.values() for b in bs)
 
     def _keep(self, i: int, feats: dict[int, torch.Tensor]) -> None:
+        if not self.memory:
+            return
         row = len(self.slot)
         k, r = divmod(row, self.CHUNK)
         for l, t in feats.items():
@@ -227,7 +264,7 @@ class ImageFeatureCache(_BlockLookup):
         enc = vlm.encoder
         dtype = next(enc.parameters()).dtype
         if (id(vlm), dtype) not in self._tags:
-            layers = sorted({enc.info.normalize_layer(l) for l in vlm.feature_layers()})  # as encoder_features
+            layers = cached_layers(vlm)
             self._tags[(id(vlm), dtype)] = (store_tag(vlm, layers, f"inference-{str(dtype).replace('torch.', '')}"),
                                             layers)
         return self._tags[(id(vlm), dtype)]

@@ -12,8 +12,9 @@ checking and for LLMs whose logits need model-specific post-processing.
 
 ``FeatureCache`` (``model.features``) keeps the frozen encoder's features of each sample after their first use, so later epochs and
 validation passes run only compressor + LLM. It is valid only when the encoder is frozen, the compressor adds no
-tokens to the encoder (VisToG) and does not read the image itself (``cacheable_features = False`` on the
-compressor class opts out); ``check_cacheable`` says why not.
+tokens to the encoder that the image tokens attend to (isolated ones, VisToG's, run beside the cached blocks) and does
+not read the image itself (``cacheable_features = False`` on the compressor class opts out); ``check_cacheable`` says
+why not.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # shared with evaluation (evaluate.answer): the model layer holds them
-from ..model.features import FeatureCache, FeatureStore, check_cacheable, encode_from_features, store_tag  # noqa: F401
+from ..model.features import (  # noqa: F401
+    FeatureCache, FeatureStore, cached_layers, check_cacheable, encode_from_features, store_tag)
 from ..model.prompting import IGNORE_INDEX
 from ..model.adapters import base_llm
 

@@ -250,7 +250,7 @@ class Trainer:
 
         from ..model.build import build_model
         from .logging import RunLogger
-        from .objective import FeatureCache, FeatureStore, TrainingModel, check_cacheable, store_tag
+        from .objective import FeatureCache, FeatureStore, TrainingModel, cached_layers, check_cacheable, store_tag
         from .sampler import GlobalBatchSampler
         from .stages import apply_stage, format_summary
 
@@ -295,13 +295,19 @@ class Trainer:
             why = check_cacheable(vlm)
             if why:
                 self.log_lines.append(f"cache_features off: {why}")
+            elif vlm.compressor.extra_tokens() is not None and not cfg.feature_cache_dir:
+                self.log_lines.append("cache_features off: the extra tokens read every encoder block, too much to hold "
+                                      "in memory for every image; set feature_cache_dir to cache them on disk")
             else:
-                layers = [vlm.encoder.info.normalize_layer(l) for l in vlm.compressor.feature_layers()]
+                layers = cached_layers(vlm)
                 store = None
                 if cfg.feature_cache_dir:
                     store = FeatureStore(cfg.feature_cache_dir, store_tag(vlm, layers, self.precision))
                     self.log_lines.append(f"encoder features on disk: {store.dir}")
-                self.cache, self.val_cache = FeatureCache(layers, store), FeatureCache(layers, store)
+                # VisToG: every block up to the one read, on disk only, in the autocast dtype
+                big = vlm.compressor.extra_tokens() is not None
+                kw = dict(memory=not big, dtype=torch.bfloat16 if big and self.precision == "bf16" else None)
+                self.cache, self.val_cache = FeatureCache(layers, store, **kw), FeatureCache(layers, store, **kw)
         if cfg.logits == "labels" and getattr(getattr(vlm.llm, "config", None), "final_logit_softcapping", None):
             raise CompactVLMError("this LLM post-processes its logits (softcapping)", "set logits=all")
         self.vlm = vlm
