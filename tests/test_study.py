@@ -355,3 +355,15 @@ def test_concurrent_study_processes_build_the_data_once(tmp_path, plan_file):
     out, err = other.communicate(timeout=120)
     assert other.returncode == 0, err
     assert json.loads((d / "manifest.json").read_text())["built_at"] == built  # reused, not rebuilt
+
+
+def test_demo_blind_verdict_separates_unresolved_from_blind():
+    """A CI that reaches 0 on a small split is "not resolved", not evidence of blindness; only a gap at or below 0
+    reads as not beating the control."""
+    from compactvlm.commands.demo import blind_verdict
+
+    assert blind_verdict([17.7, 8.3, 27.1], 85) == "sees"
+    unresolved = blind_verdict([8.8, -8.7, 22.1], 85)
+    assert unresolved.startswith("not resolved on 85 questions") and "--images" in unresolved
+    assert blind_verdict([-1.0, -9.0, 6.0], 85) == "does NOT beat its blind control"
+    assert blind_verdict([0.0, 0.0, 0.0], 85) == "does NOT beat its blind control"
