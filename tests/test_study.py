@@ -362,8 +362,8 @@ def test_demo_blind_verdict_separates_unresolved_from_blind():
     reads as not beating the control."""
     from compactvlm.commands.demo import blind_verdict
 
-    assert blind_verdict([17.7, 8.3, 27.1], 85) == "sees"
-    unresolved = blind_verdict([8.8, -8.7, 22.1], 85)
+    assert blind_verdict(True, 17.7, 85) == "sees"
+    unresolved = blind_verdict(False, 8.8, 85)
     assert unresolved.startswith("not resolved on 85 questions") and "--images" in unresolved
-    assert blind_verdict([-1.0, -9.0, 6.0], 85) == "does NOT beat its blind control"
-    assert blind_verdict([0.0, 0.0, 0.0], 85) == "does NOT beat its blind control"
+    assert blind_verdict(False, -1.0, 85) == "does NOT beat its blind control"
+    assert blind_verdict(False, 0.0, 85) == "does NOT beat its blind control"

@@ -19,18 +19,17 @@ from pathlib import Path
 ROWS = ("full-mlp2x", "stf-k2e1")
 
 
-
-def blind_verdict(delta: list[float], n_questions: int) -> str:
-    """How a model's family-mean difference to its blind control reads: (point, CI low, CI high) -> "sees" when the
-    CI is above 0; "not resolved" when the point is above 0 but the CI reaches 0 (too few questions to tell, which
-    is not evidence of blindness); else "does NOT beat its blind control"."""
-    point, low, _ = delta
-    if low > 0:
+def blind_verdict(sees: bool, point: float, n_questions: int) -> str:
+    """How a model's family-mean difference to its blind control reads: ``sees`` (the controls' rule, CI above 0)
+    -> "sees"; a ``point`` above 0 whose CI reaches 0 -> "not resolved" (too few questions to tell, which is not
+    evidence of blindness); else "does NOT beat its blind control"."""
+    if sees:
         return "sees"
     if point > 0:
         return (f"not resolved on {n_questions} questions (the CI includes 0; --images raises the split, and the "
                 "shipped numbers below come from a larger one)")
     return "does NOT beat its blind control"
+
 
 def assets_dir() -> Path:
     """The shipped checkpoints' folder (``model.shipped``; also reachable as ``--checkpoint demo:NAME``)."""
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         d = g["controls"]["shuffled"]["family_mean"]["delta"]
         seen = [f for f, ok in g["sees"].items() if ok and f != "family_mean"]
         print(f"  {r}: family mean real - blind {d[0]:+.1f} [95% CI {d[1]:+.1f}, {d[2]:+.1f}] -> "
-              + blind_verdict(d, results[r]["metrics"]["n"])
+              + blind_verdict(g["sees"]["family_mean"], d[0], results[r]["metrics"]["n"])
               + (f"; families with a CI above 0: {', '.join(seen)}" if seen else ""))
     for r in ROWS:  # what each shipped model scored, with its control, on the larger split it was shipped with
         t = (results[r]["provenance"] or {}).get("test")
