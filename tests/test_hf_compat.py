@@ -79,7 +79,7 @@ def test_layers_without_a_mask_run_plain_and_refuse_isolated_extra_tokens(monkey
         # isolated extra tokens as their own stream need no mask ...
         torch.testing.assert_close(enc(pix, layers=(4,), extra_tokens=extra).hidden[4], iso_extra)
         # ... the masked concatenation, for layers whose parts are unknown, does
-        monkeypatch.setattr(HFVisionEncoder, "splits_extra_tokens", property(lambda self: False))
+        monkeypatch.setattr(HFVisionEncoder, "stream_parts", lambda self: None)
         with pytest.raises(CompactVLMError, match="take no attention mask"):
             enc(pix, layers=(4,), extra_tokens=extra, extra_attention="isolated")
         with pytest.raises(CompactVLMError, match="tome's proportional attention"):

@@ -102,7 +102,7 @@ def test_isolated_extra_stream_equals_the_masked_concatenation(family, impl, mon
 
     split, split_grads = run()
     with monkeypatch.context() as m:
-        m.setattr(HFVisionEncoder, "splits_extra_tokens", property(lambda self: False))
+        m.setattr(HFVisionEncoder, "stream_parts", lambda self: None)
         joint, joint_grads = run()
     assert split.num_extra == joint.num_extra == 5
     for layer in blocks:

@@ -189,10 +189,11 @@ class HFVisionEncoder(nn.Module):
         if extra_tokens is not None and extra_attention not in ("isolated", "full"):
             raise CompactVLMError(f"unknown extra_attention {extra_attention!r}", "use 'isolated' or 'full'")
         h = self.embed(pixel_values.to(self.dtype))  # (B, P + H*W, C)
-        if extra_tokens is not None and extra_attention == "isolated" and self.splits_extra_tokens:
+        parts = self.stream_parts() if extra_tokens is not None and extra_attention == "isolated" else None
+        if parts is not None:
             last = max(wanted)
             image = self._run(h, None, set(range(last + 1)))  # block inputs 0..last-1 and the outputs wanted
-            hidden = self.extra_stream(image, extra_tokens, wanted)
+            hidden = self.extra_stream(image, extra_tokens, wanted, parts)
             return VisionFeatures(hidden=hidden, grid=self.grid_of(pixel_values), num_prefix=self.num_prefix,
                                   num_extra=hidden[last].shape[1] - h.shape[1], info=self.info)
         num_image = h.shape[1]
@@ -214,18 +215,26 @@ class HFVisionEncoder(nn.Module):
             info=self.info,
         )
 
+    def stream_parts(self) -> list[BlockParts] | None:
+        """Every block's parts when isolated extra tokens can run as their own stream beside the plain image blocks
+        (``extra_stream``): each block's layout is known, and in training mode none drops anything; else None."""
+        parts = [BlockParts.of(b) for b in self.blocks]
+        return None if any(p is None for p in parts) else parts
+
     @property
     def splits_extra_tokens(self) -> bool:
-        """Whether isolated extra tokens run as their own stream beside the plain image blocks (``extra_stream``):
-        every block's parts are known, and in training mode none drops anything."""
-        return all(BlockParts.of(b) is not None for b in self.blocks)
+        """Whether isolated extra tokens run as their own stream (``stream_parts`` is not None)."""
+        return self.stream_parts() is not None
 
-    def extra_stream(self, image: dict[int, torch.Tensor], extra_tokens: torch.Tensor,
-                     wanted: set[int]) -> dict[int, torch.Tensor]:
+    def extra_stream(self, image: dict[int, torch.Tensor], extra_tokens: torch.Tensor, wanted: set[int],
+                     parts: Sequence[BlockParts | None] | None = None) -> dict[int, torch.Tensor]:
         """Isolated extra tokens through the blocks beside the image tokens' own run: ``image`` holds the plain
         encoder's block inputs 0..L-1 and the blocks in ``wanted`` (L = the last of them), each (B, P + H*W, C)
-        (from ``forward`` or a cache of them). Returns {block in wanted: (B, P + H*W + X, C)}, as one masked run."""
+        (from ``forward`` or a cache of them); ``parts`` the blocks' parts where the caller has them already.
+        Returns {block in wanted: (B, P + H*W + X, C)}, as one masked run."""
         last = max(wanted)
+        if parts is None:
+            parts = [BlockParts.of(b) for b in self.blocks[:last]]
         missing = sorted((set(range(last)) | set(wanted)) - set(image))
         if missing:
             raise CompactVLMError(f"the extra stream needs the image tokens of blocks {missing}",
@@ -237,17 +246,16 @@ class HFVisionEncoder(nn.Module):
         out: dict[int, torch.Tensor] = {}
         if 0 in wanted:
             out[0] = torch.cat([image[0].to(dtype), extra], dim=1)
-        for i, block in enumerate(self.blocks[:last], start=1):
+        for i, part in enumerate(parts[:last], start=1):
             img_in = image[i - 1].to(dtype)  # (B, S, C), the image tokens' input of block i
             if img_in.shape[1] != n_img:
                 raise CompactVLMError("the image tokens changed in number inside the encoder (a token merge such as "
                                       "tome) in a run with extra tokens", "use tome with a full-token compressor")
-            parts = BlockParts.of(block)
-            if parts is None:
+            if part is None:
                 raise CompactVLMError(f"block {i} of this {self.family} encoder cannot run extra tokens as their own "
                                       "stream (dropout in training mode, or a layer layout this does not know)",
                                       "put the encoder in eval mode (it is frozen), or run it with the extra tokens")
-            extra = parts.extra_step(img_in, extra)  # (B, X, C)
+            extra = part.extra_step(img_in, extra)  # (B, X, C)
             if i in wanted:
                 out[i] = torch.cat([image[i].to(extra.dtype), extra], dim=1)  # (B, S + X, C)
         return out

@@ -293,9 +293,10 @@ class Trainer:
         self.cache = self.val_cache = None
         if cfg.cache_features:
             why = check_cacheable(vlm)
+            big = vlm.compressor.extra_tokens() is not None  # VisToG: every block up to the one read
             if why:
                 self.log_lines.append(f"cache_features off: {why}")
-            elif vlm.compressor.extra_tokens() is not None and not cfg.feature_cache_dir:
+            elif big and not cfg.feature_cache_dir:
                 self.log_lines.append("cache_features off: the extra tokens read every encoder block, too much to hold "
                                       "in memory for every image; set feature_cache_dir to cache them on disk")
             else:
@@ -304,8 +305,7 @@ class Trainer:
                 if cfg.feature_cache_dir:
                     store = FeatureStore(cfg.feature_cache_dir, store_tag(vlm, layers, self.precision))
                     self.log_lines.append(f"encoder features on disk: {store.dir}")
-                # VisToG: every block up to the one read, on disk only, in the autocast dtype
-                big = vlm.compressor.extra_tokens() is not None
+                # VisToG's blocks: on disk only, in the autocast dtype
                 kw = dict(memory=not big, dtype=torch.bfloat16 if big and self.precision == "bf16" else None)
                 self.cache, self.val_cache = FeatureCache(layers, store, **kw), FeatureCache(layers, store, **kw)
         if cfg.logits == "labels" and getattr(getattr(vlm.llm, "config", None), "final_logit_softcapping", None):
