@@ -91,3 +91,14 @@ def test_bad_inputs_are_clear_errors():
         bootstrap_sceneqa(rows, [right], n=3)
     with pytest.raises(CompactVLMError, match="no run's answers"):
         bootstrap_sceneqa(rows, [], n=20)
+
+
+def test_prt_can_average_over_chosen_families_only():
+    """The study's PRT averages over the families the reference sees; the bootstrap's PRT CI must do the same."""
+    rows = _records()
+    right = _truth(rows)
+    half_mme = {**right, **{f"q{i}-m0": "no" for i in range(0, 30, 2)}}  # every other MME pair broken
+    every = bootstrap_sceneqa(rows, [half_mme], [right], n=50)
+    exist = bootstrap_sceneqa(rows, [half_mme], [right], n=50, prt_components=["sceneqa/existence"])
+    assert exist["prt"] == [pytest.approx(100.0)] * 3  # existence untouched
+    assert every["prt"][0] < 100.0  # the MME pairs pull the all-family PRT down

@@ -360,3 +360,73 @@ def test_prt_pairs_each_seed_with_the_references_same_seed(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     md = write_report(load_plan(path), path).read_text()
     assert "| `small` | `ref` | 16 / 64 | 36.0 / 70.0 | no seed in common (a: 1; b: 0, 2) |" in md
+
+
+def test_moonshot_picks_the_best_row_that_sees_and_judges_its_ci_against_the_target():
+    """Issue 21's moonshot: rows ranked by PRT; a row that does not beat its blind control is never "best" however
+    high its PRT; the verdict reads the test-image CI against the target (met / not met / not resolved)."""
+    from compactvlm.study.stats import pick_moonshot
+
+    def cand(row, prt, lo, hi, sees=True):
+        return {"row": row, "prt": (prt, None), "prt_ci": [prt, lo, hi], "sees": sees}
+
+    blind = cand("blind-16", 101.0, 99.5, 102.0, sees=False)
+    got = pick_moonshot([cand("a", 90.0, 85.0, 95.0), blind, cand("b", 98.0, 96.0, 100.5)], 99.0)
+    assert [c["row"] for c in got["candidates"]] == ["blind-16", "b", "a"]
+    assert got["best"] == "b" and got["verdict"] == "not resolved"
+    assert pick_moonshot([cand("b", 99.6, 99.0, 100.2)], 99.0)["verdict"] == "met"
+    assert pick_moonshot([cand("a", 90.0, 85.0, 95.0)], 99.0)["verdict"] == "not met"
+    nothing = pick_moonshot([blind, {"row": "c", "prt": (None, None), "prt_ci": None, "sees": True}], 99.0)
+    assert nothing["best"] is None and nothing["verdict"] is None
+    assert pick_moonshot([{**cand("a", 95.0, 0, 0), "prt_ci": None}], 99.0)["verdict"] == "no CI"
+
+
+def test_moonshot_needs_a_token_count_and_a_target_in_range(tmp_path):
+    path = _study(tmp_path, {"attribute": 80.0}, {"ref": True, "small": True}, None)
+    spec = yaml.safe_load(path.read_text())
+    for bad in ({"tokens": 0}, {"target": 120}):
+        spec["moonshot"] = bad
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(CompactVLMError, match="moonshot"):
+            load_plan(path)
+
+
+def test_moonshot_section_bootstraps_prt_over_the_families_the_reference_sees(tmp_path):
+    """End to end from result files with answers: the moonshot's PRT CI comes from the test-image bootstrap over
+    the families the reference sees (attribute here, not existence), and the report names the best row."""
+    path = _study(tmp_path, {"attribute": 80.0}, {"ref": True, "small": True}, None)
+    spec = yaml.safe_load(path.read_text())
+    spec.update(bootstrap=100, seeds=[0], moonshot={"tokens": 16, "target": 99})
+    path.write_text(yaml.safe_dump(spec))
+    data = Path(spec["data"]["dir"])
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text("{}")  # a built SceneQA folder, as far as the report is concerned
+    answers, ref_preds, small_preds = [], {}, {}
+    for i in range(40):
+        img = f"images/test/{i:06d}.jpg"
+        for fam, truth in (("attribute", "red"), ("existence", "yes")):
+            qid = f"q{i}-{fam}"
+            answers.append({"question_id": qid, "image": img, "family": fam, "subset": "random", "answer": truth,
+                            "answers": [truth]})
+            ref_preds[qid] = truth
+            # the row: attribute right on half the images, existence always wrong
+            small_preds[qid] = truth if fam == "attribute" and i % 2 else "no" if fam == "existence" else "blue"
+    (data / "test_answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    for name, preds in (("ref", ref_preds), ("small", small_preds)):
+        for f in (tmp_path / "results" / name).glob("seed*.json"):
+            f.unlink()
+        r = _result(name, 0, {"attribute": 100.0 if name == "ref" else 50.0,
+                              "existence": 100.0 if name == "ref" else 0.0}, True)
+        r["blind_gap"]["sees"].update(attribute=True, existence=False)
+        r["predictions"] = preds
+        (tmp_path / "results" / name / "seed0.json").write_text(json.dumps(r))
+    out = write_report(load_plan(path), path)
+    shot = json.loads((out.parent / "results_moonshot.json").read_text())
+    assert shot["families"] == ["sceneqa/attribute"] and shot["best"] == "small"
+    [c] = shot["candidates"]
+    assert c["prt"][0] == pytest.approx(50.0) and c["prt_ci"][0] == pytest.approx(50.0)  # existence left out
+    assert c["prt_ci"][1] < 50.0 < c["prt_ci"][2] < 99.0 and shot["verdict"] == "not met"
+    md = out.read_text()
+    assert "## Moonshot: the best row at 16 tokens (1/4)" in md
+    assert "**Best: `small`, PRT 50.0 %" in md and "target ≥ 99 % not met" in md
+    assert (tmp_path / "results" / "small" / "bootstrap_prt.json").exists()

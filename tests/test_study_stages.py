@@ -58,6 +58,7 @@ def staged(tmp_path_factory):
         ],
         "comparisons": [["stf", "rand-4"]],
         "claims": [{"claim": "stf keeps the accuracy", "kind": "retains", "a": "stf"}],
+        "moonshot": {"tokens": 4, "target": 99},
     }
     path = root / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
@@ -144,6 +145,14 @@ def test_two_stage_rows(staged, capsys):
     assert comps[0]["convergence"] == pair_flag(["stf", "rand-4"], {n: summary[n]["convergence"] for n in ("stf", "rand-4")})
     assert summary["rand-4"]["convergence"]["source"] == "full"
     assert "| `stf-b` | 1 (" in md and "`stf`'s |" in md  # its stage 1 is stf's
+    # the moonshot: the rows at 4 tokens, with a test-image CI of their PRT over the families the reference sees
+    shot = json.loads((root / "docs" / "results_moonshot.json").read_text())
+    assert "## Moonshot: the best row at 4 tokens (1/" in md
+    assert [c["row"] for c in shot["candidates"]] == ["rand-4"]
+    assert shot["candidates"][0]["seeds"] == [0]
+    # tiny random models see nothing: no PRT families, so no PRT CI, and the report says why it is untested
+    assert shot["families"] == [] and shot["candidates"][0]["prt_ci"] is None and shot["best"] is None
+    assert "**The moonshot is untested**: `full` beats its blind control on no family" in md
 
 
 def test_export_ships_lora_adapters_and_refuses_a_fully_trained_llm(staged, tmp_path, capsys):

@@ -30,8 +30,8 @@ def _aligned(rows: Sequence[dict], preds: Mapping[str, str], what: str) -> list[
     return [str(preds[str(r["question_id"])]) for r in rows]
 
 
-def _prt(c: Mapping[str, float], ref: Mapping[str, float]) -> float | None:
-    used = [k for k in ref if ref[k] and k in c]
+def _prt(c: Mapping[str, float], ref: Mapping[str, float], keys: Sequence[str] | None = None) -> float | None:
+    used = [k for k in (ref if keys is None else keys) if ref.get(k) and k in c]
     return 100.0 * sum(c[k] / ref[k] for k in used) / len(used) if used else None
 
 
@@ -53,11 +53,12 @@ def resample_images(rows: Sequence[dict], by_image: Mapping[str, Sequence[int]],
 
 def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
                       ref_preds: Sequence[Mapping[str, str]] | None = None, n: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict:
+                      level: float = 0.95, prt_components: Sequence[str] | None = None) -> dict:
     """Percentile CIs for the family mean of a row (``rows``: SceneQA answer records; ``preds``: one
     question_id -> answer mapping per training seed, averaged over seeds on every draw). With ``ref_preds``
     (the reference's answers, same seeds in the same order), also the paired difference (row - reference)
-    and PRT vs the reference. Returns ``{"family_mean": [lo, hi], "delta": [point, lo, hi],
+    and PRT vs the reference (over ``prt_components``, e.g. the families the reference sees; None: every
+    component the reference scores above 0). Returns ``{"family_mean": [lo, hi], "delta": [point, lo, hi],
     "prt": [point, lo, hi], "n": n, ...}``."""
     if n < 10:
         raise CompactVLMError(f"bootstrap needs at least 10 draws, got n={n}", "use e.g. n=1000")
@@ -85,7 +86,7 @@ def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
             if qs is not None:
                 s_ref = score_rows(rs, [qs[k][i] for i in idx])
                 d.append(s["family_mean"] - s_ref["family_mean"])
-                v = _prt(s["components"], s_ref["components"])
+                v = _prt(s["components"], s_ref["components"], prt_components)
                 if v is not None:
                     t.append(v)
         avg = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731

@@ -107,6 +107,15 @@ class StudyClaim:
 
 
 @dataclass
+class StudyMoonshot:
+    """Issue 21's moonshot: the best row at ``tokens`` vision tokens (in-LLM reductions: equivalent tokens), its PRT
+    against the reference with a CI, judged against ``target`` (%)."""
+
+    tokens: int = 16
+    target: float = 99.0
+
+
+@dataclass
 class StudyPlan:
     name: str = "study"
     description: str = ""
@@ -151,6 +160,7 @@ class StudyPlan:
     # this many nats per 1000 training samples over the last third of its last stage (least-squares slope)
     flat_slope: float = 0.02
     ci_target: float = 2.0  # target half-width (points) of each row's paired 95% CI of Δ family mean vs the reference
+    moonshot: StudyMoonshot | None = None  # the report's "Moonshot" section (none: left out)
     # minutes per (row, seed) for the ETA before any row has finished: keys `trained`, `eval` or a row name
     cost_hint: dict[str, float] = field(default_factory=dict)
 
@@ -214,6 +224,9 @@ class StudyPlan:
         if not self.flat_slope > 0 or not self.ci_target > 0:
             raise CompactVLMError(f"study flat_slope ({self.flat_slope}) and ci_target ({self.ci_target}) must be > 0",
                                   "use e.g. flat_slope: 0.02 (nats per 1000 samples) and ci_target: 2.0 (points)")
+        if self.moonshot is not None and (self.moonshot.tokens < 1 or not 0 < self.moonshot.target <= 100):
+            raise CompactVLMError(f"study moonshot {self.moonshot} needs tokens >= 1 and a target PRT in (0, 100]",
+                                  "write e.g. moonshot: {tokens: 16, target: 99}")
         bad = [s for s in self.eval_steps if s < 0]
         if bad or len(set(self.eval_steps)) != len(self.eval_steps):
             raise CompactVLMError(f"study eval_steps must be distinct steps >= 0, got {self.eval_steps}",

@@ -11,7 +11,7 @@ from .plan import StudyPlan
 from .controls import chance_family_mean, environment, load_baselines
 from .convergence import SAMPLES_UNIT, pair_flag
 from .plots import Reference, plot_curves, plot_results
-from .stats import _paired_loss_deltas, attach_predictions, collect, compare, mean_ci, summarize
+from .stats import _paired_loss_deltas, attach_predictions, collect, compare, mean_ci, moonshot, summarize
 from .verdicts import judge_claims
 
 
@@ -191,6 +191,9 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     claims = _claims(plan, results, rows, comparisons, baselines)
     if claims:
         lines += _claims_table(plan, rows, claims, baselines)
+    shot = moonshot(plan, results, rows)
+    if shot is not None:
+        lines += _moonshot_section(plan, rows, shot)
     lines += _precision_section(plan, rows)
     lines += _convergence_section(plan, rows)
     png_curves = plot_curves(plan, rows, out)
@@ -205,7 +208,51 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
     (out.parent / (out.stem + "_comparisons.json")).write_text(json.dumps(comparisons, indent=1))
     if claims:
         (out.parent / (out.stem + "_claims.json")).write_text(json.dumps(claims, indent=1))
+    if shot is not None:
+        (out.parent / (out.stem + "_moonshot.json")).write_text(json.dumps(shot, indent=1))
     return out
+
+
+def _moonshot_section(plan: StudyPlan, rows: dict, shot: dict) -> list[str]:
+    """Issue 21's moonshot: the rows at the plan's token count ranked by PRT, the best one that sees, its verdict."""
+    ref_tokens = rows[plan.reference]["tokens"]
+    frac = f"1/{ref_tokens // shot['tokens']}" if ref_tokens % shot["tokens"] == 0 else f"{shot['tokens']}/{ref_tokens}"
+    fams = shot["families"]
+    scope = ("every family" if fams is None else
+             ", ".join(f.split("/")[-1] for f in fams) if fams else "no family (the reference sees on none)")
+    lines = [f"## Moonshot: the best row at {shot['tokens']} tokens ({frac})", "",
+             f"Every row with {shot['tokens']} vision tokens (in-LLM reductions: {shot['tokens']} equivalent tokens), "
+             f"ranked by PRT against `{plan.reference}` over {scope}. PRT (seeds): mean ± 95% CI over the seeds paired "
+             "with the reference, as in the tables above; PRT [95% CI, test images]: the paired cluster bootstrap "
+             "over test images (seeds pooled on each draw). The best row is the highest PRT among the rows that "
+             f"beat their shuffled-image blind control; the target is PRT ≥ {shot['target']:g} %: **met** when the "
+             "test-image CI lies at or above it, **not met** below it, **not resolved** when it contains it.", ""]
+    if not shot["candidates"]:
+        return lines + [f"No row of the results has {shot['tokens']} vision tokens yet.", ""]
+    lines += ["| row | seeds | family mean | Δ vs ref [95% CI] | PRT % (seeds) | PRT [95% CI, test images] | "
+              "real − shuffled (seeds CI > 0) | converged |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for c in shot["candidates"]:
+        ci = c["prt_ci"]
+        ci_txt = f"{ci[0]:.1f} [{ci[1]:.1f}, {ci[2]:.1f}]" if ci else "–"
+        name = f"**`{c['row']}`**" if c["row"] == shot["best"] else f"`{c['row']}`"
+        flag = c["convergence"]
+        lines.append(f"| {name} | {len(c['seeds'])} | {_fmt(c['family_mean'])} | {_fmt_delta({'delta': c['delta']})} | "
+                     f"{_fmt(*c['prt'])} | {ci_txt} | {_fmt_blind(rows[c['row']])} | "
+                     f"{('**' + flag + '**') if flag and flag.startswith('not') else (flag or 'yes')} |")
+    best = next((c for c in shot["candidates"] if c["row"] == shot["best"]), None)
+    if best is None:
+        why = (f"`{plan.reference}` beats its blind control on no family, so there is no PRT" if fams == [] else
+               f"no row at {shot['tokens']} tokens beats its blind control yet")
+        lines += ["", f"**The moonshot is untested**: {why}."]
+    else:
+        ci = best["prt_ci"]
+        ci_txt = f" [{ci[1]:.1f}, {ci[2]:.1f}]" if ci else ""
+        caveats = [f"{_seeds(len(best['seeds']))} of the plan's {len(plan.seeds)}"] if len(best["seeds"]) < len(plan.seeds) else []
+        if best["convergence"]:
+            caveats.append(best["convergence"])
+        lines += ["", f"**Best: `{best['row']}`, PRT {best['prt'][0]:.1f} %{ci_txt}: target ≥ {shot['target']:g} % "
+                      f"{shot['verdict']}**" + (f" ({'; '.join(caveats)})." if caveats else ".")]
+    return lines + [""]
 
 
 def _precision_section(plan: StudyPlan, rows: dict) -> list[str]:

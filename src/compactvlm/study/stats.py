@@ -236,7 +236,8 @@ class _Bootstrapper:
     def runs(self, name: str) -> dict[int, dict]:
         return {r["seed"]: r for r in self.results.get(name, []) if "predictions" in r}
 
-    def __call__(self, name: str, other: str | None, cache: Path) -> dict | None:
+    def __call__(self, name: str, other: str | None, cache: Path,
+                 prt_components: list[str] | None = None) -> dict | None:
         import hashlib
 
         from ..evaluate.benchmarks.base import read_jsonl
@@ -248,14 +249,16 @@ class _Bootstrapper:
             return None
         preds = [mine[s]["predictions"] for s in seeds]
         refs = [theirs[s]["predictions"] for s in seeds] if theirs is not None else None
-        key = hashlib.sha256(json.dumps([preds, refs, self.plan.bootstrap], sort_keys=True).encode()).hexdigest()
+        what = [preds, refs, self.plan.bootstrap] + ([prt_components] if prt_components is not None else [])
+        key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
         if cache.exists():
             c = json.loads(cache.read_text())
             if c.get("key") == key:
                 return c["result"]
         if self._answers is None:
             self._answers = read_jsonl(ensure_data(self.plan, progress=False) / "test_answers.jsonl")
-        res = bootstrap_sceneqa(self._answers, preds, refs, n=self.plan.bootstrap, seed=0)
+        res = bootstrap_sceneqa(self._answers, preds, refs, n=self.plan.bootstrap, seed=0,
+                                prt_components=prt_components)
         res["seeds"] = seeds
         cache.write_text(json.dumps({"key": key, "result": res}, indent=1))
         return res
@@ -274,6 +277,48 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
         if res is not None:
             out[name] = res
     return out
+
+
+def moonshot(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict]) -> dict | None:
+    """Issue 21's moonshot (``plan.moonshot``): every row at its token count, each with its PRT against the reference
+    (seeds: mean ± CI, as the rows' tables) and a 95% CI of that PRT over test images (the paired cluster bootstrap,
+    over the families PRT averages; cached as ``<results_dir>/<row>/bootstrap_prt.json``), then ``pick_moonshot``.
+    None when the plan has no moonshot or the reference has no result."""
+    from .controls import sees
+    from .convergence import pair_flag
+
+    ms = plan.moonshot
+    if ms is None or plan.reference not in rows:
+        return None
+    fams = prt_families(results.get(plan.reference, []))
+    boot = _Bootstrapper(plan, results) if plan.bootstrap > 0 and fams != [] else None
+    cands = []
+    for name, s in rows.items():
+        if name == plan.reference or s["tokens"] != ms.tokens:
+            continue
+        b = boot(name, plan.reference, Path(plan.results_dir) / name / "bootstrap_prt.json", fams) if boot else None
+        conv = {n: rows[n]["convergence"] for n in (name, plan.reference)}
+        common = sorted(set(s["seeds"]) & set(rows[plan.reference]["seeds"]))  # the seeds Δ and PRT pair
+        cands.append({"row": name, "seeds": common, "family_mean": s["overall"][0],
+                      "delta": (s.get("bootstrap") or {}).get("delta"), "prt": s["prt"], "prt_ci": (b or {}).get("prt"),
+                      "sees": sees(s["blind"], ["family_mean"]),
+                      "convergence": pair_flag([name, plan.reference], conv, seeds=common or None)})
+    return {"tokens": ms.tokens, "target": ms.target, "families": fams, **pick_moonshot(cands, ms.target)}
+
+
+def pick_moonshot(candidates: list[dict], target: float) -> dict:
+    """The candidates ranked by PRT (point estimate, highest first; none last), the best of those that beat their
+    blind control, and its verdict against ``target``: ``met`` (the PRT CI over test images lies at or above it),
+    ``not met`` (below it), ``not resolved`` (the CI contains it), ``no CI`` (no bootstrap), or None (no candidate
+    sees). Each candidate: ``row``, ``prt`` (mean, CI over seeds), ``prt_ci`` ([point, lo, hi] or None), ``sees``."""
+    ranked = sorted(candidates, key=lambda c: (c["prt"][0] is None, -(c["prt"][0] or 0.0)))
+    best = next((c for c in ranked if c["sees"] is True and c["prt"][0] is not None), None)
+    verdict = None
+    if best is not None:
+        ci = best["prt_ci"]
+        verdict = ("no CI" if not ci else "met" if ci[1] >= target else "not met" if ci[2] < target
+                   else "not resolved")
+    return {"candidates": ranked, "best": best["row"] if best else None, "verdict": verdict}
 
 
 def compare(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict],
