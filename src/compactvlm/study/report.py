@@ -45,6 +45,11 @@ def _fmt_blind(s: dict) -> str:
     return f"{b['delta']:+.1f} ({above}/{len(b['seeds'])})"
 
 
+def _fmt_converged(flag: str | None) -> str:
+    """A comparison's convergence cell: "yes", or its flag (bold when it says "not converged")."""
+    return f"**{flag}**" if flag and flag.startswith("not") else (flag or "yes")
+
+
 def _fmt_slope(v: float | None) -> str:
     return "–" if v is None else f"{v:+.3f}"
 
@@ -186,7 +191,7 @@ def write_report(plan: StudyPlan, plan_path: str | os.PathLike, out_md: str | os
             lines.append(f"| `{c['a']}` | `{c['b']}` | {a['tokens_label']} / {b['tokens_label']} | "
                          f"{_fmt(a['overall'][0])} / {_fmt(b['overall'][0])} | "
                          f"{delta} | {vl_txt} | "
-                         f"{('**' + flag + '**') if flag and flag.startswith('not') else (flag or 'yes')} |")
+                         f"{_fmt_converged(flag)} |")
         lines += [""]
     claims = _claims(plan, results, rows, comparisons, baselines)
     if claims:
@@ -238,7 +243,7 @@ def _moonshot_section(plan: StudyPlan, rows: dict, shot: dict) -> list[str]:
         flag = c["convergence"]
         lines.append(f"| {name} | {len(c['seeds'])} | {_fmt(c['family_mean'])} | {_fmt_delta({'delta': c['delta']})} | "
                      f"{_fmt(*c['prt'])} | {ci_txt} | {_fmt_blind(rows[c['row']])} | "
-                     f"{('**' + flag + '**') if flag and flag.startswith('not') else (flag or 'yes')} |")
+                     f"{_fmt_converged(flag)} |")
     best = next((c for c in shot["candidates"] if c["row"] == shot["best"]), None)
     if best is None:
         why = (f"`{plan.reference}` beats its blind control on no family, so there is no PRT" if fams == [] else
