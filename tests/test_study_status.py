@@ -6,7 +6,7 @@ from filelock import FileLock
 
 from compactvlm.cli import main
 from compactvlm.study.plan import StudyData, StudyPlan, StudyRow
-from compactvlm.study.status import plan_status
+from compactvlm.study.status import PairStatus, plan_status
 
 
 def _plan(tmp_path) -> StudyPlan:
@@ -47,7 +47,9 @@ def test_status_of_every_pair(tmp_path, capsys):
     s2 = runs / "full" / "s1" / "stage2"
     _log(s2, {"event": "start", "step": 0, "total_steps": 300}, {"event": "train", "step": 45, "sec_per_step": 99.0},
          {"event": "start", "step": 40, "total_steps": 300}, {"event": "train", "step": 46, "sec_per_step": 40.0},
-         {"event": "train", "step": 47, "sec_per_step": 44.0}, {"event": "train", "step": 47, "sec_per_step": 42.0})
+         {"event": "train", "step": 47, "sec_per_step": 44.0}, {"event": "train", "step": 47, "sec_per_step": 42.0},
+         {"event": "eval", "step": 20, "val_loss": 0.71}, {"event": "eval", "step": 40, "val_loss": 0.7},
+         {"event": "eval", "step": 40, "val_loss": 0.6951})  # step 40 validated again after the resume: the last
     _checkpoint(s2, 30)
     _checkpoint(s2, 40)
     # stf s0: stage 1 at step 12 of 1496 without a checkpoint, and a process holds its lock
@@ -71,7 +73,7 @@ def test_status_of_every_pair(tmp_path, capsys):
     # the pace of the steps since the last start (median 42 s; the 99 s before it is another run), from the step a
     # restart resumes at: 260 x 42 s left
     assert got[("full", 1)].detail == ("stage 2/2: step 47/300 (42 s/step, ~3 h 02 min of steps left); "
-                                       "a restart resumes at step 40")
+                                       "val loss 20: 0.710, 40: 0.695; a restart resumes at step 40")
     assert got[("stf", 0)].state == "training"
     # running: the steps left count from the step it is at, (1496 - 12) x 2 s
     assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2.0 s/step, ~49 min of steps left); "
@@ -95,7 +97,8 @@ def test_status_of_every_pair(tmp_path, capsys):
     assert main(["study", "status", "--plan", str(plan_file), "--pending"]) == 0
     out = capsys.readouterr().out
     assert "full  s1  interrupted" in out and "full  s0" not in out
-    assert out.strip().splitlines()[-1] == "4 (row, seed) pairs: 1 done, 1 interrupted, 2 waiting"
+    assert out.strip().splitlines()[-2] == "4 (row, seed) pairs: 1 done, 1 interrupted, 2 waiting"
+    assert out.strip().splitlines()[-1] == "compute left: unknown (3 pairs without a cost_hint)"  # the plan has none
     assert main(["study", "status", "--plan", str(plan_file), "--rows", "nope"]) == 2
 
 
@@ -105,3 +108,42 @@ def test_per_step_keeps_fast_steps_readable():
     assert _per_step(42.4) == "42 s/step"
     assert _per_step(2.0) == "2.0 s/step"
     assert _per_step(0.214) == "0.21 s/step"  # a stage-1 step, not "0 s/step"
+
+
+def test_compute_left_sums_each_pairs_estimate_once(tmp_path):
+    """The compute still needed: a last stage in progress at its measured pace plus an evaluation, the plan's
+    cost_hint elsewhere, a gone source's retraining once for all the pairs that evaluate it, blocked pairs apart."""
+    from compactvlm.study.status import compute_left
+
+    plan = _plan(tmp_path)
+    plan.rows.append(StudyRow(name="rand2", from_="full", reduce="random", budget=2))
+    plan.cost_hint = {"trained": 90, "eval": 20, "full": 150}
+    runs = tmp_path / "runs"
+    res = tmp_path / "results" / "full" / "seed0.json"  # full s0: a result, its model gone (no precision on record)
+    res.parent.mkdir(parents=True)
+    res.write_text(json.dumps({"metrics": {"family_mean": 40.0}, "controls": {}}))
+    _final(runs / "full" / "s1" / "stage1")  # full s1: stage 2 at step 40 of 300 (checkpoint), 42 s/step, no process
+    s2 = runs / "full" / "s1" / "stage2"
+    _log(s2, {"event": "start", "step": 0, "total_steps": 300}, {"event": "train", "step": 40, "sec_per_step": 42.0})
+    _checkpoint(s2, 40)
+    _log(runs / "stf" / "s0" / "stage1", {"event": "start", "step": 0, "total_steps": 1496},
+         {"event": "train", "step": 12, "sec_per_step": 2.0})  # an earlier stage: the row's hint
+    _final(runs / "stf" / "s1" / "stage2")  # trained, to be evaluated
+    got = {(p.row, p.seed): p for p in plan_status(plan)}
+    assert got[("full", 0)].minutes_left == 0.0
+    assert got[("full", 1)].state == "interrupted" and got[("full", 1)].minutes_left == 260 * 42 / 60 + 20
+    assert got[("stf", 0)].minutes_left == 90 and got[("stf", 1)].minutes_left == 20
+    assert got[("rand", 0)].retrains == ("full", 0, 150.0) == got[("rand2", 0)].retrains
+    assert got[("rand", 1)].minutes_left == 20 and got[("rand", 1)].retrains is None  # full s1 counts its training
+    assert got[("abl", 0)].state == "not started" and got[("abl", 0)].minutes_left == 90
+    # 182 + 20 (full s1) + 90 + 20 (stf) + 4 x 20 (rand, rand2) + 150 once (full s0 again) + 90 (abl) = 632 min
+    line = compute_left(list(got.values()))
+    assert line.startswith("compute left: ~10.5 h for 8 pairs") and "not counted" not in line
+    # a pair with no estimate, and a blocked one, are named apart and add nothing
+    plan.cost_hint = {"trained": 90}
+    pairs = plan_status(plan) + [PairStatus("x", 0, "blocked", "why")]
+    line = compute_left(pairs)
+    # full s1 (its evaluation has no hint: the row's whole hint), stf s0, abl; stf s1 and the four random pairs
+    # have no hint for an evaluation, nor does the retraining they would share count without them
+    assert line.startswith("compute left: ~4.5 h for 3 pairs") and "not counted: 1 blocked, 5 without a cost_hint" in line
+    assert compute_left([PairStatus("x", 0, "done", "", 0.0)]) == "compute left: none (every listed pair is done)"

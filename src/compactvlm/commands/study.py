@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
                          help="where each (row, seed) stands: done, training (step, checkpoint), waiting, blocked",
                          description="Read from the plan's result and run folders only (no model load, nothing "
                                      "written): each (row, seed)'s state, and for one in training its stage, last "
-                                     "step and the checkpoint a restart resumes from.")
+                                     "step and the checkpoint a restart resumes from; last, the compute the listed "
+                                     "pairs still need (a last stage's measured pace, else the plan's cost_hint).")
     st.add_argument("--plan", required=True)
     st.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     st.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
@@ -128,7 +129,7 @@ def status(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from ..study import load_plan
-    from ..study.status import plan_status
+    from ..study.status import compute_left, plan_status
 
     plan = load_plan(args.plan)
     pairs = plan_status(plan, _row_names(plan, args.rows), _ints(args.seeds, "seeds") if args.seeds else None)
@@ -138,6 +139,7 @@ def status(args: argparse.Namespace) -> int:
     for p in shown:
         print(f"{p.row:<{w}}  s{p.seed}  {p.state:<11}  {p.detail}".rstrip())
     print(f"{len(pairs)} (row, seed) pairs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(compute_left(pairs))
     return 0
 
 

@@ -5,10 +5,15 @@ States: ``done`` (its result file exists: family mean with real images and with 
 (the model it evaluates is trained, its result is not written yet: the answers each evaluation pass has written so
 far), ``training`` (a process holds the stage's output lock) or ``interrupted`` (none does): stage k of n, the last
 logged step of the stage's total, the median time of its recent steps with the time the stage's remaining steps
-would take at that pace, and the last resumable checkpoint, which is where a restart continues; ``waiting`` (an
-evaluation-only row whose source model is not trained yet, or whose source has a result but no model on this
-machine: running it trains the source again first), ``blocked`` (the same, where a training here cannot reproduce
-the source's result: ``study.source``), ``not started``.
+would take at that pace, the stage's validation losses so far, and the last resumable checkpoint, which is where a
+restart continues; ``waiting`` (an evaluation-only row whose source model is not trained yet, or whose source has a
+result but no model on this machine: running it trains the source again first), ``blocked`` (the same, where a
+training here cannot reproduce the source's result: ``study.source``), ``not started``.
+
+Each pair also carries an estimate of the compute it still needs (``minutes_left``): a training stage's remaining
+steps at its measured pace where it is in its last stage, else the plan's ``cost_hint`` (minutes for the row's
+name, else for its kind, ``trained`` or ``eval``), plus an evaluation's hint for a trained row still to be evaluated;
+none for a blocked pair. :func:`compute_left` sums them for ``study status``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ class PairStatus:
     seed: int
     state: str  # done | evaluating | training | interrupted | waiting | blocked | not started
     detail: str = ""
+    minutes_left: float | None = None  # compute still needed by the estimate of the module docstring; 0 once done
+    # an evaluation-only pair whose source's model is gone but can be trained again: (source row, seed, its minutes)
+    retrains: tuple[str, int, float | None] | None = None
 
 
 def _finished(stage_dir: Path) -> bool:
@@ -56,12 +64,15 @@ def _running(stage_dir: Path) -> bool:
 _RECENT = 20  # steps whose median time is a stage's pace
 
 
-def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None]:
+def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None, dict[int, float]]:
     """(last logged training step, the stage's total steps from its latest start event, median seconds per step
-    over the last ``_RECENT`` steps logged since that start) of a stage's metrics."""
-    step, total, times = 0, None, []
+    over the last ``_RECENT`` steps logged since that start, validation loss by step: the last logged for a step)
+    of a stage's metrics."""
+    step, total, times, val = 0, None, [], {}
     for e in read_events(stage_dir):
-        if e.get("event") == "start":
+        if e.get("event") == "eval" and e.get("val_loss") is not None:
+            val[int(e.get("step", 0))] = float(e["val_loss"])
+        elif e.get("event") == "start":
             total = e.get("total_steps", total)
             step = e.get("step", 0) or 0  # a resumed start logs the step it resumed at
             times = []  # another start: maybe another machine or thread count
@@ -70,7 +81,7 @@ def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None]:
             if e.get("sec_per_step") is not None:
                 times.append(float(e["sec_per_step"]))
     recent = sorted(times[-_RECENT:])
-    return step, total, (recent[len(recent) // 2] if recent else None)
+    return step, total, (recent[len(recent) // 2] if recent else None), val
 
 
 def _duration(seconds: float) -> str:
@@ -107,6 +118,12 @@ def _per_step(seconds: float) -> str:
     return f"{seconds:.0f} s/step" if seconds >= 10 else f"{seconds:.1f} s/step" if seconds >= 1 else f"{seconds:.2f} s/step"
 
 
+def _hint(plan: StudyPlan, name: str, kind: str) -> float | None:
+    """The plan's ``cost_hint`` minutes for a row: its own entry, else its kind's (``trained`` / ``eval``)."""
+    hint = plan.cost_hint.get(name, plan.cost_hint.get(kind))
+    return float(hint) if hint is not None else None
+
+
 def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     res = result_path(plan, name, seed)
     if res.exists():
@@ -114,21 +131,29 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
         parts = [f"family mean {r['metrics']['family_mean']:.1f}"]
         for control, c in (r.get("controls") or {}).items():
             parts.append(f"{control} {c['family_mean']:.1f}")
-        return PairStatus(name, seed, "done", ", ".join(parts))
+        return PairStatus(name, seed, "done", ", ".join(parts), 0.0)
     row = plan.row(name)
+    eval_hint = plan.cost_hint.get("eval")
+    eval_hint = float(eval_hint) if eval_hint is not None else None
+    own = _hint(plan, name, "trained" if row.trained else "eval")  # the whole pair: training and evaluation
     dirs = stage_dirs(plan, row, seed)
     if _finished(dirs[-1]):
         return PairStatus(name, seed, "evaluating", "model trained, result not written yet; answers "
-                          + _eval_progress(plan, name, seed, dirs[-1] if row.trained else None))
+                          + _eval_progress(plan, name, seed, dirs[-1] if row.trained else None),
+                          eval_hint if row.trained else own)
     if not row.trained:
         gone = missing_source(plan, name, seed)
         if gone is not None:
-            return PairStatus(name, seed, "waiting" if gone.reproducible else "blocked", gone.message)
-        return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training")
+            if gone.reproducible:  # its source's training again (counted once per source), then its evaluation
+                return PairStatus(name, seed, "waiting", gone.message, own,
+                                  (row.from_, seed, _hint(plan, row.from_, "trained")))
+            return PairStatus(name, seed, "blocked", gone.message)
+        # the source's training is counted at the source's own pair
+        return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training", own)
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
-    step, total, per_step = _stage_progress(d)
+    step, total, per_step, val = _stage_progress(d)
     if step == 0 and total is None and k == 0:
-        return PairStatus(name, seed, "not started")
+        return PairStatus(name, seed, "not started", "", own)
     cks = list_checkpoints(d)
     keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
         "a restart begins the stage again (no checkpoint yet)" if step else "")
@@ -137,8 +162,34 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     from_step = step if running else (cks[-1][0] if cks else 0)  # where the steps left are counted from
     if per_step is not None and total is not None and from_step < total:  # validation passes come on top
         detail += f" ({_per_step(per_step)}, ~{_duration((total - from_step) * per_step)} of steps left)"
+    if val:  # the curve so far: is a long stage still learning?
+        detail += "; val loss " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(val.items()))
     state = "training" if running else "interrupted"
-    return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""))
+    left = own  # an earlier stage: the row's hint (the stages left are not measured yet)
+    if k == len(dirs) - 1 and per_step is not None and total is not None and eval_hint is not None:
+        left = max(total - from_step, 0) * per_step / 60 + eval_hint
+    return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""), left)
+
+
+def compute_left(pairs: list[PairStatus]) -> str:
+    """One line: the compute the listed pairs still need by their estimates (hours; a gone source that must be
+    trained again counts once however many pairs evaluate it), how many pairs it counts and which it cannot:
+    blocked pairs, and pairs without an estimate (the plan has no ``cost_hint`` for them)."""
+    todo = [p for p in pairs if p.state != "done"]
+    if not todo:
+        return "compute left: none (every listed pair is done)"
+    known = [p for p in todo if p.minutes_left is not None and (p.retrains is None or p.retrains[2] is not None)]
+    retrain = {p.retrains[:2]: p.retrains[2] for p in known if p.retrains is not None}  # once per (source, seed)
+    blocked = sum(1 for p in todo if p.state == "blocked")
+    unknown = len(todo) - len(known) - blocked
+    if not known:
+        return (f"compute left: unknown ({unknown} pair{'s' if unknown != 1 else ''} without a cost_hint"
+                + (f", {blocked} blocked" if blocked else "") + ")")
+    hours = (sum(p.minutes_left for p in known) + sum(retrain.values())) / 60
+    out = (f"compute left: ~{hours:.1f} h for {len(known)} pair{'s' if len(known) != 1 else ''} "
+           "(measured pace of a last stage in progress, else the plan's cost_hint)")
+    skipped = ([f"{blocked} blocked"] if blocked else []) + ([f"{unknown} without a cost_hint"] if unknown else [])
+    return out + (f"; not counted: {', '.join(skipped)}" if skipped else "")
 
 
 def plan_status(plan: StudyPlan, rows: list[str] | None = None, seeds: list[int] | None = None) -> list[PairStatus]:
