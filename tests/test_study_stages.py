@@ -177,6 +177,44 @@ def test_export_ships_lora_adapters_and_refuses_a_fully_trained_llm(staged, tmp_
     assert set(pa) == set(pb) and all(torch.allclose(pa[k], pb[k], atol=1e-3) for k in pa)
 
 
+def test_a_plan_takes_its_stage1_from_another_plans_runs(staged, tmp_path, capsys):
+    """`stage1_runs_dir`: a plan that changes only stage 2 (here its steps) takes each row's stage 1 from another
+    plan's runs_dir once its recipe checks out against its own, trains its own stage 2 from it and deletes none of
+    the other plan's checkpoints; a stage 1 trained with another recipe is refused before any training."""
+    root = staged.parent
+    shared = root / "runs" / "stf" / "s0" / "stage1"
+    if not (shared / "final" / "compactvlm.json").exists():
+        assert main(["study", "run", "--plan", str(staged), "--rows", "stf", "--quiet"]) == 0
+    kept = shared / "checkpoints" / "step-000099"  # the other plan's checkpoint: this plan must leave it
+    kept.mkdir(parents=True, exist_ok=True)
+    (kept / "training_state.json").write_text("{}")
+    (kept / "compactvlm.json").write_text("{}")
+    spec = yaml.safe_load(staged.read_text())
+    spec.update(runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                report=str(tmp_path / "results.md"), stage1_runs_dir=str(root / "runs"),
+                stage_data=[{"train": "caption.json", "val": "caption_val.json"},
+                            {"train": "mix", "val": "val.json", "overrides": ["optim.max_steps=3"]}])
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["study", "run", "--plan", str(tmp_path / "longer.yaml"), "--rows", "stf", "--quiet"]) == 0
+    assert not (tmp_path / "runs" / "stf" / "s0" / "stage1").exists()
+    s2 = _cfg(tmp_path / "runs" / "stf" / "s0" / "stage2")
+    assert s2["init"]["from"] == str(shared / "final") and s2["optim"]["max_steps"] == 3
+    res = json.loads((tmp_path / "results" / "stf" / "seed0.json").read_text())
+    assert res["stages"][0]["output_dir"] == str(shared) and res["stages"][0]["train"]["steps"] == 6
+    assert res["stages"][1]["train"]["steps"] == 3
+    assert kept.exists()  # keep_checkpoints: false drops this plan's own checkpoints only
+    assert not list((tmp_path / "runs" / "stf" / "s0" / "stage2" / "checkpoints").glob("step-*"))
+    # another stage-1 learning rate: refused, naming the key, before stage 2 starts
+    spec.update(runs_dir=str(tmp_path / "runs3"), results_dir=str(tmp_path / "results3"))
+    spec["stage_data"][0]["overrides"] = ["optim.lr=0.002"]
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main(["study", "run", "--plan", str(tmp_path / "other.yaml"), "--rows", "stf", "--quiet"]) != 0
+    captured = capsys.readouterr()
+    assert "trained with another recipe: optim.lr differ" in captured.out + captured.err
+    assert not (tmp_path / "runs3" / "stf").exists() and not (tmp_path / "results3" / "stf").exists()
+
+
 def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_path):
     spec = yaml.safe_load(staged.read_text())
     spec["data"]["mix"]["captions"] = [20, 40]  # stage 1 trains on the first 24 captions
@@ -201,6 +239,7 @@ def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_pat
     (lambda p: p.update(controls=["shuffle"]), "controls must be distinct"),
     (lambda p: p.update(cost_hint={"trianed": 5}), "cost_hint has bad entries"),
     (lambda p: p["rows"][1].update(seeds=[]), "empty seeds list"),
+    (lambda p: p.update(stage1_runs_dir=p["runs_dir"]), "a folder other than its runs_dir"),
 ])
 def test_bad_stage_plans_are_clear_errors(staged, tmp_path, change, match):
     spec = yaml.safe_load(staged.read_text())
@@ -214,6 +253,9 @@ def test_one_stage_plan_refuses_from_stage1(tmp_path):
     plan = StudyPlan(reference="a", rows=[StudyRow(name="a", compressor="stf"),
                                           StudyRow(name="b", compressor="stf", from_stage1="a")])
     with pytest.raises(CompactVLMError, match="one training stage"):
+        plan.validate()
+    plan = StudyPlan(reference="a", rows=[StudyRow(name="a", compressor="stf")], stage1_runs_dir="runs/other")
+    with pytest.raises(CompactVLMError, match="needs a plan with two or more training stages"):
         plan.validate()
 
 

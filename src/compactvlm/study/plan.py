@@ -131,6 +131,11 @@ class StudyPlan:
     # its checkpoint with AdamW state ~1.6 GB: a study of ~40 trained runs would not fit on the disk otherwise)
     keep_checkpoints: bool = True
     runs_dir: str = "runs/study"
+    # multi-stage plans: stage 1 of every row under this folder instead of runs_dir (read, and written when a row's
+    # stage 1 is not there yet): another plan's runs_dir with the same stage-1 recipe, so that a plan changing only
+    # later stages (e.g. a longer stage 2) reuses its stage-1 models; ``study run`` checks the recipe of each stage 1
+    # it finds there against this plan's (``run.check_shared_stage1``) and never deletes its checkpoints
+    stage1_runs_dir: str | None = None
     results_dir: str = "results/study"
     report: str = "docs/results.md"
     notes: str | None = None  # hand-written reading of the results (Markdown file), included in the report as is
@@ -221,6 +226,11 @@ class StudyPlan:
                 raise CompactVLMError(f"study row {r.name!r} has an empty seeds list", "give it e.g. seeds: [0], or drop it")
             if r.from_stage1 is not None:
                 self._check_from_stage1(r)
+        if self.stage1_runs_dir is not None and (
+                not self.multi_stage or Path(self.stage1_runs_dir).resolve() == Path(self.runs_dir).resolve()):
+            raise CompactVLMError(f"study stage1_runs_dir {self.stage1_runs_dir!r} needs a plan with two or more "
+                                  f"training stages and a folder other than its runs_dir ({self.runs_dir!r})",
+                                  "point it at another plan's runs_dir with the same stage-1 recipe, or drop it")
         if not self.flat_slope > 0 or not self.ci_target > 0:
             raise CompactVLMError(f"study flat_slope ({self.flat_slope}) and ci_target ({self.ci_target}) must be > 0",
                                   "use e.g. flat_slope: 0.02 (nats per 1000 samples) and ci_target: 2.0 (points)")
@@ -349,14 +359,13 @@ def eval_features(plan: StudyPlan):
 def stage_dirs(plan: StudyPlan, row: StudyRow, seed: int) -> list[Path]:
     """The training output folder of each stage of a row (an evaluation-only row: its source's). One stage:
     ``<runs_dir>/<row>/s<seed>``; several: ``<runs_dir>/<row>/s<seed>/stage<k>``, stage 1 in the ``from_stage1``
-    row's folder when the row shares it."""
+    row's folder when the row shares it, under ``stage1_runs_dir`` when the plan takes its stage 1 from another's."""
     src = plan.row(row.from_) if row.from_ else row
     base = Path(plan.runs_dir) / src.name / f"s{seed}"
     if not plan.multi_stage:
         return [base]
     dirs = [base / f"stage{k}" for k in range(1, len(plan.train_configs) + 1)]
-    if src.from_stage1:
-        dirs[0] = Path(plan.runs_dir) / src.from_stage1 / f"s{seed}" / "stage1"
+    dirs[0] = Path(plan.stage1_runs_dir or plan.runs_dir) / (src.from_stage1 or src.name) / f"s{seed}" / "stage1"
     return dirs
 
 

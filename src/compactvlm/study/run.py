@@ -133,8 +133,12 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, snapsho
     init = None
     for k, out in enumerate(dirs):
         final = out / "final"
+        who = plan.row(row.from_stage1) if k == 0 and row.from_stage1 else row
+        shared = k == 0 and plan.stage1_runs_dir is not None
+        if shared:  # another plan's stage 1: its recipe must be this plan's, finished or not
+            check_shared_stage1(plan, who, seed, data_dir, out)
+        trained = False
         if not (final / "compactvlm.json").exists():
-            who = plan.row(row.from_stage1) if k == 0 and row.from_stage1 else row
             cfg = stage_config(plan, who, seed, data_dir, k, out, init)
             callbacks = []
             if snapshot_steps and k == len(dirs) - 1:
@@ -142,10 +146,35 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, snapsho
 
                 callbacks.append(SnapshotAt(snapshot_steps, snapshot_root(out)))
             train(cfg, callbacks)
-        if not plan.keep_checkpoints:
+            trained = True
+        if not plan.keep_checkpoints and (trained or not shared):  # never another plan's checkpoints
             drop_checkpoints(out)
         init = final
     return init
+
+
+def check_shared_stage1(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, out: Path) -> None:
+    """A stage 1 under ``stage1_runs_dir`` (another plan's) is reused only when the recipe it was trained with (its
+    ``train_config.yaml``) is the one this plan gives that row and seed: the same keys as a resume checks (output
+    folder, threads, device, logging and the like aside); a clear error naming the differing keys otherwise. A
+    folder without a config yet (never started) passes: this plan trains it there."""
+    import yaml
+
+    from ..train.config import to_plain
+    from ..train.trainer import config_differences
+
+    saved_file = out / "train_config.yaml"
+    if not saved_file.exists():
+        return
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    mine = to_plain(stage_config(plan, row, seed, data_dir, 0, out, None))
+    diff = config_differences(saved, mine)
+    if diff:
+        raise CompactVLMError(
+            f"stage 1 of `{row.name}` seed {seed} in {out} (the plan's stage1_runs_dir {plan.stage1_runs_dir}) was "
+            f"trained with another recipe: {', '.join(diff)} differ from what this plan gives it",
+            "point stage1_runs_dir at a plan whose stage 1 is this plan's (same train config, data and overrides), "
+            "or drop stage1_runs_dir to train stage 1 in this plan's own runs_dir")
 
 
 def drop_checkpoints(run_dir: Path) -> None:
