@@ -194,6 +194,7 @@ def test_a_plan_takes_its_stage1_from_another_plans_runs(staged, tmp_path, capsy
                 report=str(tmp_path / "results.md"), stage1_runs_dir=str(root / "runs"),
                 stage_data=[{"train": "caption.json", "val": "caption_val.json"},
                             {"train": "mix", "val": "val.json", "overrides": ["optim.max_steps=3"]}])
+    spec["rows"][1]["eval_steps"] = [0, 2, 3]  # the row's own learning-curve steps, not the plan's [0, 3, 6, 9]
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(spec))
     assert main(["study", "run", "--plan", str(tmp_path / "longer.yaml"), "--rows", "stf", "--quiet"]) == 0
     assert not (tmp_path / "runs" / "stf" / "s0" / "stage1").exists()
@@ -202,6 +203,9 @@ def test_a_plan_takes_its_stage1_from_another_plans_runs(staged, tmp_path, capsy
     res = json.loads((tmp_path / "results" / "stf" / "seed0.json").read_text())
     assert res["stages"][0]["output_dir"] == str(shared) and res["stages"][0]["train"]["steps"] == 6
     assert res["stages"][1]["train"]["steps"] == 3
+    curve = {p["step"]: p for p in res["curve"]}
+    assert sorted(curve) == [0, 2, 3] and "family_mean" in curve[2]
+    assert curve[2]["checkpoint"] == str(tmp_path / "runs" / "stf" / "s0" / "stage2.snapshots" / "step-000002")
     assert kept.exists()  # keep_checkpoints: false drops this plan's own checkpoints only
     assert not list((tmp_path / "runs" / "stf" / "s0" / "stage2" / "checkpoints").glob("step-*"))
     # another stage-1 learning rate: refused, naming the key, before stage 2 starts
@@ -240,6 +244,8 @@ def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_pat
     (lambda p: p.update(cost_hint={"trianed": 5}), "cost_hint has bad entries"),
     (lambda p: p["rows"][1].update(seeds=[]), "empty seeds list"),
     (lambda p: p.update(stage1_runs_dir=p["runs_dir"]), "a folder other than its runs_dir"),
+    (lambda p: p["rows"][3].update(eval_steps=[1]), "set eval_steps but train nothing"),
+    (lambda p: p["rows"][1].update(eval_steps=[2, 2]), "row 'stf''s eval_steps must be distinct"),
 ])
 def test_bad_stage_plans_are_clear_errors(staged, tmp_path, change, match):
     spec = yaml.safe_load(staged.read_text())

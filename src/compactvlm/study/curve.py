@@ -47,8 +47,8 @@ class SnapshotAt:
 
 
 def curve_points(plan: StudyPlan, row: StudyRow, seed: int) -> list[tuple[int, Path | None, str | None]]:
-    """(step, checkpoint or None, why it is missing) for each of the plan's ``eval_steps`` of the row's last
-    training stage."""
+    """(step, checkpoint or None, why it is missing) for each of the row's ``eval_steps`` (its own, else the
+    plan's) of its last training stage."""
     from ..model.checkpoint import CONFIG_NAME
     from ..train.state import checkpoint_dir as train_checkpoint
 
@@ -57,7 +57,7 @@ def curve_points(plan: StudyPlan, row: StudyRow, seed: int) -> list[tuple[int, P
     final = out / "final"
     last = json.loads((final / CONFIG_NAME).read_text()).get("step")
     points = []
-    for s in sorted(plan.eval_steps):
+    for s in sorted(plan.row_eval_steps(row.name)):
         if s == 0:
             cands = [dirs[-2] / "final"] if len(dirs) > 1 else []
             why = "a one-stage recipe has no starting checkpoint to evaluate"

@@ -86,6 +86,7 @@ class StudyRow:
     note: str = ""
     seeds: list[int] | None = None  # this row's seeds (e.g. [0] for a 1-seed ablation); default: the plan's
     from_stage1: str | None = None  # multi-stage plans: reuse this trained row's stage-1 checkpoints
+    eval_steps: list[int] | None = None  # trained rows: this row's learning-curve steps (default: the plan's)
 
     @property
     def trained(self) -> bool:
@@ -193,6 +194,12 @@ class StudyPlan:
         own = self.row(name).seeds
         return [s for s in seeds if own is None or s in own]
 
+    def row_eval_steps(self, name: str) -> list[int]:
+        """The last-stage steps at which trained row ``name`` is also evaluated on the test split: its own
+        ``eval_steps`` if set (e.g. a longer run's), else the plan's."""
+        own = self.row(name).eval_steps
+        return list(self.eval_steps if own is None else own)
+
     def row(self, name: str) -> StudyRow:
         for r in self.rows:
             if r.name == name:
@@ -237,10 +244,15 @@ class StudyPlan:
         if self.moonshot is not None and (self.moonshot.tokens < 1 or not 0 < self.moonshot.target <= 100):
             raise CompactVLMError(f"study moonshot {self.moonshot} needs tokens >= 1 and a target PRT in (0, 100]",
                                   "write e.g. moonshot: {tokens: 16, target: 99}")
-        bad = [s for s in self.eval_steps if s < 0]
-        if bad or len(set(self.eval_steps)) != len(self.eval_steps):
-            raise CompactVLMError(f"study eval_steps must be distinct steps >= 0, got {self.eval_steps}",
-                                  "write e.g. eval_steps: [100, 300, 700]")
+        for where, steps in [("", self.eval_steps)] + [(f"row {r.name!r}'s ", r.eval_steps) for r in self.rows
+                                                       if r.eval_steps is not None]:
+            if [s for s in steps if s < 0] or len(set(steps)) != len(steps):
+                raise CompactVLMError(f"study {where}eval_steps must be distinct steps >= 0, got {steps}",
+                                      "write e.g. eval_steps: [100, 300, 700]")
+        untrained = [r.name for r in self.rows if r.eval_steps is not None and not r.trained]
+        if untrained:
+            raise CompactVLMError(f"study rows {untrained} set eval_steps but train nothing (evaluation-only rows)",
+                                  "set eval_steps on trained rows only: the learning curve is of their training")
         from ..evaluate.controls import CONTROLS
 
         if [c for c in self.controls if c not in CONTROLS] or len(set(self.controls)) != len(self.controls):

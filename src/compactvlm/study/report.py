@@ -323,9 +323,12 @@ def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
     lines.append("")
     curved = [(n, s) for n, s in rows.items() if s.get("curve")]
     if curved:
+        own = [f"`{r.name}`: {', '.join(map(str, r.eval_steps))}" for r in plan.rows
+               if r.eval_steps is not None and r.name in rows]
         lines += ["Test-set learning curves: family mean (mean ± 95% CI over seeds, real images) at the plan's "
-                  f"`eval_steps` of the last stage ({', '.join(map(str, plan.eval_steps))}; step 0 = the stage's "
-                  "starting checkpoint).", "",
+                  f"`eval_steps` of the last stage ({', '.join(map(str, plan.eval_steps))}"
+                  + (f"; a row's own: {'; '.join(own)}" if own else "") + "; step 0 = the stage's starting "
+                  "checkpoint).", "",
                   "| row | step (samples): family mean |", "|---|---|"]
         for n, s in curved:
             pts = "; ".join(f"{p['step']} ({p['samples'] if p['samples'] is not None else '?'}): "

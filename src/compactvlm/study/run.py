@@ -281,7 +281,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     data_dir = ensure_data(plan, progress)
     record_baselines(plan, data_dir)  # the test split's chance baseline, for the report's chance line
     src = plan.row(row.from_) if row.from_ else row
-    curve_steps = list(plan.eval_steps) if row.trained else []
+    curve_steps = plan.row_eval_steps(name) if row.trained else []
     ckpt = train_row(plan, src, seed, data_dir, snapshot_steps=curve_steps)
     t_train = time.perf_counter() - t0
     # evaluation-only rows may change test-time compressor options (e.g. mask_source: given)

@@ -106,9 +106,10 @@ def _eval_progress(plan: StudyPlan, name: str, seed: int, trained_stage: Path | 
         total = min(total, plan.eval_limit)
     out = eval_dir(plan, name, seed)
     passes = [("real", out)] + [(c, eval_dir(plan, name, seed, control=c)) for c in plan.controls]
-    if trained_stage is not None and plan.eval_steps:
+    steps = plan.row_eval_steps(name) if trained_stage is not None else []
+    if steps:
         last = json.loads((trained_stage / "final" / CONFIG_NAME).read_text(encoding="utf-8")).get("step")
-        passes += [(f"step {s}", eval_dir(plan, name, seed, step=s)) for s in sorted(plan.eval_steps) if s != last]
+        passes += [(f"step {s}", eval_dir(plan, name, seed, step=s)) for s in sorted(steps) if s != last]
     of = f"/{total}" if total is not None else ""
     return ", ".join(f"{label} {_count_lines(folder / PREDICTIONS)}{of}" for label, folder in passes)
 
