@@ -133,12 +133,16 @@ def test_compute_left_sums_each_pairs_estimate_once(tmp_path):
     assert got[("full", 0)].minutes_left == 0.0
     assert got[("full", 1)].state == "interrupted" and got[("full", 1)].minutes_left == 260 * 42 / 60 + 20
     assert got[("stf", 0)].minutes_left == 90 and got[("stf", 1)].minutes_left == 20
-    assert got[("rand", 0)].retrains == ("full", 0, 150.0) == got[("rand2", 0)].retrains
-    assert got[("rand", 1)].minutes_left == 20 and got[("rand", 1)].retrains is None  # full s1 counts its training
+    assert got[("rand", 0)].needs == ("full", 0, 150.0) == got[("rand2", 0)].needs
+    assert got[("rand", 1)].minutes_left == 20 and got[("rand", 1)].needs == ("full", 1, 150.0)
     assert got[("abl", 0)].state == "not started" and got[("abl", 0)].minutes_left == 90
-    # 182 + 20 (full s1) + 90 + 20 (stf) + 4 x 20 (rand, rand2) + 150 once (full s0 again) + 90 (abl) = 632 min
+    # 182 + 20 (full s1, which counts its own training) + 90 + 20 (stf) + 4 x 20 (rand, rand2) + 150 once (full s0
+    # again: its pair is done) + 90 (abl) = 632 min
     line = compute_left(list(got.values()))
     assert line.startswith("compute left: ~10.5 h for 8 pairs") and "not counted" not in line
+    # full s1 left out of the list: the random rows' wait for its training counts once, at the row's hint (150)
+    line = compute_left([p for p in got.values() if p.row != "full"])
+    assert line.startswith("compute left: ~9.7 h for 7 pairs")  # 632 - 202 (full s1) + 150 (its training) = 580 min
     # a pair with no estimate, and a blocked one, are named apart and add nothing
     plan.cost_hint = {"trained": 90}
     pairs = plan_status(plan) + [PairStatus("x", 0, "blocked", "why")]

@@ -37,8 +37,9 @@ class PairStatus:
     state: str  # done | evaluating | training | interrupted | waiting | blocked | not started
     detail: str = ""
     minutes_left: float | None = None  # compute still needed by the estimate of the module docstring; 0 once done
-    # an evaluation-only pair whose source's model is gone but can be trained again: (source row, seed, its minutes)
-    retrains: tuple[str, int, float | None] | None = None
+    # an evaluation-only pair: the (source row, seed) whose training it waits for (not trained yet, or its model is
+    # gone and can be trained again) and that training's minutes
+    needs: tuple[str, int, float | None] | None = None
 
 
 def _finished(stage_dir: Path) -> bool:
@@ -145,12 +146,11 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     if not row.trained:
         gone = missing_source(plan, name, seed)
         if gone is not None:
-            if gone.reproducible:  # its source's training again (counted once per source), then its evaluation
-                return PairStatus(name, seed, "waiting", gone.message, own,
-                                  (row.from_, seed, _hint(plan, row.from_, "trained")))
-            return PairStatus(name, seed, "blocked", gone.message)
-        # the source's training is counted at the source's own pair
-        return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training", own)
+            if not gone.reproducible:
+                return PairStatus(name, seed, "blocked", gone.message)
+            return PairStatus(name, seed, "waiting", gone.message, own, (row.from_, seed, _hint(plan, row.from_, "trained")))
+        return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training", own,
+                          (row.from_, seed, _hint(plan, row.from_, "trained")))
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
     step, total, per_step, val = _stage_progress(d)
     if step == 0 and total is None and k == 0:
@@ -173,14 +173,17 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
 
 
 def compute_left(pairs: list[PairStatus]) -> str:
-    """One line: the compute the listed pairs still need by their estimates (hours; a gone source that must be
-    trained again counts once however many pairs evaluate it), how many pairs it counts and which it cannot:
-    blocked pairs, and pairs without an estimate (the plan has no ``cost_hint`` for them)."""
+    """One line: the compute the listed pairs still need by their estimates (hours), how many pairs it counts and
+    which it cannot: blocked pairs, and pairs without an estimate (the plan has no ``cost_hint`` for them). The
+    training an evaluation-only pair waits for counts once however many pairs wait for it: at the source's own pair
+    where that is listed and not done, else on its own (a source left out of ``--rows``, or whose model is gone)."""
     todo = [p for p in pairs if p.state != "done"]
     if not todo:
         return "compute left: none (every listed pair is done)"
-    known = [p for p in todo if p.minutes_left is not None and (p.retrains is None or p.retrains[2] is not None)]
-    retrain = {p.retrains[:2]: p.retrains[2] for p in known if p.retrains is not None}  # once per (source, seed)
+    listed = {(p.row, p.seed) for p in todo}
+    known = [p for p in todo if p.minutes_left is not None and (p.needs is None or p.needs[:2] in listed
+                                                                  or p.needs[2] is not None)]
+    retrain = {p.needs[:2]: p.needs[2] for p in known if p.needs is not None and p.needs[:2] not in listed}
     blocked = sum(1 for p in todo if p.state == "blocked")
     unknown = len(todo) - len(known) - blocked
     if not known:
