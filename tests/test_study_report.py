@@ -278,6 +278,10 @@ def test_environment_names_each_machine_and_its_bf16():
     assert "2 CPU cores (x86_64 AVX512, native bf16), 1 torch thread, no GPU (1 of 4 result files)" in text
     assert "2 CPU cores (x86_64), 1 torch thread, no GPU (1 of 4 result files)" in text  # recorded before the field
     assert "1 result files without a record" in text
+    # the evaluation dtype, named where it is not float32 (recorded since eval_dtype; absent = float32)
+    text = environment({"a": [{"hardware": {**amx, "eval_dtype": "bfloat16"}}, {"hardware": {**amx, "eval_dtype": "float32"}}]})
+    assert "native bf16), 1 torch thread, no GPU, evaluated in bfloat16 (1 of 2 result files)" in text
+    assert "native bf16), 1 torch thread, no GPU (1 of 2 result files)" in text
 
 
 def test_stage_steps_are_never_below_the_validation_curve():

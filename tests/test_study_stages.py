@@ -195,6 +195,7 @@ def test_a_plan_takes_its_stage1_from_another_plans_runs(staged, tmp_path, capsy
                 stage_data=[{"train": "caption.json", "val": "caption_val.json"},
                             {"train": "mix", "val": "val.json", "overrides": ["optim.max_steps=3"]}])
     spec["rows"][1]["eval_steps"] = [0, 2, 3]  # the row's own learning-curve steps, not the plan's [0, 3, 6, 9]
+    spec["eval_dtype"] = "bfloat16"  # evaluated with bf16 weights, named in every evaluation folder's record
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(spec))
     assert main(["study", "run", "--plan", str(tmp_path / "longer.yaml"), "--rows", "stf", "--quiet"]) == 0
     assert not (tmp_path / "runs" / "stf" / "s0" / "stage1").exists()
@@ -206,6 +207,13 @@ def test_a_plan_takes_its_stage1_from_another_plans_runs(staged, tmp_path, capsy
     curve = {p["step"]: p for p in res["curve"]}
     assert sorted(curve) == [0, 2, 3] and "family_mean" in curve[2]
     assert curve[2]["checkpoint"] == str(tmp_path / "runs" / "stf" / "s0" / "stage2.snapshots" / "step-000002")
+    assert res["hardware"]["eval_dtype"] == "bfloat16"
+    assert sorted(p.name for p in (tmp_path / "runs" / "eval" / "stf").iterdir()) == [
+        "s0.bfloat16", "s0.shuffled.bfloat16", "s0.step-000000.bfloat16", "s0.step-000002.bfloat16"]
+    assert json.loads((tmp_path / "runs" / "eval" / "stf" / "s0.bfloat16" / "metrics.json").read_text())["run"]["dtype"] == "bfloat16"
+    first = json.loads((root / "results" / "stf" / "seed0.json").read_text())  # the float32 plan: as before
+    assert first["hardware"]["eval_dtype"] == "float32"
+    assert "dtype" not in json.loads((root / "runs" / "eval" / "stf" / "s0" / "metrics.json").read_text())["run"]
     assert kept.exists()  # keep_checkpoints: false drops this plan's own checkpoints only
     assert not list((tmp_path / "runs" / "stf" / "s0" / "stage2" / "checkpoints").glob("step-*"))
     # another stage-1 learning rate: refused, naming the key, before stage 2 starts
@@ -245,6 +253,7 @@ def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_pat
     (lambda p: p["rows"][1].update(seeds=[]), "empty seeds list"),
     (lambda p: p.update(stage1_runs_dir=p["runs_dir"]), "a folder other than its runs_dir"),
     (lambda p: p["rows"][3].update(eval_steps=[1]), "set eval_steps but train nothing"),
+    (lambda p: p.update(eval_dtype="float16"), "eval_dtype 'float16' is not supported"),
     (lambda p: p["rows"][1].update(eval_steps=[2, 2]), "row 'stf''s eval_steps must be distinct"),
 ])
 def test_bad_stage_plans_are_clear_errors(staged, tmp_path, change, match):

@@ -123,8 +123,10 @@ def environment(results: dict[str, list[dict]]) -> str:
             cpu = hw.get("processor") or hw.get("machine")
             if hw.get("cpu_capability"):  # recorded since 2026-12-04
                 cpu += f" {hw['cpu_capability']}, {'native' if hw.get('bf16_fast') else 'no native'} bf16"
+            dtype = hw.get("eval_dtype") or "float32"  # recorded since 2026-12-05; float32 before
             seen[f"{hw.get('cpus')} CPU cores ({cpu}), {threads} torch "
-                 f"thread{'s' if threads != 1 else ''}, {gpu}"] += 1
+                 f"thread{'s' if threads != 1 else ''}, {gpu}"
+                 + (f", evaluated in {dtype}" if dtype != "float32" else "")] += 1
     if not seen:
         import torch
 

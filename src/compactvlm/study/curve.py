@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .plan import StudyPlan, StudyRow, eval_dir, eval_features, stage_dirs
+from .plan import StudyPlan, StudyRow, eval_dir, eval_features, eval_run_info, stage_dirs
 
 SNAPSHOTS_SUFFIX = ".snapshots"
 
@@ -113,10 +113,11 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
             if ck is None:
                 out.append({**entry, "missing": why})
                 continue
-            model = load_pretrained(ck, progress=False)
+            model = load_pretrained(ck, progress=False, dtype=plan.eval_dtype)
             model.to(plan.device)
             m = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir), features=features), folder,
-                         run_info={"name": row.name, "seed": seed, "step": step, "checkpoint": str(ck)}, **kw)
+                         run_info=eval_run_info(plan, {"name": row.name, "seed": seed, "step": step,
+                                                       "checkpoint": str(ck)}), **kw)
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

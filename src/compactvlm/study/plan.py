@@ -143,6 +143,12 @@ class StudyPlan:
     reference: str = "full-mlp2x"
     seeds: list[int] = field(default_factory=lambda: [0])
     eval_batch_size: int = 8
+    # the weights' dtype when a row is evaluated (test split, its blind controls, learning-curve points, TTFT):
+    # float32 (the default: every v2 row) or bfloat16 (1.9x faster answers where the CPU has native bf16; the v2
+    # reference gave the same answer to 298 of 320 test questions in both: docs/study_notes_v2.md §6). Named,
+    # not "auto": a row's comparisons pair its answers with the reference's, so a plan keeps one dtype on every
+    # machine. bfloat16 evaluations have their own folders (``eval_dir``); the result files record the dtype.
+    eval_dtype: str = "float32"
     eval_limit: int | None = None
     ttft_repeats: int = 5
     bootstrap: int = 1000  # draws of the test-image bootstrap in the report (0: leave it out)
@@ -241,6 +247,9 @@ class StudyPlan:
         if not self.flat_slope > 0 or not self.ci_target > 0:
             raise CompactVLMError(f"study flat_slope ({self.flat_slope}) and ci_target ({self.ci_target}) must be > 0",
                                   "use e.g. flat_slope: 0.02 (nats per 1000 samples) and ci_target: 2.0 (points)")
+        if self.eval_dtype not in ("float32", "bfloat16"):
+            raise CompactVLMError(f"study eval_dtype {self.eval_dtype!r} is not supported",
+                                  "use float32 or bfloat16 (one dtype for every row and machine of the plan)")
         if self.moonshot is not None and (self.moonshot.tokens < 1 or not 0 < self.moonshot.target <= 100):
             raise CompactVLMError(f"study moonshot {self.moonshot} needs tokens >= 1 and a target PRT in (0, 100]",
                                   "write e.g. moonshot: {tokens: 16, target: 99}")
@@ -354,9 +363,16 @@ def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
 
 def eval_dir(plan: StudyPlan, row: str, seed: int, control: str | None = None, step: int | None = None) -> Path:
     """A (row, seed)'s test evaluation with real images: ``<runs_dir>/eval/<row>/s<seed>``; with ``control``, its
-    blind control ``s<seed>.<control>``; with ``step``, its learning-curve point ``s<seed>.step-NNNNNN``."""
+    blind control ``s<seed>.<control>``; with ``step``, its learning-curve point ``s<seed>.step-NNNNNN``; each with
+    ``.bfloat16`` last where the plan evaluates in bfloat16 (answers of two dtypes never share a folder)."""
     name = f"s{seed}" + (f".{control}" if control else "") + (f".step-{step:06d}" if step is not None else "")
-    return Path(plan.runs_dir) / "eval" / row / name
+    return Path(plan.runs_dir) / "eval" / row / (name + (".bfloat16" if plan.eval_dtype == "bfloat16" else ""))
+
+
+def eval_run_info(plan: StudyPlan, info: dict) -> dict:
+    """An evaluation's record (``metrics.json``'s ``run``) with the plan's evaluation dtype where it is not float32
+    (the only dtype before the plan had ``eval_dtype``)."""
+    return info if plan.eval_dtype == "float32" else {**info, "dtype": plan.eval_dtype}
 
 
 def eval_features(plan: StudyPlan):

@@ -17,7 +17,7 @@ from ..errors import CompactVLMError
 from ..model.build import bf16_is_fast
 from ..runtime import set_threads
 from .controls import record_baselines
-from .plan import StudyPlan, StudyRow, eval_dir, eval_features, result_path, stage_dirs
+from .plan import StudyPlan, StudyRow, eval_dir, eval_features, eval_run_info, result_path, stage_dirs
 from .source import missing_source
 
 
@@ -285,7 +285,8 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     ckpt = train_row(plan, src, seed, data_dir, snapshot_steps=curve_steps)
     t_train = time.perf_counter() - t0
     # evaluation-only rows may change test-time compressor options (e.g. mask_source: given)
-    model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False)
+    model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False,
+                            dtype=plan.eval_dtype)
     model.to(plan.device)
     if row.reduce:
         from ..registry import REDUCTIONS
@@ -295,9 +296,10 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
         model.set_budget(row.budget)
     tokens = model.num_image_tokens()
     out = eval_dir(plan, name, seed)
-    run_info = {"name": name, "method": row.reduce or model.compressor.registry_name, "vision_tokens": tokens,
-                "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
-                "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed}
+    run_info = eval_run_info(plan, {
+        "name": name, "method": row.reduce or model.compressor.registry_name, "vision_tokens": tokens,
+        "compressor": model.compressor.registry_name, "compressor_params": dict(model.compressor.params),
+        "reduce": row.reduce, "budget": row.budget, "checkpoint": str(ckpt), "seed": seed})
     t1 = time.perf_counter()
     answer = make_answer_fn(model, str(data_dir), features=eval_features(plan))
     metrics = evaluate("sceneqa", str(data_dir), answer, out,
@@ -359,7 +361,8 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
                      "gpu": torch.cuda.get_device_name() if plan.device == "cuda" else None,
                      # what the training precision "auto" and the step times depend on (AVX2 vs AMX, docs/recipe.md §15)
                      "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-                     "bf16_fast": bf16_is_fast(plan.device)},
+                     "bf16_fast": bf16_is_fast(plan.device),
+                     "eval_dtype": plan.eval_dtype},
         "command": f"compactvlm study run --plan <plan> --rows {name} --seeds {seed}",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
