@@ -433,4 +433,7 @@ def test_moonshot_section_bootstraps_prt_over_the_families_the_reference_sees(tm
     md = out.read_text()
     assert "## Moonshot: the best row at 16 tokens (1/4)" in md
     assert "**Best: `small`, PRT 50.0 %" in md and "target ≥ 99 % not met" in md
-    assert (tmp_path / "results" / "small" / "bootstrap_prt.json").exists()
+    # one bootstrap per row: its Δ and this PRT CI (over the families the reference sees) come from the same draws
+    assert not (tmp_path / "results" / "small" / "bootstrap_prt.json").exists()
+    boot = json.loads((tmp_path / "results" / "small" / "bootstrap.json").read_text())["result"]
+    assert boot["prt"] == c["prt_ci"] and boot["delta"] == c["delta"]

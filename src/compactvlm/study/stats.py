@@ -265,15 +265,16 @@ class _Bootstrapper:
 
 
 def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per row: the bootstrap of its family mean and of its paired difference to the reference over the seeds
-    both have."""
+    """Per row: the bootstrap of its family mean and of its paired difference to the reference and PRT against it
+    over the seeds both have, PRT over the families the rows' tables average it over (``prt_families``)."""
     if plan.bootstrap <= 0:
         return {}
     boot = _Bootstrapper(plan, results)
+    fams = prt_families(results.get(plan.reference, []))
     out = {}
     for name in results:
         other = None if name == plan.reference else plan.reference
-        res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json")
+        res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json", fams)
         if res is not None:
             out[name] = res
     return out
@@ -281,9 +282,9 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
 
 def moonshot(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, dict]) -> dict | None:
     """Issue 21's moonshot (``plan.moonshot``): every row at its token count, each with its PRT against the reference
-    (seeds: mean ± CI, as the rows' tables) and a 95% CI of that PRT over test images (the paired cluster bootstrap,
-    over the families PRT averages; cached as ``<results_dir>/<row>/bootstrap_prt.json``), then ``pick_moonshot``.
-    None when the plan has no moonshot or the reference has no result."""
+    (seeds: mean ± CI, as the rows' tables) and a 95% CI of that PRT over test images (the row's paired cluster
+    bootstrap, ``_bootstraps``: over the families PRT averages), then ``pick_moonshot``. None when the plan has no
+    moonshot or the reference has no result."""
     from .controls import sees
     from .convergence import pair_flag
 
@@ -291,12 +292,11 @@ def moonshot(plan: StudyPlan, results: dict[str, list[dict]], rows: dict[str, di
     if ms is None or plan.reference not in rows:
         return None
     fams = prt_families(results.get(plan.reference, []))
-    boot = _Bootstrapper(plan, results) if plan.bootstrap > 0 and fams != [] else None
     cands = []
     for name, s in rows.items():
         if name == plan.reference or s["tokens"] != ms.tokens:
             continue
-        b = boot(name, plan.reference, Path(plan.results_dir) / name / "bootstrap_prt.json", fams) if boot else None
+        b = s.get("bootstrap") if fams != [] else None  # no PRT where the reference sees on no family
         conv = {n: rows[n]["convergence"] for n in (name, plan.reference)}
         common = sorted(set(s["seeds"]) & set(rows[plan.reference]["seeds"]))  # the seeds Δ and PRT pair
         cands.append({"row": name, "seeds": common, "family_mean": s["overall"][0],
