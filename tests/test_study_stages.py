@@ -420,6 +420,29 @@ def test_v2_plan_loads_and_validates(tmp_path):
     assert all(c.checkpoint.every_steps == 10 and not c.eval.at_start for c in cfgs)
 
 
+def test_stf_steps_probe_plan_differs_from_v2_only_in_stage2_length():
+    """The one-session convergence probe: both arms are v2's STF row (same data, recipe and plan overrides), share one
+    grounding, and their stage-2 configs differ in the number of steps only."""
+    from compactvlm.study.run import stage_config
+    from compactvlm.train.config import to_plain
+    from compactvlm.train.trainer import config_differences
+
+    probe, v2 = load_plan(ROOT / "configs" / "study" / "probe_stf_steps.yaml"), load_plan(V2)
+    assert probe.data == v2.data and probe.train_configs == v2.train_configs and probe.stage_data == v2.stage_data
+    assert probe.train_overrides == v2.train_overrides and probe.eval_dtype == "bfloat16"
+    short, long = probe.row("stf-300"), probe.row("stf-900")
+    assert (short.compressor, short.params) == (long.compressor, long.params) == (v2.row("stf-k2e1").compressor,
+                                                                                   v2.row("stf-k2e1").params)
+    assert long.from_stage1 == "stf-300" and probe.reference == "stf-300" and ["stf-900", "stf-300"] in probe.comparisons
+    for plan in (probe, v2):
+        plan.train_configs = [str(ROOT / c) for c in plan.train_configs]
+    last = len(probe.stages()) - 1
+    cfg = lambda plan, row: to_plain(stage_config(plan, row, 0, Path(plan.data.dir), last, Path("out"), None))  # noqa: E731
+    assert config_differences(cfg(probe, short), cfg(v2, v2.row("stf-k2e1"))) == []
+    assert config_differences(cfg(probe, long), cfg(probe, short)) == ["optim.max_steps"]
+    assert (cfg(probe, long)["optim"]["max_steps"], probe.row_eval_steps("stf-900")) == (900, [300, 600])
+
+
 def test_stage_overrides_are_checked_before_any_work(staged, tmp_path):
     spec = yaml.safe_load(staged.read_text())
     spec["stage_data"] = [{"train": "caption.json", "val": "caption_val.json"},
