@@ -88,6 +88,31 @@ def test_budget_keeps_the_largest_objects_in_a_deterministic_order(encoder, pixe
     assert torch.allclose(comp_order.last_coverage[0].flatten(1).mean(dim=1), torch.tensor([216, 260, 548]) / 1024)
 
 
+def test_contrast_score_ranks_segments_unlike_the_image_first(encoder, pixels):
+    from compactvlm.compressors.objects import ObjectTokens
+
+    # constructed features: a 4x4 grid whose 12-patch background shares one feature, a 4-patch object another
+    bg, obj = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    patches = bg.repeat(16, 1)  # (H*W, C)
+    patches[[5, 6, 9, 10]] = obj
+    cov = torch.zeros(2, 4, 4)
+    cov[0].view(-1)[:] = 1
+    cov[0].view(-1)[[5, 6, 9, 10]] = 0  # the background segment: the larger one
+    cov[1].view(-1)[[5, 6, 9, 10]] = 1
+    score = ObjectTokens._contrast(patches, cov)
+    mean = patches.mean(dim=0)
+    by_hand = [1 - float(torch.dot(v, mean) / (v.norm() * mean.norm())) for v in (bg, obj)]
+    assert torch.allclose(score, torch.tensor(by_hand), atol=1e-6) and score[1] > score[0]
+    # in the compressor: the kept order follows the score, whatever the areas
+    comp = build(encoder, mask_source="given", max_objects=4, score="contrast").eval()
+    _, f = run(comp, encoder, pixels, masks=toy_masks())
+    for b, c in enumerate(comp.last_coverage):
+        s = ObjectTokens._contrast(f.patches(-2)[b], c)
+        assert bool((s[:-1] >= s[1:]).all()) and len(c) == len(toy_masks()[b]) + 1  # + the complement
+    with pytest.raises(CompactVLMError, match="score"):
+        build(encoder, score="saliency")
+
+
 def test_given_masks_reproduce_masked_pool_by_hand(encoder, pixels):
     comp = build(encoder, mask_source="given", max_objects=4, pad="zero").eval()
     masks = toy_masks()

@@ -33,8 +33,14 @@ Padding always sorts after every real mask, so a budget drops it first.
 
 Budget (``budget`` option or ``set_budget(n)``; None = all 1 + pool_grid^2 + K tokens, as trained):
 keeps CLS + all pooled tokens + the first ``budget - 1 - pool_grid^2`` object tokens of the sorted order,
-i.e. the top objects by ``score``: ``"area"`` (default; fraction of the image the mask covers) or
-``"order"`` (the mask source's order). A budget below 1 + pool_grid^2 or above the full count is an error.
+i.e. the top objects by ``score``: ``"area"`` (default; fraction of the image the mask covers), ``"order"``
+(the mask source's order) or ``"contrast"`` (1 - cosine similarity between the mask's coverage-weighted mean
+patch feature of ``patch_layer`` and the image's mean patch feature: segments unlike the image's dominant content
+first). ``contrast`` is ours, not the paper's: the paper's masks come from an objectness detector, so whatever it
+keeps is an object; the unsupervised source partitions the whole image, the background into several large
+segments, which ``area`` keeps before the objects (results/bench/objects_masks_kept.py). A model trained with one
+score and evaluated with another sees its object tokens in another order. A budget below 1 + pool_grid^2 or above
+the full count is an error.
 
 Inputs beyond the features (``feats.extra_state``, filled by ``CompactVLM.encode_images``):
 ``"pixel_values"`` (B, 3, H, W) for detector_sam and the cache key, ``"encoder"`` (the HFVisionEncoder) for
@@ -66,6 +72,7 @@ from .masks import create_mask_source, patch_coverage
 from .object_embed import create_object_embedder
 
 NORM_SCALINGS = ("type_mean", "token", "none")
+SCORES = ("area", "order", "contrast")  # how object tokens are ranked (a budget keeps the first)
 
 
 @COMPRESSORS.register("objects")
@@ -88,7 +95,7 @@ class ObjectTokens(Compressor):
         if int(max_objects) < 1:
             raise CompactVLMError(f"max_objects={max_objects} must be at least 1", "use e.g. 16")
         for opt, val, allowed in (("norm_scaling", norm_scaling, NORM_SCALINGS), ("norm_at", norm_at, ("input", "output")),
-                                  ("score", score, ("area", "order")), ("pad", pad, ("zero", "repeat"))):
+                                  ("score", score, SCORES), ("pad", pad, ("zero", "repeat"))):
             if val not in allowed:
                 raise CompactVLMError(f"unknown {opt} {val!r}", f"use one of: {', '.join(allowed)}")
         self.pool_grid = int(pool_grid)
@@ -176,7 +183,7 @@ class ObjectTokens(Compressor):
         self._cache.clear()
 
     def _settings(self) -> str:
-        return (f"{self.source.settings()}|{self.embedder.settings()}|K={self.max_objects}|"
+        return (f"{self.source.settings()}|{self.embedder.settings()}|K={self.max_objects}|score={self.score}|"
                 f"{self.patch_layer},{self.cls_layer}|{self.enc}")
 
     def _cacheable(self, feats: VisionFeatures) -> bool:
@@ -205,13 +212,25 @@ class ObjectTokens(Compressor):
                                f"for {feats.batch_size} images")
         dev = feats.patches(self.patch_layer).device
         cov = []
-        for m in masks:
+        for b, m in enumerate(masks):
             c = patch_coverage(m.to(dev), grid, p, image_hw)  # (K_i, H, W)
             if self.score == "area":
                 c = c[torch.sort(c.flatten(1).mean(dim=1), descending=True, stable=True).indices]
+            elif self.score == "contrast":
+                c = c[torch.sort(self._contrast(feats.patches(self.patch_layer)[b], c), descending=True,
+                                 stable=True).indices]
             cov.append(c[: self.max_objects])
         emb = self.embedder(feats, cov)
         return list(zip(cov, emb))
+
+    @staticmethod
+    def _contrast(patches: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """``score="contrast"`` of each mask: 1 - cos(mask's mean patch feature, image's mean patch feature).
+        patches (H*W, C), cov (K, H, W) -> (K,)."""
+        w = cov.flatten(1).float()  # (K, H*W)
+        x = patches.detach().float()  # (H*W, C)
+        seg = (w @ x) / w.sum(dim=1, keepdim=True).clamp_min(1e-6)  # (K, C)
+        return 1 - F.cosine_similarity(seg, x.mean(dim=0, keepdim=True), dim=-1)
 
     def object_features(self, feats: VisionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, C) object embeddings in score order, padding last, and (B, K) bool: real mask or padding."""
