@@ -64,6 +64,12 @@ def create_object_embedder(name: str, **options) -> ObjectEmbedder:
                               "see the docstring of compactvlm.compressors.object_embed") from None
 
 
+def masked_mean(x: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Coverage-weighted mean patch feature of each mask: x (H*W, C), cov (K, H, W) -> (K, C)."""
+    wts = cov.flatten(1).to(x.dtype)  # (K, H*W)
+    return wts @ x / wts.sum(dim=1, keepdim=True).clamp(min=1e-6)
+
+
 @OBJECT_EMBEDDERS.register("masked_pool")
 class MaskedPool(ObjectEmbedder):
     def settings(self) -> str:
@@ -71,11 +77,7 @@ class MaskedPool(ObjectEmbedder):
 
     def __call__(self, feats: VisionFeatures, coverage: list[torch.Tensor]) -> list[torch.Tensor]:
         x = feats.patches(self.patch_layer)  # (B, H*W, C)
-        out = []
-        for xb, cov in zip(x, coverage):
-            wts = cov.flatten(1).to(xb.dtype)  # (K, H*W)
-            out.append(wts @ xb / wts.sum(dim=1, keepdim=True).clamp(min=1e-6))  # (K, C)
-        return out
+        return [masked_mean(xb, cov) for xb, cov in zip(x, coverage)]  # (K, C) each
 
 
 def soft_dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

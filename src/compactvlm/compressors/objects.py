@@ -69,7 +69,7 @@ from ..registry import COMPRESSORS
 from . import masks as _masks  # noqa: F401  (registers the mask sources)
 from .base import Compressor, mlp2x_gelu
 from .masks import create_mask_source, patch_coverage
-from .object_embed import create_object_embedder
+from .object_embed import create_object_embedder, masked_mean
 
 NORM_SCALINGS = ("type_mean", "token", "none")
 SCORES = ("area", "order", "contrast")  # how object tokens are ranked (a budget keeps the first)
@@ -210,15 +210,15 @@ class ObjectTokens(Compressor):
         if len(masks) != feats.batch_size:
             raise RuntimeError(f"mask source {self.source.registry_name} returned {len(masks)} mask sets "
                                f"for {feats.batch_size} images")
-        dev = feats.patches(self.patch_layer).device
+        patches = feats.patches(self.patch_layer)  # (B, H*W, C)
+        dev = patches.device
         cov = []
         for b, m in enumerate(masks):
             c = patch_coverage(m.to(dev), grid, p, image_hw)  # (K_i, H, W)
             if self.score == "area":
                 c = c[torch.sort(c.flatten(1).mean(dim=1), descending=True, stable=True).indices]
             elif self.score == "contrast":
-                c = c[torch.sort(self._contrast(feats.patches(self.patch_layer)[b], c), descending=True,
-                                 stable=True).indices]
+                c = c[torch.sort(self._contrast(patches[b], c), descending=True, stable=True).indices]
             cov.append(c[: self.max_objects])
         emb = self.embedder(feats, cov)
         return list(zip(cov, emb))
@@ -227,10 +227,8 @@ class ObjectTokens(Compressor):
     def _contrast(patches: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         """``score="contrast"`` of each mask: 1 - cos(mask's mean patch feature, image's mean patch feature).
         patches (H*W, C), cov (K, H, W) -> (K,)."""
-        w = cov.flatten(1).float()  # (K, H*W)
         x = patches.detach().float()  # (H*W, C)
-        seg = (w @ x) / w.sum(dim=1, keepdim=True).clamp_min(1e-6)  # (K, C)
-        return 1 - F.cosine_similarity(seg, x.mean(dim=0, keepdim=True), dim=-1)
+        return 1 - F.cosine_similarity(masked_mean(x, cov), x.mean(dim=0, keepdim=True), dim=-1)
 
     def object_features(self, feats: VisionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, C) object embeddings in score order, padding last, and (B, K) bool: real mask or padding."""
