@@ -9,12 +9,14 @@ Each compressor is built with its default options on a tiny random-config DINOv2
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
 import torch
 
 from compactvlm.compressors import create_compressor
+from compactvlm.compressors.base import WindowCompressor
 from compactvlm.encoders.hf import HFVisionEncoder
 from compactvlm.errors import CompactVLMError
 from compactvlm.registry import COMPRESSORS
@@ -114,3 +116,19 @@ def test_deterministic_under_a_seed_in_eval(name, encoder, pixels):
 def test_unknown_option_is_a_user_error(name, encoder):
     with pytest.raises(CompactVLMError):
         create_compressor(name, encoder.info, LLM_DIM, no_such_option=1)
+
+
+WINDOW_NAMES = [n for n in NAMES if issubclass(COMPRESSORS.get(n), WindowCompressor)]
+
+
+@pytest.mark.parametrize("name", WINDOW_NAMES)
+def test_window_geometry_is_checked_when_built(name, encoder):
+    """Every k x k window method refuses a window that does not tile the grid and a block the encoder lacks, with
+    the error naming the value (WindowCompressor's constructor checks them once for all)."""
+    takes_k = "k" in inspect.signature(COMPRESSORS.get(name).__init__).parameters
+    bad = [({"layer": 99}, "encoder block 99 does not exist")]
+    if takes_k:
+        bad += [({"k": 0}, "k=0 must be a positive window size"), ({"k": 3}, "k=3 does not divide")]
+    for options, match in bad:
+        with pytest.raises(CompactVLMError, match=match):
+            create_compressor(name, encoder.info, LLM_DIM, **options)

@@ -20,11 +20,7 @@ from .base import WindowCompressor, check_grid_divisible, mlp2x_gelu
 @COMPRESSORS.register("avgpool")
 class AvgPool(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, k: int = 2, layer: int = -2):
-        super().__init__(enc, llm_dim)
-        check_grid_divisible(enc.grid, k)
-        enc.normalize_layer(layer)
-        self.k = int(k)
-        self.layer = layer
+        super().__init__(enc, llm_dim, k=k, layer=layer)
         self.proj = mlp2x_gelu(enc.hidden_size, llm_dim)
 
     def pool(self, feats: VisionFeatures) -> torch.Tensor:

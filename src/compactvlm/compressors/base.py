@@ -112,6 +112,17 @@ class WindowCompressor(Compressor):
     per_window: int = 1
     layer: int = -2
 
+    def __init__(self, enc: EncoderInfo, llm_dim: int, k: int = 1, layer: int = -2, per_window: int = 1):
+        """Checks and stores the window geometry every such method shares: ``k`` divides the patch grid and
+        ``layer`` is a block of the encoder."""
+        super().__init__(enc, llm_dim)
+        k = int(k)
+        if k < 1:
+            raise CompactVLMError(f"k={k} must be a positive window size", "use k=2 (the papers' default)")
+        check_grid_divisible(enc.grid, k)
+        enc.normalize_layer(layer)
+        self.k, self.layer, self.per_window = k, layer, int(per_window)
+
     def feature_layers(self) -> list[int]:
         return [self.layer]
 

@@ -47,11 +47,7 @@ def depth_to_space(x: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tens
 @COMPRESSORS.register("concat")
 class TokenConcat(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, k: int = 2, layer: int = -2):
-        super().__init__(enc, llm_dim)
-        check_grid_divisible(enc.grid, k)
-        enc.normalize_layer(layer)
-        self.k = int(k)
-        self.layer = layer
+        super().__init__(enc, llm_dim, k=k, layer=layer)
         self.proj = mlp2x_gelu(self.k * self.k * enc.hidden_size, llm_dim)
 
     def forward(self, feats: VisionFeatures) -> torch.Tensor:

@@ -17,8 +17,7 @@ from .base import WindowCompressor, mlp2x_gelu
 @COMPRESSORS.register("mlp2x_gelu")
 class MLPProjector(WindowCompressor):
     def __init__(self, enc: EncoderInfo, llm_dim: int, layer: int = -2):
-        super().__init__(enc, llm_dim)
-        self.layer = layer
+        super().__init__(enc, llm_dim, layer=layer)
         self.proj = mlp2x_gelu(enc.hidden_size, llm_dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

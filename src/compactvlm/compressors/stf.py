@@ -135,11 +135,8 @@ class SpatialTokenFusion(WindowCompressor):
         learned_fuse: bool = True,
         act_last: bool = True,
     ):
-        super().__init__(enc, llm_dim)
-        k, E = int(k), int(E)
-        if k < 1:
-            raise CompactVLMError(f"k={k} must be a positive window size", "use k=2 (the paper's default)")
-        check_grid_divisible(enc.grid, k)
+        super().__init__(enc, llm_dim, k=k, layer=layer, per_window=E)  # checks k and layer; E is checked here
+        k, E = self.k, int(E)
         if k == 1 and E != 1:
             raise CompactVLMError(f"E={E} with k=1: a 1x1 window holds one token and cannot become {E}",
                                   "use E=1 with k=1 (MBTF alone), or k >= 2")
@@ -148,9 +145,7 @@ class SpatialTokenFusion(WindowCompressor):
                 f"E={E} tokens per {k}x{k} window is not between 1 and k²-1={k * k - 1} (the paper requires E < k²)",
                 f"pick E in 1..{k * k - 1}; E=1 gives {k * k}x fewer tokens",
             )
-        self.k, self.E, self.layer = k, E, layer
-        self.per_window = E  # WindowCompressor derives the windows and token count from k and E
-        enc.normalize_layer(layer)
+        self.E = E  # = per_window: WindowCompressor derives the windows and token count from k and E
 
         # --- MBTF -------------------------------------------------------------------------------------------
         if mbtf_layers is not None and mbtf_blocks is not None:
