@@ -9,13 +9,13 @@ from compactvlm.study.plan import StudyData, StudyPlan, StudyRow
 from compactvlm.study.status import PairStatus, plan_status
 
 
-def _plan(tmp_path) -> StudyPlan:
+def _plan(tmp_path, *more: StudyRow) -> StudyPlan:
     return StudyPlan(name="p", runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
                      data=StudyData(dir=str(tmp_path / "data")), eval_steps=[10, 20],
                      train_configs=["s1.yaml", "s2.yaml"], reference="full", seeds=[0, 1],
                      rows=[StudyRow(name="full", compressor="mlp2x_gelu"), StudyRow(name="stf", compressor="stf"),
                            StudyRow(name="rand", from_="full", reduce="random", budget=4),
-                           StudyRow(name="abl", compressor="stf", seeds=[0])])
+                           StudyRow(name="abl", compressor="stf", seeds=[0]), *more])
 
 
 def _log(stage, *events):
@@ -36,7 +36,7 @@ def _final(stage):
 
 
 def test_status_of_every_pair(tmp_path, capsys):
-    plan = _plan(tmp_path)
+    plan = _plan(tmp_path, StudyRow(name="stf-long", compressor="stf", from_stage1="stf"))
     runs = tmp_path / "runs"
     # full s0: done
     res = tmp_path / "results" / "full" / "seed0.json"
@@ -78,6 +78,9 @@ def test_status_of_every_pair(tmp_path, capsys):
     # running: the steps left count from the step it is at, (1496 - 12) x 2 s
     assert got[("stf", 0)].detail == ("stage 1/2: step 12/1496 (2.0 s/step, ~49 min of steps left); "
                                       "a restart begins the stage again (no checkpoint yet)")
+    # a row that shares stf's stage 1 shows that training as stf's, not as a second one of its own
+    assert got[("stf-long", 0)].state == "training"
+    assert got[("stf-long", 0)].detail == "`stf`'s " + got[("stf", 0)].detail
     assert got[("stf", 1)].state == "evaluating"  # each pass: real, the blind control, the curve point before the end
     assert got[("stf", 1)].detail.endswith("answers real 3/5, shuffled 0/5, step 10 0/5")
     assert got[("rand", 0)].state == "waiting" and "`full` seed 0" in got[("rand", 0)].detail

@@ -160,6 +160,8 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
         "a restart begins the stage again (no checkpoint yet)" if step else "")
     running = _running(d)
     detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
+    if k == 0 and row.from_stage1:  # the stage 1 it shares is the source row's (one training for both pairs)
+        detail = f"`{row.from_stage1}`'s {detail}"
     from_step = step if running else (cks[-1][0] if cks else 0)  # where the steps left are counted from
     if per_step is not None and total is not None and from_step < total:  # validation passes come on top
         detail += f" ({_per_step(per_step)}, ~{_duration((total - from_step) * per_step)} of steps left)"
