@@ -63,6 +63,11 @@ def test_gauge_summary_verdicts():
     assert "does not use the image" in gauge_summary(0.66, {"val_loss_shuffled": 0.665, "gap_shuffled": 0.005})
     assert "uses the image" in gauge_summary(1.5, {"val_loss_shuffled": 1.84, "gap_shuffled": 0.34})
     assert BLIND_GAP > 0
+    # the grounding objective's loss is an MSE, not nats: no blind verdict from the nat threshold, the ratio instead
+    # (this is the grounding stage of the probe of 2026-12-05, whose shuffled loss is 3x its real one)
+    line = gauge_summary(0.0054, {"val_loss_shuffled": 0.0164, "gap_shuffled": 0.011}, "grounding")
+    assert "does not use the image" not in line and "uses the image" not in line
+    assert "grounding loss is 3.0x the real images'" in line
 
 
 def test_bad_controls_rejected(tmp_path):

@@ -58,13 +58,23 @@ def format_gauge(g: dict[str, float]) -> str:
     return ("; " + ", ".join(parts)) if parts else ""
 
 
-def gauge_summary(real: float, g: dict[str, float]) -> str:
-    """One line for the end of training: the last validation pass with real / shuffled / blank images."""
+def gauge_summary(real: float, g: dict[str, float], objective: str = "lm") -> str:
+    """One line for the end of training: the last validation pass with real / shuffled / blank images. The
+    blind / sees verdict reads the gap in nats per answer token, so it is given for the language-model objective
+    only; another objective's loss (grounding: a mean squared error in the embedding space) gets the ratio of the
+    shuffled images' loss to the real ones' instead."""
     gap = g.get("gap_shuffled")
     if gap is None:
         return "blindness gauge: no shuffled-image control (eval.controls off or too few validation samples)"
-    verdict = ("the model does not use the image (shuffled-image gap below "
-               f"{BLIND_GAP}): it answers from the text alone" if gap < BLIND_GAP else "the model uses the image")
+    if objective != "lm":
+        ratio = f"{g['val_loss_shuffled'] / real:.1f}x" if real > 0 else "undefined (real-image loss 0)"
+        verdict = (f"with the images shuffled the {objective} loss is {ratio} the real images' (the blind verdict, a "
+                   f"{BLIND_GAP}-nat gap, is for objective=lm; the next stage's gauge gives it)")
+    elif gap < BLIND_GAP:
+        verdict = (f"the model does not use the image (shuffled-image gap below {BLIND_GAP}): "
+                   "it answers from the text alone")
+    else:
+        verdict = "the model uses the image"
     return f"blindness gauge: val loss real {real:.4f}{format_gauge(g)}; {verdict}"
 
 
@@ -699,7 +709,7 @@ class Trainer:
                 self.logger.info(f"encoder features: {store.hits} image(s) read from {store.dir}, "
                                  f"{store.written} encoded and written there")
             if self.val_controls:
-                self.logger.info(gauge_summary(self.val_losses[-1][1], self.val_controls[-1][1]))
+                self.logger.info(gauge_summary(self.val_losses[-1][1], self.val_controls[-1][1], self.cfg.objective))
             return TrainResult(self.out, final, self.step, list(self.val_losses), last)
         finally:
             self.logger.close()
