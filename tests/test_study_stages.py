@@ -450,3 +450,46 @@ def test_stage_overrides_are_checked_before_any_work(staged, tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(CompactVLMError, match="evry_steps"):
         check_stages(load_plan(tmp_path / "p.yaml"))
+
+
+def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
+    """Decision (a) of the probe: the 900-step plan extends v2 (`_base_`): the same rows (less v2's own probe row,
+    which is this recipe), stage 2 at 900 steps and nothing else different, stage 1 read from v2's runs."""
+    from compactvlm.study.run import stage_config
+    from compactvlm.train.config import to_plain
+    from compactvlm.train.trainer import config_differences
+
+    p900, v2 = load_plan(ROOT / "configs" / "study" / "sceneqa_v2_900.yaml"), load_plan(V2)
+    assert [r.name for r in p900.rows] == [r.name for r in v2.rows if r.name != "full-mlp2x-900"]
+    assert ["full-mlp2x-900", "full-mlp2x"] not in p900.comparisons and len(p900.comparisons) == len(v2.comparisons) - 1
+    assert p900.claims == v2.claims and "7" not in p900.groups and "full-mlp2x-900" not in p900.cost_hint
+    assert p900.stage1_runs_dir == v2.runs_dir and p900.data == v2.data and p900.reference == v2.reference
+    assert len({p900.runs_dir, v2.runs_dir}) == len({p900.results_dir, v2.results_dir}) == len({p900.report, v2.report}) == 2
+    for plan in (p900, v2):
+        plan.train_configs = [str(ROOT / c) for c in plan.train_configs]
+    cfg = lambda plan, k: to_plain(stage_config(plan, plan.row("stf-k2e1"), 1, Path(plan.data.dir), k,  # noqa: E731
+                                                Path("out"), None))
+    assert config_differences(cfg(p900, 0), cfg(v2, 0)) == []  # the grounding v2's runs hold is this plan's
+    assert config_differences(cfg(p900, 1), cfg(v2, 1)) == ["optim.max_steps"] and cfg(p900, 1)["optim"]["max_steps"] == 900
+
+
+def test_drop_rows_leaves_inherited_rows_out_and_names_unknown_ones(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "name": "b", "reference": "full", "train_config": "t.yaml", "groups": {"1": "one", "2": "two"},
+        "cost_hint": {"trained": 10, "probe": 30},
+        "rows": [{"name": "full", "group": "1", "compressor": "mlp2x_gelu"},
+                 {"name": "stf", "group": "1", "compressor": "stf"},
+                 {"name": "probe", "group": "2", "compressor": "stf"}],
+        "comparisons": [["stf", "full"], ["probe", "stf"]],
+        "claims": [{"claim": "x", "kind": "greater", "a": "probe", "b": "stf"},
+                   {"claim": "y", "kind": "greater", "a": "stf", "b": "full"}]}))
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "drop_rows": ["probe"]}))
+    plan = load_plan(child)
+    assert [r.name for r in plan.rows] == ["full", "stf"] and plan.comparisons == [["stf", "full"]]
+    assert [c.claim for c in plan.claims] == ["y"] and plan.cost_hint == {"trained": 10}
+    assert list(plan.groups) == ["1"]
+    child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "drop_rows": ["prob"]}))
+    with pytest.raises(CompactVLMError, match="drop_rows names rows it does not have: prob"):
+        load_plan(child)

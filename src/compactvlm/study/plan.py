@@ -155,6 +155,7 @@ class StudyPlan:
     threads: int = 2
     device: str = "cpu"  # cpu | cuda (training, evaluation and the cost measurement)
     groups: dict[str, str] = field(default_factory=dict)  # group id -> title
+    # a plan extending another (`_base_: other.yaml`) inherits its rows whole; `drop_rows: [names]` leaves some out
     rows: list[StudyRow] = field(default_factory=list)
     # head-to-head contrasts [a, b] the papers claim (a beats / matches b): reported as a - b, paired by seed, with a
     # test-image bootstrap CI, next to the paired difference in validation loss
@@ -346,6 +347,7 @@ class StudyPlan:
 
 def load_plan(path: str | os.PathLike) -> StudyPlan:
     data = read_file(Path(path))
+    _drop_rows(data, data.pop("drop_rows", None) or [], path)
     if data.get("train_config") and data.get("train_configs"):
         raise CompactVLMError(f"study plan {path} has both train_config and train_configs",
                               "keep train_config for a one-stage recipe or train_configs for several stages")
@@ -355,6 +357,26 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
     plan = from_dict(StudyPlan, data, prefix="study.")
     plan.validate()
     return plan
+
+
+def _drop_rows(data: dict, drop: list, path) -> None:
+    """``drop_rows: [names]`` in a plan that extends another (``_base_``): leave those inherited rows out, with the
+    comparisons and claims that name them, their ``cost_hint`` and any group left without a row (``rows`` is a
+    list, which ``_base_`` replaces whole rather than merging)."""
+    if not drop:
+        return
+    rows = [r for r in data.get("rows") or [] if isinstance(r, dict)]
+    unknown = sorted(set(map(str, drop)) - {str(r.get("name")) for r in rows})
+    if unknown:
+        raise CompactVLMError(f"study plan {path}: drop_rows names rows it does not have: {', '.join(unknown)}",
+                              "name rows of the plan or of its _base_ (compactvlm study status lists them)")
+    gone = set(map(str, drop))
+    data["rows"] = [r for r in rows if str(r.get("name")) not in gone]
+    data["comparisons"] = [c for c in data.get("comparisons") or [] if not gone & set(map(str, c))]
+    data["claims"] = [c for c in data.get("claims") or [] if not gone & {str(c.get("a")), str(c.get("b"))}]
+    data["cost_hint"] = {k: v for k, v in (data.get("cost_hint") or {}).items() if k not in gone}
+    used = {str(r.get("group")) for r in data["rows"]}
+    data["groups"] = {k: v for k, v in (data.get("groups") or {}).items() if str(k) in used}
 
 
 def result_path(plan: StudyPlan, row: str, seed: int) -> Path:
