@@ -119,6 +119,11 @@ class SpatialTokenFusion(WindowCompressor):
 
     mbtf_default = False
 
+    @property
+    def E(self) -> int:
+        """Tokens per window: WindowCompressor's ``per_window``, from which it derives the windows and token count."""
+        return self.per_window
+
     def __init__(
         self,
         enc: EncoderInfo,
@@ -145,7 +150,6 @@ class SpatialTokenFusion(WindowCompressor):
                 f"E={E} tokens per {k}x{k} window is not between 1 and k²-1={k * k - 1} (the paper requires E < k²)",
                 f"pick E in 1..{k * k - 1}; E=1 gives {k * k}x fewer tokens",
             )
-        self.E = E  # = per_window: WindowCompressor derives the windows and token count from k and E
 
         # --- MBTF -------------------------------------------------------------------------------------------
         if mbtf_layers is not None and mbtf_blocks is not None:
