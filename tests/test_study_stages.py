@@ -464,6 +464,7 @@ def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
     assert ["full-mlp2x-900", "full-mlp2x"] not in p900.comparisons and len(p900.comparisons) == len(v2.comparisons) - 1
     assert p900.claims == v2.claims and "7" not in p900.groups and "full-mlp2x-900" not in p900.cost_hint
     assert p900.stage1_runs_dir == v2.runs_dir and p900.data == v2.data and p900.reference == v2.reference
+    assert (v2.eval_dtype, p900.eval_dtype) == ("float32", "bfloat16")  # the probe's dtype, chosen before any answer
     assert len({p900.runs_dir, v2.runs_dir}) == len({p900.results_dir, v2.results_dir}) == len({p900.report, v2.report}) == 2
     for plan in (p900, v2):
         plan.train_configs = [str(ROOT / c) for c in plan.train_configs]
