@@ -456,6 +456,7 @@ def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
     """Decision (a) of the probe: the 900-step plan extends v2 (`_base_`): the same rows (less v2's own probe row,
     which is this recipe), stage 2 at 900 steps and nothing else different, stage 1 read from v2's runs."""
     from compactvlm.study.run import stage_config
+    from compactvlm.train import load_train_config
     from compactvlm.train.config import to_plain
     from compactvlm.train.trainer import config_differences
 
@@ -472,6 +473,9 @@ def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
                                                 Path("out"), None))
     assert config_differences(cfg(p900, 0), cfg(v2, 0)) == []  # the grounding v2's runs hold is this plan's
     assert config_differences(cfg(p900, 1), cfg(v2, 1)) == ["optim.max_steps"] and cfg(p900, 1)["optim"]["max_steps"] == 900
+    # the recipe's own stage 2 is the converged length; v2 pins the 300 steps its rows were trained with
+    assert cfg(v2, 1)["optim"]["max_steps"] == 300
+    assert load_train_config(ROOT / "configs" / "train" / "recipe_stage2_ground.yaml").optim.max_steps == 900
 
 
 def test_drop_rows_leaves_inherited_rows_out_and_names_unknown_ones(tmp_path):
