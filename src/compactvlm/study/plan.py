@@ -371,11 +371,12 @@ def _drop_rows(data: dict, drop: list, path) -> None:
         raise CompactVLMError(f"study plan {path}: drop_rows names rows it does not have: {', '.join(unknown)}",
                               "name rows of the plan or of its _base_ (compactvlm study status lists them)")
     gone = set(map(str, drop))
-    data["rows"] = [r for r in rows if str(r.get("name")) not in gone]
+    # a malformed (non-mapping) row stays for the plan's own validation to name, instead of vanishing here
+    data["rows"] = [r for r in data.get("rows") or [] if not (isinstance(r, dict) and str(r.get("name")) in gone)]
     data["comparisons"] = [c for c in data.get("comparisons") or [] if not gone & set(map(str, c))]
     data["claims"] = [c for c in data.get("claims") or [] if not gone & {str(c.get("a")), str(c.get("b"))}]
     data["cost_hint"] = {k: v for k, v in (data.get("cost_hint") or {}).items() if k not in gone}
-    used = {str(r.get("group")) for r in data["rows"]}
+    used = {str(r.get("group")) for r in data["rows"] if isinstance(r, dict)}
     data["groups"] = {k: v for k, v in (data.get("groups") or {}).items() if str(k) in used}
 
 
