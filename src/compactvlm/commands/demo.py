@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if per_family:
         few = min(per_family.values())
         print(f"note: as few as {few} questions per family here, so per-family differences of a few questions are "
-              f"noise; docs/results.md has the study on 2,125 questions (--images raises this demo's size).")
+              f"noise; docs/results_v2_900.md has the study of these models' recipe on 2,125 questions (--images "
+              f"raises this demo's size).")
     out = work / "demo_results.json"
     summary = {r: {"tokens": v["tokens"], "components": v["metrics"]["components"],
                    "family_mean": v["metrics"]["family_mean"], "cost": v["cost"],
