@@ -437,3 +437,21 @@ def test_moonshot_section_bootstraps_prt_over_the_families_the_reference_sees(tm
     assert not (tmp_path / "results" / "small" / "bootstrap_prt.json").exists()
     boot = json.loads((tmp_path / "results" / "small" / "bootstrap.json").read_text())["result"]
     assert boot["prt"] == c["prt_ci"] and boot["delta"] == c["delta"]
+
+
+def test_evaluation_only_rows_report_no_training_of_their_own(tmp_path):
+    """A row that evaluates another row's checkpoint (``from``) carries its source's training record; the report's
+    train s/step and final val loss columns must not show the source's numbers as the row's (study v2-900's 18
+    training-free rows all read the reference's 8.19 s/step)."""
+    from compactvlm.study import load_plan
+    from compactvlm.study.stats import collect, summarize
+
+    path = _study(tmp_path, {"attribute": 80.0}, {"ref": True, "small": True}, None)
+    for seed in (0, 1, 2):
+        f = tmp_path / "results" / "small" / f"seed{seed}.json"
+        r = json.loads(f.read_text())
+        r["row"].update(compressor=None, from_="ref", reduce="random", budget=16)
+        f.write_text(json.dumps(r))
+    rows = summarize(load_plan(path), collect(load_plan(path)))
+    assert rows["ref"]["sec_per_step"] == pytest.approx(0.1) and rows["ref"]["final_val_loss"][0] is not None
+    assert rows["small"]["sec_per_step"] is None and rows["small"]["final_val_loss"] == (None, None)

@@ -116,8 +116,10 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
             "llm_gflops": statistics.fmean(r["cost"]["flops_llm"] for r in runs) / 1e9,
             "vision_gflops": statistics.fmean(r["cost"]["flops_vision"] for r in runs) / 1e9,
+            # an evaluation-only row carries its source's training record: its step time is not the row's own
             "sec_per_step": (statistics.fmean(x for x in (r["train"].get("sec_per_step") for r in runs) if x)
-                             if any(r["train"].get("sec_per_step") for r in runs) else None),
+                             if any(r["train"].get("sec_per_step") for r in runs) and spec.get("from_") is None
+                             else None),
             "train_steps": runs[0]["train"].get("steps"),
             "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
             "final_val_loss": mean_ci(final_loss) if final_loss and runs[0]["row"].get("from_") is None else (None, None),
