@@ -452,6 +452,7 @@ def test_evaluation_only_rows_report_no_training_of_their_own(tmp_path):
         r = json.loads(f.read_text())
         r["row"].update(compressor=None, from_="ref", reduce="random", budget=16)
         f.write_text(json.dumps(r))
-    rows = summarize(load_plan(path), collect(load_plan(path)))
+    plan = load_plan(path)
+    rows = summarize(plan, collect(plan))
     assert rows["ref"]["sec_per_step"] == pytest.approx(0.1) and rows["ref"]["final_val_loss"][0] is not None
     assert rows["small"]["sec_per_step"] is None and rows["small"]["final_val_loss"] == (None, None)

@@ -101,6 +101,8 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
         paired = [r for r in runs if r["seed"] in ref_by_seed] if prt_datasets != [] else []
         prts = [prt(r["metrics"]["components"], ref_by_seed[r["seed"]], prt_datasets)["prt"] for r in paired]
         spec = runs[0]["row"]
+        # an evaluation-only row (`from`) carries its source's training record, which is not the row's own
+        trained = spec.get("from_") is None
         # in-LLM reductions (fastv, pyramiddrop, sparsevlm) keep every vision token in the prompt and prune inside
         # the LLM: plotted at their budget (tokens after layer K for fastv, equivalent tokens for the staged ones)
         from ..registry import REDUCTIONS
@@ -116,21 +118,19 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "ttft_ms": statistics.fmean(r["cost"]["ttft_ms"] for r in runs),
             "llm_gflops": statistics.fmean(r["cost"]["flops_llm"] for r in runs) / 1e9,
             "vision_gflops": statistics.fmean(r["cost"]["flops_vision"] for r in runs) / 1e9,
-            # an evaluation-only row carries its source's training record: its step time is not the row's own
             "sec_per_step": (statistics.fmean(x for x in (r["train"].get("sec_per_step") for r in runs) if x)
-                             if any(r["train"].get("sec_per_step") for r in runs) and spec.get("from_") is None
-                             else None),
+                             if trained and any(r["train"].get("sec_per_step") for r in runs) else None),
             "train_steps": runs[0]["train"].get("steps"),
             "val_loss_curve": runs[0]["train"].get("val_loss_curve", []),
-            "final_val_loss": mean_ci(final_loss) if final_loss and runs[0]["row"].get("from_") is None else (None, None),
+            "final_val_loss": mean_ci(final_loss) if final_loss and trained else (None, None),
             "final_val_loss_by_seed": ({r["seed"]: r["train"]["val_loss_curve"][-1][1] for r in runs
-                                        if r["train"].get("val_loss_curve")} if runs[0]["row"].get("from_") is None else {}),
+                                        if r["train"].get("val_loss_curve")} if trained else {}),
             "bootstrap": boots.get(name),
             # evaluation (real images, controls, curve points), plus training (from the runs' own logs) for trained
             # rows: every stage this row trained itself
             "wall_s": sum(r["wall_seconds"]["eval"] + r["wall_seconds"].get("controls", 0.0)
                           + r["wall_seconds"].get("curve", 0.0)
-                          + (_train_wall(r) if spec.get("from_") is None else 0.0) for r in runs),
+                          + (_train_wall(r) if trained else 0.0) for r in runs),
             "note": runs[0]["row"].get("note", ""), "from": runs[0]["row"].get("from_"),
             "retrained_source_seeds": _retrained_source_seeds(results, runs),
             "blind": blind_summary(runs),  # the shuffled-image control, where the results carry one
