@@ -52,7 +52,7 @@ def binding(data: Path, predictions: dict[str, str], split: str = "test") -> dic
 def read_run(run: str) -> dict[str, str]:
     """question_id -> answer text, from an evaluation folder or a study result file (``FILE.json[:shuffled]``).
     Raises FileNotFoundError / ValueError with what to pass instead."""
-    path, _, control = run.partition(":") if run.endswith(":shuffled") else (run, "", "")
+    path, _, control = run.rpartition(":") if run.endswith(":shuffled") else (run, "", "")
     p = Path(path)
     if p.is_dir():
         if control:
