@@ -26,23 +26,33 @@ from compactvlm.evaluate.benchmarks.base import read_jsonl
 KINDS = ("single", "multi", "named present", "named absent")
 
 
-def binding(data: Path, predictions: dict[str, str], split: str = "test") -> dict:
-    """``predictions``: question_id -> answer text. Returns per kind (``KINDS``): questions, right, and wrong answers
-    that are a colour present in the image."""
+def colour_questions(data: Path, split: str = "test") -> list[tuple[dict, str, set[str]]]:
+    """The build's colour questions, each as (answer record, kind of ``KINDS``, colours in its image); read once and
+    shared by every run."""
     scenes = {s["image"]: s for s in read_jsonl(data / f"{split}_scenes.jsonl")}
-    out = {k: {"questions": 0, "right": 0, "present_wrong": 0} for k in KINDS}
+    out = []
     for a in read_jsonl(data / f"{split}_answers.jsonl"):
-        if str(a["question_id"]) not in predictions:
-            continue
+        colours = {o["color"] for o in scenes[a["image"]]["objects"] if o.get("color")}
         if a["family"] == "attribute":
-            kind = None  # set below from the image's colours
+            kind = "single" if len(colours) <= 1 else "multi"
         elif a["family"] == "unanswerable" and "colo" in a.get("question", "").lower():
             kind = "named absent" if a.get("subset") == "unanswerable" else "named present"
         else:
             continue
-        colours = {o["color"] for o in scenes[a["image"]]["objects"] if o.get("color")}
+        out.append((a, kind, colours))
+    return out
+
+
+def binding(data: Path | list, predictions: dict[str, str], split: str = "test") -> dict:
+    """``predictions``: question_id -> answer text; ``data``: the SceneQA build, or its ``colour_questions``.
+    Returns per kind (``KINDS``): questions, right, and wrong answers that are a colour present in the image."""
+    questions = colour_questions(data, split) if isinstance(data, Path) else data
+    out = {k: {"questions": 0, "right": 0, "present_wrong": 0} for k in KINDS}
+    for a, kind, colours in questions:
+        if str(a["question_id"]) not in predictions:
+            continue
         said = predictions[str(a["question_id"])].strip().lower().rstrip(".")
-        r = out[kind or ("single" if len(colours) <= 1 else "multi")]
+        r = out[kind]
         r["questions"] += 1
         r["right"] += said == a["answer"]
         r["present_wrong"] += said != a["answer"] and said in colours
@@ -64,7 +74,10 @@ def read_run(run: str) -> dict[str, str]:
         return {str(r["question_id"]): r["text"] for r in read_jsonl(p)}  # read only: the folder is not ours
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: pass an evaluation folder or a study result file")
-    res = json.loads(p.read_text())
+    try:
+        res = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON ({e}): pass a study result file as `compactvlm study run` wrote it")
     preds = res.get("control_predictions", {}).get(control) if control else res.get("predictions")
     if not isinstance(preds, dict):
         raise ValueError(f"{run}: no {'blind-control ' if control else ''}predictions in this file "
@@ -84,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.data} is not a SceneQA build with a {a.split} split (needs {', '.join(p.name for p in need)}): "
               "pass the --data folder the predictions answer", file=sys.stderr)
         return 2
-    for run in a.runs:
-        try:
-            preds = read_run(run)
-        except (FileNotFoundError, ValueError) as e:
-            print(e, file=sys.stderr)
-            return 2
-        res = binding(Path(a.data), preds, a.split)
+    try:
+        runs = [(run, read_run(run)) for run in a.runs]  # every run checked before any is scored
+    except (FileNotFoundError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    questions = colour_questions(Path(a.data), a.split)
+    for run, preds in runs:
+        res = binding(questions, preds, a.split)
         print(run)
         for k, v in res.items():
             if v["questions"]:

@@ -72,3 +72,18 @@ def test_reads_a_study_result_file_and_its_blind_control(tmp_path, capsys):
     assert "no predictions" in capsys.readouterr().err
     assert ab.main(["--data", str(tmp_path), f"{tmp_path}:shuffled"]) == 2
     assert "applies to a study result file" in capsys.readouterr().err
+
+
+def test_a_bad_file_is_named_before_any_run_is_scored(tmp_path, capsys):
+    _write(tmp_path)
+    good = tmp_path / "seed1.json"
+    good.write_text(json.dumps({"predictions": {"1": "red"}}))
+    bad = tmp_path / "seed2.json"
+    bad.write_text('{"predictions": {"1": "red"')  # cut off mid-write
+    assert ab.main(["--data", str(tmp_path), str(good), str(bad)]) == 2
+    cap = capsys.readouterr()
+    assert "seed2.json is not valid JSON" in cap.err
+    assert cap.out == ""  # the good run was not scored and printed first
+    # the questions read once give the same counts as reading the build per run
+    qs = ab.colour_questions(tmp_path)
+    assert ab.binding(qs, {"2": "red", "3": "red"}) == ab.binding(tmp_path, {"2": "red", "3": "red"})
