@@ -415,9 +415,10 @@ def test_v2_plan_loads_and_validates(tmp_path):
     assert cfgs[1].init.from_ == "prev" and cfgs[1].stage.specs()["llm"].mode == "full"
     assert all(c.data.train.endswith("data/study_v2/train.json") for c in cfgs)
     # a stage's own overrides reach that stage only: stage 2 validates every 100 steps, stage 1 keeps its recipe's 125;
-    # the plan's reach both (a resumable checkpoint every 10 steps, no validation at step 0)
+    # the plan's reach both (a resumable checkpoint every 5 minutes, none by step count, no validation at step 0)
     assert (cfgs[0].eval.every_steps, cfgs[1].eval.every_steps) == (125, 100)
-    assert all(c.checkpoint.every_steps == 10 and not c.eval.at_start for c in cfgs)
+    assert all(c.checkpoint.every_minutes == 5 and c.checkpoint.every_steps == 0 and not c.eval.at_start
+               for c in cfgs)
 
 
 def test_stf_steps_probe_plan_differs_from_v2_only_in_stage2_length():

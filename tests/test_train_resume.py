@@ -150,3 +150,54 @@ def test_resume_compares_keys_a_checkpoint_predates_with_what_that_code_did():
     new = to_plain(cfg)
     new["objective"] = "lm"
     assert config_differences(new, to_plain(cfg)) == ["objective"]  # a key both have is compared as before
+
+
+def test_checkpoints_by_wall_clock_time(tmp_path, monkeypatch):
+    """``checkpoint.every_minutes``: a save once that many minutes have passed since the last save (or the start),
+    whatever the steps. The trainer's clock is replaced by one that moves only when a callback says (25 s per step),
+    so with every_minutes=1 the saves are at step 4 (75 s), step 6 (the last), and none between."""
+    import compactvlm.train.trainer as trainer_mod
+
+    clock = {"t": 0.0}
+
+    class Clock:  # the trainer's `time` module, with a clock under the test's control
+        def perf_counter(self):  # + a microsecond a call: step times stay > 0
+            clock["t"] += 1e-6
+            return clock["t"]
+
+        def __getattr__(self, name):
+            import time
+
+            return getattr(time, name)
+
+    class Tick:
+        def on_step_end(self, trainer, step, metrics):
+            clock["t"] += 25.0
+
+    monkeypatch.setattr(trainer_mod, "time", Clock())
+    over = ["optim.max_steps=6", "checkpoint.every_steps=0", "checkpoint.every_minutes=1", "checkpoint.keep_last=10",
+            "eval.at_start=false", "eval.at_end=false", "threads=1"]
+    res = train(tiny_train_config(tmp_path, over), callbacks=[Tick()])
+    events = [json.loads(l) for l in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [4, 6]
+    assert [s for s, _ in list_checkpoints(res.output_dir)] == [4, 6]
+
+    # a clock that moves 70 s a step: every step after the first is due (step 1 ends before the first tick)
+    clock["t"] = 0.0
+    Tick.on_step_end = lambda self, trainer, step, metrics: clock.__setitem__("t", clock["t"] + 70.0)
+    res2 = train(tiny_train_config(tmp_path / "b", over), callbacks=[Tick()])
+    assert [s for s, _ in list_checkpoints(res2.output_dir)] == [2, 3, 4, 5, 6]
+    # both triggers on: either saves
+    clock["t"] = 0.0
+    Tick.on_step_end = lambda self, trainer, step, metrics: clock.__setitem__("t", clock["t"] + 25.0)
+    both = over[:1] + ["checkpoint.every_steps=5"] + over[2:]
+    res3 = train(tiny_train_config(tmp_path / "c", both), callbacks=[Tick()])
+    assert [s for s, _ in list_checkpoints(res3.output_dir)] == [4, 5, 6]
+    # off (the default): no resumable checkpoint, only the final model
+    res4 = train(tiny_train_config(tmp_path / "d", over[:2] + over[3:]), callbacks=[Tick()])
+    assert list_checkpoints(res4.output_dir) == [] and (res4.output_dir / "final").is_dir()
+
+
+def test_every_minutes_must_not_be_negative(tmp_path):
+    with pytest.raises(CompactVLMError, match="every_minutes must be >= 0"):
+        tiny_train_config(tmp_path, ["checkpoint.every_minutes=-1"]).validate()

@@ -197,6 +197,9 @@ class LoggingConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0  # 0: only the final model
+    # also save once this many minutes have passed since the last save (or the start): bounds the work a killed run
+    # loses by wall-clock time, whatever a step costs (0: off). Either trigger saves; both are resume-free.
+    every_minutes: float = 0.0
     keep_last: int = 2
     save_frozen: bool = False  # also store frozen LLM weights (default: only trainable parts)
 
@@ -204,6 +207,9 @@ class CheckpointConfig:
         if self.every_steps < 0 or self.keep_last < 0:
             raise CompactVLMError(f"checkpoint.every_steps and checkpoint.keep_last must be >= 0, got "
                                   f"{self.every_steps} and {self.keep_last}", "use e.g. every_steps=500 keep_last=2")
+        if not self.every_minutes >= 0:  # also refuses NaN
+            raise CompactVLMError(f"checkpoint.every_minutes must be >= 0, got {self.every_minutes}",
+                                  "use e.g. every_minutes=5 (0 turns the time trigger off)")
 
 
 @dataclass
@@ -291,7 +297,7 @@ def changeable_on_resume(key: str) -> bool:
 #: keys that may change between a checkpoint and its resumption
 RESUME_FREE_KEYS = ("resume", "output_dir", "logging", "threads", "device", "data.num_workers", "feature_cache_dir",
                     "data.pad_to_multiple_of", "eval", "checkpoint.keep_last",
-                    "checkpoint.every_steps", "allow_config_change")
+                    "checkpoint.every_steps", "checkpoint.every_minutes", "allow_config_change")
 
 
 def to_plain(cfg: TrainConfig) -> dict[str, Any]:

@@ -273,10 +273,11 @@ class Trainer:
         acc = self.accelerator = self._accelerator()
         self.main = acc.is_main_process
         self.sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
-        if self.sharded and cfg.checkpoint.every_steps:
+        if self.sharded and (cfg.checkpoint.every_steps or cfg.checkpoint.every_minutes):
             raise CompactVLMError(
                 f"resumable checkpoints are implemented for single-process and DDP runs, not {acc.distributed_type.value}",
-                "set checkpoint.every_steps=0 (the final model is still saved) or launch with a DDP accelerate config")
+                "set checkpoint.every_steps=0 and checkpoint.every_minutes=0 (the final model is still saved) or "
+                "launch with a DDP accelerate config")
         if self.main:
             self._claim_output()  # a foreign folder is refused; a second run into it fails here, at once
         resume = self._resume_path()
@@ -588,6 +589,25 @@ class Trainer:
         st = rng_state()
         return gather_object([st]) if self.accelerator.num_processes > 1 else [st]
 
+    def _checkpoint_due(self) -> bool:
+        """After an optimiser step: save a resumable checkpoint now? Every ``every_steps`` steps, and once
+        ``every_minutes`` have passed since the last save; at the last step when either is on. The time trigger reads
+        the main process's clock and every process follows it (a save gathers from all of them)."""
+        ck = self.cfg.checkpoint
+        if not (ck.every_steps or ck.every_minutes):
+            return False
+        if self.step == self.total_steps or (ck.every_steps and self.step % ck.every_steps == 0):
+            return True
+        if not ck.every_minutes:
+            return False
+        due = time.perf_counter() - self._last_save >= 60.0 * ck.every_minutes
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            flag = torch.tensor([1.0 if due else 0.0], device=self.accelerator.device)
+            due = bool(broadcast(flag, from_process=0).item())
+        return due
+
     def save(self, metrics: dict) -> Path | None:
         from .state import checkpoint_dir, prune_checkpoints, save_checkpoint
 
@@ -604,6 +624,7 @@ class Trainer:
             prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
             self.logger.log("checkpoint", self.step, path=str(path))
         acc.wait_for_everyone()
+        self._last_save = time.perf_counter()
         return path
 
     def save_final(self) -> Path:
@@ -658,7 +679,7 @@ class Trainer:
                 generator=torch.Generator())  # its own seed draw: a resumed run's global RNG stays in step
             batches = iter(loader)
             last: dict[str, Any] = {}
-            t_prev = time.perf_counter()
+            t_prev = self._last_save = time.perf_counter()
             while self.step < self.total_steps:
                 micro = [next(batches) for _ in range(self.grad_accum)]
                 m = self.train_step(micro)
@@ -690,8 +711,7 @@ class Trainer:
                 ev = cfg.eval.every_steps
                 if ev and self.step % ev == 0 and self.step < self.total_steps:
                     self._eval_and_log()
-                ck = cfg.checkpoint.every_steps
-                if ck and (self.step % ck == 0 or self.step == self.total_steps):
+                if self._checkpoint_due():
                     self.save(last)
                 for cb in self.callbacks:
                     fn = getattr(cb, "on_step_end", None)
