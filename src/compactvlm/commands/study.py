@@ -1,4 +1,4 @@
-"""compactvlm study run|status|report|export --plan configs/study/sceneqa_cpu.yaml"""
+"""compactvlm study run|status|report|compare|export --plan configs/study/sceneqa_cpu.yaml"""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def add_parser(sub) -> None:
     rep.add_argument("--force", action="store_true",
                      help="replace the Markdown file even if another plan's report (or a hand-written file) is there")
     rep.set_defaults(func=report)
+    cp = ssub.add_parser("compare", help="one paired comparison: row A against row B or against A's blind control",
+                         description="A's answers minus B's on the same test questions, per SceneQA family and on the "
+                                     "family mean, with the test-image bootstrap CI the report uses; from the result "
+                                     "files only (no model load). B may be a control name (e.g. shuffled): A against "
+                                     "its own answers with the images replaced.")
+    cp.add_argument("--plan", required=True)
+    cp.add_argument("a", metavar="A", help="row, or ROW@SEED")
+    cp.add_argument("b", metavar="B", help="row, ROW@SEED, or a blind control of A (shuffled)")
+    cp.add_argument("--seed", type=int, default=None, help="the seed of a side without @SEED (default: the plan's first)")
+    cp.add_argument("--plan-b", default=None,
+                    help="B's plan (default: --plan), e.g. the same row at another training length; it must share "
+                         "the SceneQA build")
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cp.set_defaults(func=compare)
     ex = ssub.add_parser("export", help="copy trained rows' compressor weights (the demo's shipped weights)")
     ex.add_argument("--plan", required=True)
     ex.add_argument("--rows", required=True, help="comma-separated trained rows")
@@ -149,6 +163,22 @@ def report(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     out = write_report(plan, args.plan, args.out, force=args.force)
     print(f"wrote {out}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    import json
+
+    from ..study import load_plan
+    from ..study.pairwise import compare_pair, format_pair, parse_side
+
+    plan = load_plan(args.plan)
+    plan_b = load_plan(args.plan_b) if args.plan_b else None
+    seed = args.seed if args.seed is not None else plan.seeds[0]
+    a, seed_a = parse_side(args.a, seed)
+    b, seed_b = parse_side(args.b, seed)
+    res = compare_pair(plan, args.plan, a, seed_a, b, seed_b, plan_b=plan_b, plan_b_file=args.plan_b)
+    print(json.dumps(res, indent=1) if args.json else format_pair(res))
     return 0
 
 

@@ -1,0 +1,83 @@
+"""One paired comparison on demand: row A against row B (or against A's own blind control), per SceneQA family and
+on the family mean, with the test-image cluster bootstrap the report uses (``evaluate.bootstrap``). Reads result
+files only; no model is loaded. The study notes' per-family deltas come from here
+(``compactvlm study compare``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CompactVLMError
+from .plan import StudyPlan, result_path
+
+
+def parse_side(text: str, seed: int) -> tuple[str, int]:
+    """``ROW`` or ``ROW@SEED`` -> (row, seed)."""
+    name, at, s = text.partition("@")
+    if not at:
+        return name, seed
+    try:
+        return name, int(s)
+    except ValueError:
+        raise CompactVLMError(f"{text!r}: the seed after '@' must be an integer", "write e.g. stf-k2e1@1") from None
+
+
+def _result(plan: StudyPlan, row: str, seed: int, plan_file: str) -> dict:
+    plan.row(row)  # an unknown row fails with the plan's row names
+    p = result_path(plan, row, seed)
+    if not p.is_file():
+        raise CompactVLMError(f"no result for `{row}` seed {seed} ({p} not found)",
+                              f"run it first: compactvlm study run --plan {plan_file} --rows {row} --seeds {seed}")
+    try:
+        res = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CompactVLMError(f"{p} is not valid JSON ({e})", "rerun the row with `study run --force`") from None
+    if not isinstance(res.get("predictions"), dict):
+        raise CompactVLMError(f"{p} holds no answers (`predictions`)",
+                              "rerun the row with `study run --force` (result files carry every answer)")
+    return res
+
+
+def compare_pair(plan: StudyPlan, plan_file: str, a: str, seed_a: int, b: str, seed_b: int,
+                 plan_b: StudyPlan | None = None, plan_b_file: str | None = None, n: int | None = None) -> dict:
+    """A's answers minus B's on the same test questions: ``evaluate.bootstrap.paired_family_deltas``'s dict plus
+    ``a``/``b`` labels. ``b`` is a row of ``plan_b`` (default: ``plan``) or, when it names one of the plan's blind
+    controls (e.g. ``shuffled``), A's own answers with the images replaced."""
+    from ..evaluate.benchmarks.base import read_jsonl
+    from ..evaluate.bootstrap import paired_family_deltas
+
+    other_plan = plan_b or plan
+    if other_plan.data != plan.data:
+        raise CompactVLMError(f"the two plans answer different SceneQA builds ({plan.data.dir} and "
+                              f"{other_plan.data.dir}, or another build setting): a paired comparison needs the same "
+                              "questions", "compare rows of plans that share `data`")
+    answers = Path(plan.data.dir) / "test_answers.jsonl"
+    if not answers.is_file():
+        raise CompactVLMError(f"{answers} not found: the plan's SceneQA build is not on disk",
+                              f"build it (any row of `compactvlm study run --plan {plan_file}` does, first)")
+    ra = _result(plan, a, seed_a, plan_file)
+    controls = ra.get("control_predictions") or {}
+    if plan_b is None and b in plan.controls:
+        if not isinstance(controls.get(b), dict):
+            raise CompactVLMError(f"the result of `{a}` seed {seed_a} holds no `{b}` control answers",
+                                  "rerun the row with `study run --force`")
+        pb, label_b = controls[b], f"{a}@{seed_a} ({b} images)"
+    else:
+        pb = _result(other_plan, b, seed_b, plan_b_file or plan_file)["predictions"]
+        label_b = f"{b}@{seed_b}" + (f" ({other_plan.name})" if plan_b is not None else "")
+    rows = read_jsonl(answers)
+    rows = rows[: plan.eval_limit] if plan.eval_limit else rows  # the questions the plan's rows answered
+    res = paired_family_deltas(rows, ra["predictions"], pb, n=n or (plan.bootstrap if plan.bootstrap > 0 else 1000))
+    res["a"], res["b"] = f"{a}@{seed_a}", label_b
+    return res
+
+
+def format_pair(res: dict) -> str:
+    """The comparison as a Markdown table: family, A, B, A − B [CI]."""
+    lines = [f"| family | {res['a']} | {res['b']} | a − b [{100 * res['level']:.0f}% CI] |", "|---|---:|---:|---:|"]
+    for fam, v in list(res["families"].items()) + [("family mean", res["family_mean"])]:
+        p, lo, hi = v["delta"]
+        lines.append(f"| {fam} | {v['a']:.1f} | {v['b']:.1f} | {p:+.1f} [{lo:+.1f}, {hi:+.1f}] |")
+    lines.append(f"\n{res['n']} bootstrap draws over {res['clusters']} test images (paired: the same questions)")
+    return "\n".join(lines)
