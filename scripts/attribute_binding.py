@@ -16,11 +16,11 @@ A run is an evaluation folder (with predictions.jsonl) or a study result file (r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from compactvlm.evaluate.benchmarks.base import read_jsonl
+from compactvlm.study.pairwise import read_result
 
 
 KINDS = ("single", "multi", "named present", "named absent")
@@ -74,14 +74,11 @@ def read_run(run: str) -> dict[str, str]:
         return {str(r["question_id"]): r["text"] for r in read_jsonl(p)}  # read only: the folder is not ours
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: pass an evaluation folder or a study result file")
-    try:
-        res = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON ({e}): pass a study result file as `compactvlm study run` wrote it")
-    preds = res.get("control_predictions", {}).get(control) if control else res.get("predictions")
+    res = read_result(p)  # a CompactVLMError (a ValueError) where it is not valid JSON or holds no predictions
+    preds = res.get("control_predictions", {}).get(control) if control else res["predictions"]
     if not isinstance(preds, dict):
-        raise ValueError(f"{run}: no {'blind-control ' if control else ''}predictions in this file "
-                         "(a study result file, results/<plan>/<row>/seed<N>.json, carries them)")
+        raise ValueError(f"{run}: no blind-control predictions in this file (a study result file, "
+                         "results/<plan>/<row>/seed<N>.json, carries them)")
     return {str(k): v for k, v in preds.items()}
 
 

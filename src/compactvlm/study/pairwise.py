@@ -23,20 +23,28 @@ def parse_side(text: str, seed: int) -> tuple[str, int]:
         raise CompactVLMError(f"{text!r}: the seed after '@' must be an integer", "write e.g. stf-k2e1@1") from None
 
 
+def read_result(p: Path) -> dict:
+    """A study result file (``results/<plan>/<row>/seed<N>.json``), parsed; a clear error where it is not valid JSON
+    or carries no answers (``predictions``)."""
+    try:
+        res = json.loads(Path(p).read_text())
+    except json.JSONDecodeError as e:
+        raise CompactVLMError(f"{p} is not valid JSON ({e})",
+                              "rerun its row with `study run --force`, or pass a result file as `study run` wrote it"
+                              ) from None
+    if not isinstance(res, dict) or not isinstance(res.get("predictions"), dict):
+        raise CompactVLMError(f"{p} holds no predictions (the answers every study result file carries)",
+                              "pass a result file of `compactvlm study run`, or rerun its row with `--force`")
+    return res
+
+
 def _result(plan: StudyPlan, row: str, seed: int, plan_file: str) -> dict:
     plan.row(row)  # an unknown row fails with the plan's row names
     p = result_path(plan, row, seed)
     if not p.is_file():
         raise CompactVLMError(f"no result for `{row}` seed {seed} ({p} not found)",
                               f"run it first: compactvlm study run --plan {plan_file} --rows {row} --seeds {seed}")
-    try:
-        res = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CompactVLMError(f"{p} is not valid JSON ({e})", "rerun the row with `study run --force`") from None
-    if not isinstance(res.get("predictions"), dict):
-        raise CompactVLMError(f"{p} holds no answers (`predictions`)",
-                              "rerun the row with `study run --force` (result files carry every answer)")
-    return res
+    return read_result(p)
 
 
 def compare_pair(plan: StudyPlan, plan_file: str, a: str, seed_a: int, b: str, seed_b: int,
