@@ -55,6 +55,13 @@ def test_compare_rows_and_blind_control(tmp_path, capsys):
     assert "| family mean | 100.0 | 50.0 | +50.0 [" in out
     assert main(["study", "compare", "--plan", str(f), "full", "stf", "--seed", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family_mean"]["delta"][0] == 50.0
+    # several B at once: one table each, in the order given (a JSON list)
+    assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1", "shuffled"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| full@1 | stf@1 |") < out.index("shuffled images") and out.count("| family mean |") == 2
+    assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1", "shuffled", "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [r["family_mean"]["delta"][0] for r in both] == [50.0, 50.0] and both[0]["b"] == "stf@1"
     # another plan sharing the build: the same row at another "length"
     other = yaml.safe_load(f.read_text())
     other["results_dir"] = str(tmp_path / "results_b")
@@ -77,6 +84,10 @@ def test_compare_names_bad_input(tmp_path, capsys):
         compare_pair(plan, str(f), "nope", 1, "stf", 1)  # not a row of the plan
     with pytest.raises(CompactVLMError, match="must be an integer"):
         parse_side("stf@x", 1)
+    # a bad B among several: named before any table is printed
+    assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1", "stf@x"]) == 2
+    err = capsys.readouterr()
+    assert "must be an integer" in err.err and "family mean" not in err.out
     (tmp_path / "results" / "stf" / "seed1.json").write_text('{"predictions": {')  # cut off
     with pytest.raises(CompactVLMError, match="not valid JSON"):
         compare_pair(plan, str(f), "full", 1, "stf", 1)

@@ -40,14 +40,14 @@ def add_parser(sub) -> None:
     rep.add_argument("--force", action="store_true",
                      help="replace the Markdown file even if another plan's report (or a hand-written file) is there")
     rep.set_defaults(func=report)
-    cp = ssub.add_parser("compare", help="one paired comparison: row A against row B or against A's blind control",
+    cp = ssub.add_parser("compare", help="paired comparisons: row A against row(s) B or against A's blind control",
                          description="A's answers minus B's on the same test questions, per SceneQA family and on the "
                                      "family mean, with the test-image bootstrap CI the report uses; from the result "
                                      "files only (no model load). B may be a control name (e.g. shuffled): A against "
-                                     "its own answers with the images replaced.")
+                                     "its own answers with the images replaced. Several B: one table each, in order.")
     cp.add_argument("--plan", required=True)
     cp.add_argument("a", metavar="A", help="row, or ROW@SEED")
-    cp.add_argument("b", metavar="B", help="row, ROW@SEED, or a blind control of A (shuffled)")
+    cp.add_argument("b", metavar="B", nargs="+", help="row, ROW@SEED, or a blind control of A (shuffled); several allowed")
     cp.add_argument("--seed", type=int, default=None, help="the seed of a side without @SEED (default: the plan's first)")
     cp.add_argument("--plan-b", default=None,
                     help="B's plan (default: --plan), e.g. the same row at another training length; it must share "
@@ -176,9 +176,13 @@ def compare(args: argparse.Namespace) -> int:
     plan_b = load_plan(args.plan_b) if args.plan_b else None
     seed = args.seed if args.seed is not None else plan.seeds[0]
     a, seed_a = parse_side(args.a, seed)
-    b, seed_b = parse_side(args.b, seed)
-    res = compare_pair(plan, args.plan, a, seed_a, b, seed_b, plan_b=plan_b, plan_b_file=args.plan_b)
-    print(json.dumps(res, indent=1) if args.json else format_pair(res))
+    sides = [parse_side(b, seed) for b in args.b]  # every B parsed before any comparison runs
+    res = [compare_pair(plan, args.plan, a, seed_a, b, seed_b, plan_b=plan_b, plan_b_file=args.plan_b)
+           for b, seed_b in sides]
+    if args.json:
+        print(json.dumps(res[0] if len(res) == 1 else res, indent=1))  # several B: a list, in the order given
+    else:
+        print("\n\n".join(format_pair(r) for r in res))
     return 0
 
 
