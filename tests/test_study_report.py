@@ -456,3 +456,27 @@ def test_evaluation_only_rows_report_no_training_of_their_own(tmp_path):
     rows = summarize(plan, collect(plan))
     assert rows["ref"]["sec_per_step"] == pytest.approx(0.1) and rows["ref"]["final_val_loss"][0] is not None
     assert rows["small"]["sec_per_step"] is None and rows["small"]["final_val_loss"] == (None, None)
+
+
+def test_end_gain_says_when_a_result_did_not_keep_its_curve_answers():
+    """Results written before curve points kept their answers: the gain is not made up from the scores alone, the
+    cell says why it is missing; a row with one point (the end) has no gain at all."""
+    from types import SimpleNamespace
+
+    from compactvlm.study.report import _fmt_end_gain
+    from compactvlm.study.stats import end_gains
+
+    plan = SimpleNamespace(bootstrap=100, results_dir="nowhere")
+    old = {"seed": 1, "predictions": {"q": "yes"}, "curve": [
+        {"step": 300, "family_mean": 30.0}, {"step": 600, "family_mean": 33.0}, {"step": 900, "family_mean": 35.0}]}
+    one = {"seed": 1, "predictions": {"q": "yes"}, "curve": [{"step": 900, "family_mean": 35.0}]}
+    # a curve that does not list the end (eval_steps [300, 600] of a 900-step stage)
+    short = {"seed": 1, "predictions": {"q": "yes"}, "train": {"steps": 900}, "curve": old["curve"][:2]}
+    gains = end_gains(plan, {"old": [old], "one": [one], "short": [short], "evalonly": [{"seed": 1, "predictions": {}}]})
+    assert gains == {"old": {"step": 600, "missing": True}, "short": {"step": 600, "missing": True}}
+    assert _fmt_end_gain(gains["old"]) == "– (step 600's answers not kept: a result from before they were)"
+    assert _fmt_end_gain(None) == "–"
+    cell = _fmt_end_gain({"step": 600, "seeds": [0, 1], "delta": [2.5, 0.3, 4.6]})
+    assert cell == "+2.5 [+0.3, +4.6] vs step 600, seeds 0, 1 **still rising**"
+    assert _fmt_end_gain({"step": 600, "seeds": [1], "delta": [-2.0, -3.0, -1.0]}).endswith("seed 1 (fell)")
+    assert _fmt_end_gain({"step": 600, "seeds": [1], "delta": [1.0, -1.0, 3.0]}).endswith("vs step 600, seed 1")

@@ -122,6 +122,9 @@ def test_two_stage_rows(staged, capsys):
     assert sorted(p.name for p in (runs / "eval" / "stf").iterdir()) == ["s0", "s0.shuffled", "s0.step-000000",
                                                                           "s0.step-000003"]
     assert curve[3]["samples"] == 12 and "family_mean" in curve[3] and "ran 6 steps" in curve[9]["missing"]
+    # every point but the end keeps its answers (the end's are the result's own), one per test question
+    assert set(curve[0]["predictions"]) == set(curve[3]["predictions"]) == set(res["predictions"])
+    assert "predictions" not in curve[6]
     assert "blind_gap" in res and "shuffled" in res["blind_gap"]["controls"]
     # the snapshots went once the result was written; a forced re-run re-scores the curve from the stored answers
     assert not (runs / "stf" / "s0" / "stage2.snapshots").exists()
@@ -138,6 +141,17 @@ def test_two_stage_rows(staged, capsys):
     assert conv["stage"] == 2 and conv["slopes"]["0"] is not None and conv["flat"] is not None
     assert "## Validation loss and convergence" in md and "| `stf` | 2 (" in md and "| `stf` | 1 (" in md
     assert "Test-set learning curves" in md and "3 (12):" in md
+    # the end-of-training gain: final minus step 3, paired by test image, from the answers the result keeps
+    gain = summary["stf"]["end_gain"]
+    assert gain["step"] == 3 and gain["seeds"] == [0]
+    assert gain["end"][0] == pytest.approx(res["metrics"]["family_mean"])
+    assert gain["delta"][0] == pytest.approx(res["metrics"]["family_mean"] - curve[3]["family_mean"])
+    assert gain["delta"][1] <= gain["delta"][0] <= gain["delta"][2]
+    line = next(x for x in md.splitlines() if x.startswith("| `stf` | 0 (0):"))
+    assert line.endswith(f"{gain['delta'][0]:+.1f} [{gain['delta'][1]:+.1f}, {gain['delta'][2]:+.1f}] vs step 3, "
+                         f"seed 0{' **still rising**' if gain['delta'][1] > 0 else ''}{' (fell)' if gain['delta'][2] < 0 else ''} |")
+    assert (root / "results" / "stf" / "curve-step-000003.bootstrap.json").exists()
+    assert summary["rand-4"]["end_gain"] is None  # an evaluation-only row has no curve of its own
     comps = json.loads((root / "docs" / "results_comparisons.json").read_text())
     assert "convergence" in comps[0]
     claims = json.loads((root / "docs" / "results_claims.json").read_text())
@@ -153,6 +167,36 @@ def test_two_stage_rows(staged, capsys):
     # tiny random models see nothing: no PRT families, so no PRT CI, and the report says why it is untested
     assert shot["families"] == [] and shot["candidates"][0]["prt_ci"] is None and shot["best"] is None
     assert "**The moonshot is untested**: `full` beats its blind control on no family" in md
+
+
+def test_report_attaches_curve_answers_of_older_results(staged, capsys):
+    """A result written before curve points kept their answers gets them from the points' evaluation folders (when
+    they re-score to the stored family mean), so the end-of-training gain can be tested; otherwise nothing is
+    written and the report says they are not kept."""
+    root = staged.parent
+    f = root / "results" / "stf" / "seed0.json"
+    if not f.exists():
+        assert main(["study", "run", "--plan", str(staged), "--rows", "full,stf", "--quiet"]) == 0
+    kept = f.read_text()
+    res = json.loads(kept)
+    answers = {p["step"]: p.pop("predictions") for p in res["curve"] if "predictions" in p}
+    assert sorted(answers) == [0, 3]
+    try:
+        f.write_text(json.dumps(res))
+        capsys.readouterr()
+        assert main(["study", "report", "--plan", str(staged)]) == 0
+        assert "attached the answers of 1 earlier result file" in capsys.readouterr().out
+        again = json.loads(f.read_text())
+        assert {p["step"]: p["predictions"] for p in again["curve"] if "predictions" in p} == answers
+        assert json.loads((root / "docs" / "results.json").read_text())["stf"]["end_gain"]["step"] == 3
+        # answers that do not re-score to the stored point are refused, and nothing is written
+        res["curve"][1]["family_mean"] += 1.0
+        f.write_text(json.dumps(res))
+        assert main(["study", "report", "--plan", str(staged)]) == 2
+        assert "are not from the same run" in capsys.readouterr().err
+        assert not any("predictions" in p for p in json.loads(f.read_text())["curve"])
+    finally:
+        f.write_text(kept)
 
 
 def test_export_ships_lora_adapters_and_refuses_a_fully_trained_llm(staged, tmp_path, capsys):

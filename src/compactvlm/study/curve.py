@@ -8,6 +8,9 @@ previous stage's final), the last step the stage's own ``final``. A run killed b
 falls back to the trainer's checkpoint of that step, if it kept one; a point with neither is reported missing. A
 point whose evaluation folder already holds every answer is re-scored without its checkpoint (so a plan with
 ``keep_checkpoints: false``, which deletes the snapshots once the row's result is written, can still re-run it).
+Every point but the end of training keeps its answers in the result (``predictions``; the end's are the result's
+own), so the report can test whether the score still rose over the last stretch (``stats.end_gains``) without the
+evaluation folders, which live under ``runs_dir`` and not in git.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
     import torch
 
     from ..evaluate.answer import make_answer_fn
-    from ..evaluate.harness import PREDICTIONS, evaluate
+    from ..evaluate.harness import PREDICTIONS, evaluate, load_predictions
     from ..model.checkpoint import load_pretrained
 
     out = []
@@ -121,7 +124,10 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        out.append({**entry, "checkpoint": str(ck), "family_mean": m["family_mean"], "components": m["components"],
+        point = {**entry, "checkpoint": str(ck), "family_mean": m["family_mean"], "components": m["components"]}
+        if folder != own:  # this point's answers, kept with the result (runs_dir is not): the report's paired
+            point["predictions"] = load_predictions(folder / PREDICTIONS)  # end-vs-point test (stats.end_gains)
+        out.append({**point,
                     # answering time of earlier processes on this folder, which run_row adds to the curve's wall
                     # time (the final point's folder is the row's own evaluation, already counted there)
                     "answer_seconds_earlier": 0.0 if folder == own else m.get("answer_seconds_earlier", 0.0)})

@@ -328,14 +328,29 @@ def _convergence_section(plan: StudyPlan, rows: dict) -> list[str]:
         lines += ["Test-set learning curves: family mean (mean ± 95% CI over seeds, real images) at the plan's "
                   f"`eval_steps` of the last stage ({', '.join(map(str, plan.eval_steps))}"
                   + (f"; a row's own: {'; '.join(own)}" if own else "") + "; step 0 = the stage's starting "
-                  "checkpoint).", "",
-                  "| row | step (samples): family mean |", "|---|---|"]
+                  "checkpoint). Last column: the final family mean minus the one at the last curve point before "
+                  "the end, paired by test image over the seeds that have both (95% cluster-bootstrap CI): a CI above "
+                  "0 means the test score was **still rising** when training stopped, whatever the validation slope "
+                  "says.", "",
+                  "| row | step (samples): family mean | end − last point before it (paired) |", "|---|---|---|"]
         for n, s in curved:
             pts = "; ".join(f"{p['step']} ({p['samples'] if p['samples'] is not None else '?'}): "
                             f"{_fmt(*p['family_mean'])}" for p in s["curve"])
-            lines.append(f"| `{n}` | {pts} |")
+            lines.append(f"| `{n}` | {pts} | {_fmt_end_gain(s.get('end_gain'))} |")
         lines.append("")
     return lines
+
+
+def _fmt_end_gain(g: dict | None) -> str:
+    """The end-of-training gain cell (``stats.end_gains``)."""
+    if g is None:
+        return "–"
+    if g.get("missing"):
+        return f"– (step {g['step']}'s answers not kept: a result from before they were)"
+    d, lo, hi = g["delta"]
+    word = " **still rising**" if lo > 0 else " (fell)" if hi < 0 else ""
+    seeds = f", seeds {', '.join(map(str, g['seeds']))}" if len(g["seeds"]) > 1 else f", seed {g['seeds'][0]}"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] vs step {g['step']}{seeds}{word}"
 
 
 def _fmt_precision(by_seed: dict) -> str:

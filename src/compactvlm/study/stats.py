@@ -16,8 +16,9 @@ from .run import ensure_data
 
 
 def attach_predictions(plan: StudyPlan) -> list[Path]:
-    """Add the answers to result files written before results carried them (from the run's evaluation folder
-    under ``runs_dir``), after checking that re-scoring those answers gives exactly the stored metrics."""
+    """Add the answers to result files written before results carried them (from the run's evaluation folders under
+    ``runs_dir``): the row's own, and those of its learning-curve points before the end of training, each after
+    checking that re-scoring those answers gives exactly the stored score."""
     from ..evaluate.benchmarks.base import read_jsonl
     from ..evaluate.benchmarks.sceneqa import score_rows
     from ..evaluate.harness import PREDICTIONS, load_predictions
@@ -26,27 +27,37 @@ def attach_predictions(plan: StudyPlan) -> list[Path]:
     done = []
     for f in sorted(Path(plan.results_dir).glob("*/seed*.json")):
         res = json.loads(f.read_text())
-        if "predictions" in res:
-            continue
-        pred_file = eval_dir(plan, res["row"]["name"], res["seed"]) / PREDICTIONS
-        if not pred_file.exists():
-            continue
-        if rows is None:
-            rows = read_jsonl(Path(plan.data.dir) / "test_answers.jsonl")
-        preds = load_predictions(pred_file)
-        if any(str(r["question_id"]) not in preds for r in rows):
-            continue
-        again = score_rows(rows, [preds[str(r["question_id"])] for r in rows])
-        if abs(again["family_mean"] - res["metrics"]["family_mean"]) > 1e-9:
-            raise CompactVLMError(f"the answers in {pred_file} re-score to family mean {again['family_mean']:.3f}, "
-                                  f"but {f} says {res['metrics']['family_mean']:.3f}: they are not from the same run",
-                                  f"re-run it: compactvlm study run --plan <plan> --rows {res['row']['name']} "
-                                  f"--seeds {res['seed']} --force")
-        res["predictions"] = preds
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1))
-        tmp.replace(f)
-        done.append(f)
+        name, seed = res["row"]["name"], res["seed"]
+        end = (res.get("train") or {}).get("steps")
+        # (where the answers go, their folder, the family mean they must re-score to)
+        wanted = [(res, eval_dir(plan, name, seed), res["metrics"]["family_mean"])] if "predictions" not in res else []
+        wanted += [(p, eval_dir(plan, name, seed, step=p["step"]), p["family_mean"]) for p in res.get("curve") or []
+                   if "predictions" not in p and p.get("family_mean") is not None and end is not None
+                   and p["step"] < end]
+        changed = False
+        for into, folder, family_mean in wanted:
+            pred_file = folder / PREDICTIONS
+            if not pred_file.exists():
+                continue
+            if rows is None:
+                rows = read_jsonl(Path(plan.data.dir) / "test_answers.jsonl")
+                rows = rows[: plan.eval_limit] if plan.eval_limit else rows
+            preds = load_predictions(pred_file)
+            if any(str(r["question_id"]) not in preds for r in rows):
+                continue
+            again = score_rows(rows, [preds[str(r["question_id"])] for r in rows])
+            if abs(again["family_mean"] - family_mean) > 1e-9:
+                raise CompactVLMError(f"the answers in {pred_file} re-score to family mean {again['family_mean']:.3f}, "
+                                      f"but {f} says {family_mean:.3f}: they are not from the same run",
+                                      f"re-run it: compactvlm study run --plan <plan> --rows {name} "
+                                      f"--seeds {seed} --force")
+            into["predictions"] = preds
+            changed = True
+        if changed:
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.replace(f)
+            done.append(f)
     return done
 
 
@@ -91,6 +102,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
     # reference mean that includes seeds it never ran
     ref_by_seed = {r["seed"]: r["metrics"]["components"] for r in ref_runs}
     boots = _bootstraps(plan, results)
+    gains = end_gains(plan, results)
     batches = _plan_batches(plan)
     prt_datasets = prt_families(ref_runs)
     rows = {}
@@ -138,6 +150,7 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "convergence": {**row_convergence(runs, plan.flat_slope, batches[-1]), "source": spec.get("from_")},
             "stage_curves": _stage_curves(runs, spec.get("from_stage1"), batches),
             "curve": _test_curve(runs),  # test family mean at the plan's eval_steps (trained rows)
+            "end_gain": gains.get(name),  # final minus the last curve point before it, paired (trained rows)
             "ci_halfwidth": ((boots[name]["delta"][2] - boots[name]["delta"][1]) / 2
                              if boots.get(name) and boots[name].get("delta") else None),
         }
@@ -240,17 +253,23 @@ class _Bootstrapper:
 
     def __call__(self, name: str, other: str | None, cache: Path,
                  prt_components: list[str] | None = None) -> dict | None:
+        mine, theirs = self.runs(name), (self.runs(other) if other else None)
+        seeds = sorted(s for s in mine if theirs is None or s in theirs)
+        if not seeds:
+            return None
+        return self.paired([mine[s]["predictions"] for s in seeds],
+                           [theirs[s]["predictions"] for s in seeds] if theirs is not None else None,
+                           seeds, cache, prt_components)
+
+    def paired(self, preds: list[dict], refs: list[dict] | None, seeds: list[int], cache: Path,
+               prt_components: list[str] | None = None) -> dict:
+        """The bootstrap of answer sets ``preds`` (one per seed), paired with ``refs`` (same seeds, same order)
+        where given, cached in ``cache`` under a hash of every answer."""
         import hashlib
 
         from ..evaluate.benchmarks.base import read_jsonl
         from ..evaluate.bootstrap import bootstrap_sceneqa
 
-        mine, theirs = self.runs(name), (self.runs(other) if other else None)
-        seeds = sorted(s for s in mine if theirs is None or s in theirs)
-        if not seeds:
-            return None
-        preds = [mine[s]["predictions"] for s in seeds]
-        refs = [theirs[s]["predictions"] for s in seeds] if theirs is not None else None
         what = [preds, refs, self.plan.bootstrap] + ([prt_components] if prt_components is not None else [])
         key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
         if cache.exists():
@@ -279,6 +298,41 @@ def _bootstraps(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, di
         res = boot(name, other, Path(plan.results_dir) / name / "bootstrap.json", fams)
         if res is not None:
             out[name] = res
+    return out
+
+
+def end_gains(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per trained row: did its test score still rise over the last stretch of training? Its final answers minus its
+    answers at the last learning-curve point before the end whose answers the results keep (``curve.evaluate_curve``),
+    paired by test image over the seeds that have both (the report's cluster bootstrap, cached in
+    ``<results_dir>/<row>/curve-step-NNNNNN.bootstrap.json``). ``{"step", "samples", "seeds", "end": [point, lo, hi],
+    "delta": [point, lo, hi]}``; ``{"step", "missing": True}`` for a row whose results carry that point's score but
+    not its answers (written before they kept them). Rows with no curve are left out."""
+    if plan.bootstrap <= 0:
+        return {}
+    boot = _Bootstrapper(plan, results)
+    out = {}
+    for name, runs in results.items():
+        with_preds = [(p["step"], p.get("samples")) for r in runs for p in r.get("curve") or [] if "predictions" in p]
+        if not with_preds:
+            # points before the end (the last stage's steps; the curve may or may not list the end itself) were
+            # scored, but their answers were not kept
+            scored = [p["step"] for r in runs for p in r.get("curve") or [] if p.get("family_mean") is not None
+                      and p["step"] < ((r.get("train") or {}).get("steps") or max(q["step"] for q in r["curve"]))]
+            if scored:
+                out[name] = {"step": max(scored), "missing": True}
+            continue
+        step, samples = max(with_preds, key=lambda x: x[0])
+        pairs = [(r["seed"], r["predictions"], next(p["predictions"] for p in r["curve"] if p["step"] == step
+                                                     and "predictions" in p))
+                 for r in runs if "predictions" in r
+                 and any(p["step"] == step and "predictions" in p for p in r.get("curve") or [])]
+        if not pairs:
+            continue
+        res = boot.paired([a for _, a, _ in pairs], [b for _, _, b in pairs], [s for s, _, _ in pairs],
+                          Path(plan.results_dir) / name / f"curve-step-{step:06d}.bootstrap.json")
+        out[name] = {"step": step, "samples": samples, "seeds": res["seeds"], "end": res["family_mean"],
+                     "delta": res["delta"]}
     return out
 
 
