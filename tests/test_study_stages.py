@@ -151,7 +151,10 @@ def test_two_stage_rows(staged, capsys):
     assert line.endswith(f"{gain['delta'][0]:+.1f} [{gain['delta'][1]:+.1f}, {gain['delta'][2]:+.1f}] vs step 3, "
                          f"seed 0{' **still rising**' if gain['delta'][1] > 0 else ''}{' (fell)' if gain['delta'][2] < 0 else ''} |")
     assert (root / "results" / "stf" / "curve-step-000003.bootstrap.json").exists()
-    assert summary["rand-4"]["end_gain"] is None  # an evaluation-only row has no curve of its own
+    assert summary["rand-4"]["end_gain"] is None  # an evaluation-only row has no curve of its own ...
+    # ... and its comparisons are judged on its source's (the convergence flag's test criterion)
+    assert summary["stf"]["convergence"]["test_gain"] == gain
+    assert summary["rand-4"]["convergence"]["test_gain"] == summary["full"]["end_gain"] is not None
     comps = json.loads((root / "docs" / "results_comparisons.json").read_text())
     assert "convergence" in comps[0]
     claims = json.loads((root / "docs" / "results_claims.json").read_text())
@@ -347,6 +350,17 @@ def test_row_convergence_and_pair_flag():
     assert flag.startswith("not converged: `b`") and "-0.100" in flag and "±0.02" in flag
     unknown = row_convergence([_run(0, flat, batch=None)], 0.02)
     assert unknown["flat"] is None and pair_flag(["a", "u"], {"a": a, "u": unknown}).startswith("convergence unknown")
+    # a flat validation loss, but the test score still rose over the last stretch (paired CI above 0): not converged
+    rising = {**a, "test_gain": {"step": 600, "seeds": [0, 1], "delta": [2.5, 0.3, 4.6]}}
+    assert pair_flag(["a", "r"], {"a": a, "r": rising}) == (
+        "not converged: `r` (test score still rising: +2.5 [+0.3, +4.6] since step 600)")
+    both = pair_flag(["b"], {"b": {**b, "test_gain": rising["test_gain"]}})
+    assert both.startswith("not converged: `b` (last-third slope -0.100") and both.endswith("since step 600)")
+    # a gain whose CI holds 0 is flat; a rising gain at seeds the comparison does not pair is not counted
+    level = {**a, "test_gain": {"step": 600, "seeds": [0, 1], "delta": [1.0, -0.5, 2.5]}}
+    assert pair_flag(["a", "r"], {"a": a, "r": level}) is None
+    assert pair_flag(["a", "r"], {"a": a, "r": {**rising, "test_gain": {**rising["test_gain"], "seeds": [1]}}},
+                     seeds={0}) is None
 
 
 def test_pair_flag_judges_only_the_seeds_the_comparison_pairs():

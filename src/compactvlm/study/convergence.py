@@ -6,7 +6,9 @@ training samples (at least two points), in nats per 1000 training samples (sampl
 whose slope magnitude exceeds the plan's ``flat_slope`` at any seed has not flattened; a comparison of two rows is
 "not converged" when either has not (evaluation-only rows take their source row's curve, which their result files
 carry). Under a cosine schedule the learning rate is small near the end, which flattens the last third by itself:
-read a flat slope with the test-set learning curve (``eval_steps``) beside it.
+read a flat slope with the test-set learning curve (``eval_steps``) beside it. So a row whose convergence entry
+carries a ``test_gain`` (``stats.end_gains``: final test answers minus those at the last curve point before the end,
+paired by test image) with a 95% CI above 0 has not converged either: its test score was still rising.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def row_convergence(runs: Sequence[dict], flat_slope: float, default_batch: int 
 
 def pair_flag(names: Sequence[str], convergence: dict[str, dict], seeds: Iterable[int] | None = None) -> str | None:
     """The flag of a comparison between rows ``names``: None when every row's curve has flattened, else
-    ``not converged: `row` (last-third slope S nats/1000 samples)`` or ``convergence unknown: ...``. An entry may
+    ``not converged: `row` (last-third slope S nats/1000 samples)`` (or ``(test score still rising: ...)``, a
+    ``test_gain`` whose CI is above 0, over seeds the comparison pairs) or ``convergence unknown: ...``. An entry may
     name its ``source`` (an evaluation-only row's trained row), shown with it. ``seeds``: the seeds the comparison
     pairs (None: all of each row's); a row is judged on those seeds' curves only."""
     keep = None if seeds is None else {int(s) for s in seeds}
@@ -66,11 +69,20 @@ def pair_flag(names: Sequence[str], convergence: dict[str, dict], seeds: Iterabl
         label = f"`{n}`" + (f" (`{c['source']}`'s model)" if c and c.get("source") else "")
         slopes = {} if c is None else {int(s): v for s, v in c["slopes"].items() if keep is None or int(s) in keep}
         known = [v for v in slopes.values() if v is not None]
-        if not known:
-            unknown.append(label)
-        elif len(known) < len(slopes) or any(abs(v) > c["threshold"] for v in known):
+        gain = (c or {}).get("test_gain")
+        rising = (gain is not None and gain["delta"][1] > 0
+                  and (keep is None or any(int(s) in keep for s in gain["seeds"])))
+        why = []
+        if known and (len(known) < len(slopes) or any(abs(v) > c["threshold"] for v in known)):
             worst = max(known, key=abs)
-            loose.append(f"{label} (last-third slope {worst:+.3f} nats/1000 samples, limit ±{c['threshold']:g})")
+            why.append(f"last-third slope {worst:+.3f} nats/1000 samples, limit ±{c['threshold']:g}")
+        if rising:
+            d, lo, hi = gain["delta"]
+            why.append(f"test score still rising: {d:+.1f} [{lo:+.1f}, {hi:+.1f}] since step {gain['step']}")
+        if why:
+            loose.append(f"{label} ({'; '.join(why)})")
+        elif not known:
+            unknown.append(label)
     if loose:
         return "not converged: " + ", ".join(loose)
     if unknown:

@@ -414,7 +414,8 @@ def _claims_table(plan: StudyPlan, rows: dict, claims: list[dict], baselines: di
              "Where the results carry no blind control, a reference whose family mean (95% CI, test images) reaches "
              "down to chance is reported as \"reference at chance\". Δ: the paired test-image bootstrap of the "
              "comparisons above; PRT: mean ± 95% CI over seeds. A claim whose rows' validation loss had not "
-             "flattened is flagged **not converged** in its evidence, and its verdict is at best **direction only**: "
+             "flattened, or whose test score was still rising at the end (the test-curve table's last column, CI "
+             "above 0), is flagged **not converged** in its evidence, and its verdict is at best **direction only**: "
              "a comparison is made at the end of training only when both curves have flattened, so a CI that would "
              "settle it while a model was still learning does not make it hold.", "",
              "| paper's claim | rows | evidence | blind controls | verdict |", "|---|---|---|---|---|"]

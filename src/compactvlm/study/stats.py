@@ -147,7 +147,9 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
             "retrained_source_seeds": _retrained_source_seeds(results, runs),
             "blind": blind_summary(runs),  # the shuffled-image control, where the results carry one
             # last stage's last-third slope per seed (an evaluation-only row's: its source's, which it carries)
-            "convergence": {**row_convergence(runs, plan.flat_slope, batches[-1]), "source": spec.get("from_")},
+            "convergence": {**row_convergence(runs, plan.flat_slope, batches[-1]), "source": spec.get("from_"),
+                            # its (or its source's) end-of-training test gain, where the results keep the answers
+                            "test_gain": _kept(gains.get(spec.get("from_") or name))},
             "stage_curves": _stage_curves(runs, spec.get("from_stage1"), batches),
             "curve": _test_curve(runs),  # test family mean at the plan's eval_steps (trained rows)
             "end_gain": gains.get(name),  # final minus the last curve point before it, paired (trained rows)
@@ -155,6 +157,11 @@ def summarize(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
                              if boots.get(name) and boots[name].get("delta") else None),
         }
     return rows
+
+
+def _kept(gain: dict | None) -> dict | None:
+    """An ``end_gains`` entry with its paired test, None where there is none (or the answers were not kept)."""
+    return None if gain is None or gain.get("missing") else gain
 
 
 def _train_wall(r: dict) -> float:
