@@ -330,10 +330,10 @@ def end_gains(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
                 out[name] = {"step": max(scored), "missing": True}
             continue
         step, samples = max(with_preds, key=lambda x: x[0])
-        pairs = [(r["seed"], r["predictions"], next(p["predictions"] for p in r["curve"] if p["step"] == step
-                                                     and "predictions" in p))
-                 for r in runs if "predictions" in r
-                 and any(p["step"] == step and "predictions" in p for p in r.get("curve") or [])]
+        at_step = {r["seed"]: p["predictions"] for r in runs for p in r.get("curve") or []
+                   if p["step"] == step and "predictions" in p}
+        pairs = [(r["seed"], r["predictions"], at_step[r["seed"]]) for r in runs
+                 if "predictions" in r and r["seed"] in at_step]
         if not pairs:
             continue
         res = boot.paired([a for _, a, _ in pairs], [b for _, _, b in pairs], [s for s, _, _ in pairs],

@@ -3,8 +3,9 @@
 - **holds**: the claimed direction with a 95 % CI excluding 0 (``greater`` / ``less``), or for "retains accuracy"
   (``retains``) a PRT CI within ±``tol`` points of 100, or for "no better / no worse" (``equal``) a difference CI
   within ±``tol`` points; and the compared models had finished learning (every row's validation-loss curve
-  flattened and, where the results keep the answers, no test score still rising at the end, ``convergence.pair_flag``): a comparison is made at the end of training only when both curves have
-  flattened, so a CI that settles it while a model was still learning gives **direction only**, with that reason;
+  flattened and, where the results keep the answers, no test score still rising at the end,
+  ``convergence.pair_flag``): a comparison is made at the end of training only when both curves have flattened, so
+  a CI that settles it while a model was still learning gives **direction only**, with that reason;
 - **direction only**: the sign (or the point estimate, for ``retains`` / ``equal``) agrees, the CI does not settle it
   (or settles it before the curves flattened);
 - **not reproduced**: the point estimate disagrees with the claim;
