@@ -480,3 +480,16 @@ def test_end_gain_says_when_a_result_did_not_keep_its_curve_answers():
     assert cell == "+2.5 [+0.3, +4.6] vs step 600, seeds 0, 1 **still rising**"
     assert _fmt_end_gain({"step": 600, "seeds": [1], "delta": [-2.0, -3.0, -1.0]}).endswith("seed 1 (fell)")
     assert _fmt_end_gain({"step": 600, "seeds": [1], "delta": [1.0, -1.0, 3.0]}).endswith("vs step 600, seed 1")
+
+
+def test_points_before_end_is_the_curve_without_its_end_or_unscored_points():
+    """The points whose answers ``attach_predictions`` adds and ``end_gains`` compares with: scored, before the end
+    of training (the stage's steps, else the curve's last step)."""
+    from compactvlm.study.stats import points_before_end
+
+    curve = [{"step": 0, "family_mean": 10.0}, {"step": 300, "family_mean": None, "missing": "no snapshot"},
+             {"step": 600, "family_mean": 33.0}, {"step": 900, "family_mean": 35.0}]
+    assert [p["step"] for p in points_before_end({"curve": curve})] == [0, 600]
+    assert [p["step"] for p in points_before_end({"curve": curve, "train": {"steps": 700}})] == [0, 600]
+    assert [p["step"] for p in points_before_end({"curve": curve, "train": {"steps": 600}})] == [0]
+    assert points_before_end({"predictions": {}}) == []

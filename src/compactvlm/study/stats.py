@@ -15,6 +15,15 @@ from .plan import StudyPlan, eval_dir
 from .run import ensure_data
 
 
+def points_before_end(result: dict) -> list[dict]:
+    """The scored learning-curve points of one result before its end of training (the last stage's steps; a result
+    without them: its curve's last step), whose answers are not the result's own. Shared by ``attach_predictions``
+    and ``end_gains`` so that both read the same points."""
+    curve = result.get("curve") or []
+    end = (result.get("train") or {}).get("steps") or max((p["step"] for p in curve), default=0)
+    return [p for p in curve if p.get("family_mean") is not None and p["step"] < end]
+
+
 def attach_predictions(plan: StudyPlan) -> list[Path]:
     """Add the answers to result files written before results carried them (from the run's evaluation folders under
     ``runs_dir``): the row's own, and those of its learning-curve points before the end of training, each after
@@ -28,12 +37,10 @@ def attach_predictions(plan: StudyPlan) -> list[Path]:
     for f in sorted(Path(plan.results_dir).glob("*/seed*.json")):
         res = json.loads(f.read_text())
         name, seed = res["row"]["name"], res["seed"]
-        end = (res.get("train") or {}).get("steps")
         # (where the answers go, their folder, the family mean they must re-score to)
         wanted = [(res, eval_dir(plan, name, seed), res["metrics"]["family_mean"])] if "predictions" not in res else []
-        wanted += [(p, eval_dir(plan, name, seed, step=p["step"]), p["family_mean"]) for p in res.get("curve") or []
-                   if "predictions" not in p and p.get("family_mean") is not None and end is not None
-                   and p["step"] < end]
+        wanted += [(p, eval_dir(plan, name, seed, step=p["step"]), p["family_mean"]) for p in points_before_end(res)
+                   if "predictions" not in p]
         changed = False
         for into, folder, family_mean in wanted:
             pred_file = folder / PREDICTIONS
@@ -320,18 +327,14 @@ def end_gains(plan: StudyPlan, results: dict[str, list[dict]]) -> dict[str, dict
     boot = _Bootstrapper(plan, results)
     out = {}
     for name, runs in results.items():
-        with_preds = [(p["step"], p.get("samples")) for r in runs for p in r.get("curve") or [] if "predictions" in p]
+        before = [(r["seed"], p) for r in runs for p in points_before_end(r)]
+        with_preds = [(p["step"], p.get("samples")) for _, p in before if "predictions" in p]
         if not with_preds:
-            # points before the end (the last stage's steps; the curve may or may not list the end itself) were
-            # scored, but their answers were not kept
-            scored = [p["step"] for r in runs for p in r.get("curve") or [] if p.get("family_mean") is not None
-                      and p["step"] < ((r.get("train") or {}).get("steps") or max(q["step"] for q in r["curve"]))]
-            if scored:
-                out[name] = {"step": max(scored), "missing": True}
+            if before:  # scored, but their answers were not kept
+                out[name] = {"step": max(p["step"] for _, p in before), "missing": True}
             continue
         step, samples = max(with_preds, key=lambda x: x[0])
-        at_step = {r["seed"]: p["predictions"] for r in runs for p in r.get("curve") or []
-                   if p["step"] == step and "predictions" in p}
+        at_step = {seed: p["predictions"] for seed, p in before if p["step"] == step and "predictions" in p}
         pairs = [(r["seed"], r["predictions"], at_step[r["seed"]]) for r in runs
                  if "predictions" in r and r["seed"] in at_step]
         if not pairs:
