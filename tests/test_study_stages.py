@@ -302,6 +302,8 @@ def test_check_stages_refuses_a_mix_that_repeats_stage1_captions(staged, tmp_pat
     (lambda p: p["rows"][3].update(eval_steps=[1]), "set eval_steps but train nothing"),
     (lambda p: p.update(eval_dtype="float16"), "eval_dtype 'float16' is not supported"),
     (lambda p: p["rows"][1].update(eval_steps=[2, 2]), "row 'stf''s eval_steps must be distinct"),
+    (lambda p: p["rows"][0].update(reduce="fastv", budget=4), "row 'full' trains with reduce 'fastv': .*inside the LLM"),
+    (lambda p: p["rows"][0].update(reduce="dart"), "row 'full' trains with reduce 'dart': .*needs a token budget"),
 ])
 def test_bad_stage_plans_are_clear_errors(staged, tmp_path, change, match):
     spec = yaml.safe_load(staged.read_text())
@@ -309,6 +311,29 @@ def test_bad_stage_plans_are_clear_errors(staged, tmp_path, change, match):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(CompactVLMError, match=match):
         load_plan(tmp_path / "p.yaml")
+
+
+def test_a_trained_row_with_a_reduction_trains_its_last_stage_with_it(staged, tmp_path, capsys):
+    """A trained row with `reduce`: stage 1 is its source's (`from_stage1`), the last stage trains with the reduction
+    active, and the row answers with it at every learning-curve point and at the end."""
+    spec = yaml.safe_load(staged.read_text())
+    spec.update(runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"), eval_steps=[3],
+                report=str(tmp_path / "results.md"), comparisons=[], claims=[], moonshot=None)
+    spec["rows"] = [spec["rows"][0], {"name": "full-dart4", "group": "1", "compressor": "mlp2x_gelu",
+                                      "from_stage1": "full", "reduce": "dart", "budget": 4}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["study", "run", "--plan", str(tmp_path / "p.yaml"), "--rows", "full-dart4", "--quiet"]) == 0
+    runs = tmp_path / "runs"
+    assert _cfg(runs / "full" / "s0" / "stage1")["reduce"]["name"] is None  # the reference's own grounding ...
+    assert _cfg(runs / "full-dart4" / "s0" / "stage2")["reduce"] == {"name": "dart", "budget": 4, "params": {}}
+    assert not (runs / "full" / "s0" / "stage2").exists()  # ... and only this row's stage 2
+    events = [json.loads(l) for l in (runs / "full-dart4" / "s0" / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["image_tokens"] for e in events if e["event"] == "start"] == [4]
+    res = json.loads((tmp_path / "results" / "full-dart4" / "seed0.json").read_text())
+    assert res["vision_tokens"] == 4 and res["row"]["reduce"] == "dart"
+    point = json.loads((runs / "eval" / "full-dart4" / "s0.step-000003" / "metrics.json").read_text())
+    assert point["run"]["vision_tokens"] == 4
+    assert [p["step"] for p in res["curve"]] == [3]
 
 
 def test_one_stage_plan_refuses_from_stage1(tmp_path):
@@ -520,8 +545,10 @@ def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
     from compactvlm.train.trainer import config_differences
 
     p900, v2 = load_plan(ROOT / "configs" / "study" / "sceneqa_v2_900.yaml"), load_plan(V2)
-    assert [r.name for r in p900.rows] == [r.name for r in v2.rows if r.name != "full-mlp2x-900"]
-    assert ["full-mlp2x-900", "full-mlp2x"] not in p900.comparisons and len(p900.comparisons) == len(v2.comparisons) - 1
+    # ... plus its own moonshot row (ours): the reference's recipe with DART's 16 tokens active in stage 2
+    assert [r.name for r in p900.rows] == [r.name for r in v2.rows if r.name != "full-mlp2x-900"] + ["full-mlp2x-dart16"]
+    assert ["full-mlp2x-900", "full-mlp2x"] not in p900.comparisons and len(p900.comparisons) == len(v2.comparisons)
+    assert p900.comparisons[-1] == ["full-mlp2x-dart16", "dart-16"]
     assert p900.claims == v2.claims and "7" not in p900.groups and "full-mlp2x-900" not in p900.cost_hint
     assert p900.stage1_runs_dir == v2.runs_dir and p900.data == v2.data and p900.reference == v2.reference
     assert (v2.eval_dtype, p900.eval_dtype) == ("float32", "bfloat16")  # the probe's dtype, chosen before any answer
@@ -535,6 +562,12 @@ def test_v2_900_plan_is_v2_with_900_stage2_steps_and_v2s_groundings():
     # the recipe's own stage 2 is the converged length; v2 pins the 300 steps its rows were trained with
     assert cfg(v2, 1)["optim"]["max_steps"] == 300
     assert load_train_config(ROOT / "configs" / "train" / "recipe_stage2_ground.yaml").optim.max_steps == 900
+    # the moonshot row: the reference's stage 1, its own stage 2 = the reference's with DART at 16 tokens active
+    shot = p900.row("full-mlp2x-dart16")
+    ref2, shot2 = (to_plain(stage_config(p900, p900.row(n), 1, Path(p900.data.dir), 1, Path("out"), None))
+                   for n in ("full-mlp2x", "full-mlp2x-dart16"))
+    assert shot.from_stage1 == "full-mlp2x" and config_differences(ref2, shot2) == ["reduce.budget", "reduce.name"]
+    assert shot2["reduce"] == {"name": "dart", "budget": 16, "params": {}}
 
 
 def test_drop_rows_leaves_inherited_rows_out_and_names_unknown_ones(tmp_path):
@@ -556,4 +589,18 @@ def test_drop_rows_leaves_inherited_rows_out_and_names_unknown_ones(tmp_path):
     assert list(plan.groups) == ["1"]
     child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "drop_rows": ["prob"]}))
     with pytest.raises(CompactVLMError, match="drop_rows names rows it does not have: prob"):
+        load_plan(child)
+    # add_rows / add_comparisons append to the inherited lists (a child's `rows` would replace them whole)
+    child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "drop_rows": ["probe"],
+                                     "add_rows": [{"name": "stf2", "group": "1", "compressor": "stf"}],
+                                     "add_comparisons": [["stf2", "stf"]]}))
+    plan = load_plan(child)
+    assert [r.name for r in plan.rows] == ["full", "stf", "stf2"]
+    assert plan.comparisons == [["stf", "full"], ["stf2", "stf"]]
+    child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "add_rows": [{"name": "stf", "group": "1",
+                                                                                       "compressor": "stf"}]}))
+    with pytest.raises(CompactVLMError, match="unique, non-empty names"):
+        load_plan(child)
+    child.write_text(yaml.safe_dump({"_base_": "base.yaml", "name": "c", "add_rows": {"name": "x"}}))
+    with pytest.raises(CompactVLMError, match="add_rows must be a list"):
         load_plan(child)

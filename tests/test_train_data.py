@@ -155,6 +155,32 @@ def test_feature_cache_same_loss_and_validity(data):
     assert "encoder is trained" in check_cacheable(model)
 
 
+def test_reduction_active_in_training_reads_cache_and_passes_gradients(data):
+    """A training-free reduction set while training (train.config.ReduceConfig): the dataset places its token count,
+    the cached path gives the loss of the direct one, and the compressor gets gradients through the kept tokens."""
+    model = tiny_vlm("mlp2x_gelu")
+    full = model.num_image_tokens()
+    model.set_budget(3, reduce="dart", pivots=1)
+    assert model.num_image_tokens() == 3 < full
+    b = _batch(model, data)
+    assert int((b["input_ids"][0] == IMAGE_TOKEN_ID).sum()) == 3
+    x = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "position_ids")}
+    tm = TrainingModel(model)
+    assert check_cacheable(model) is None  # DART reads only the encoder's blocks
+    cache = FeatureCache([model.encoder.info.normalize_layer(l) for l in model.feature_layers()])
+    feats = cache.features(model, b["index"], b["pixel_values"], torch.device("cpu"))
+    direct = tm(**x, pixel_values=b["pixel_values"])[0]
+    cached = tm(**x, features=feats)[0]
+    torch.testing.assert_close(cached, direct, rtol=1e-6, atol=1e-6)
+    model.zero_grad()
+    cached.backward()
+    grads = [p.grad for p in model.compressor.parameters()]
+    assert grads and all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    # an in-LLM reduction cannot be cached (nor trained through: ReduceConfig refuses it)
+    model.set_budget(3, reduce="fastv", k=1)
+    assert "reads more than the encoder's blocks" in check_cacheable(model)
+
+
 def test_bad_training_json_is_refused_before_the_model_load(tmp_path, monkeypatch):
     from compactvlm.train import train
     from compactvlm.train.fixtures import tiny_train_config

@@ -147,3 +147,35 @@ def test_precision_auto_uses_bf16_only_where_native(tmp_path, monkeypatch, capsy
         assert start["event"] == "start" and start["precision"] == used
         err = capsys.readouterr().err
         assert ("WARNING: precision=bf16" in err) == (asked == "bf16" and not native)
+
+
+def test_training_with_a_reduction_active(tmp_path, capsys):
+    """reduce.*: the run trains on the tokens a training-free reduction keeps (cached features included); the saved
+    model is the compressor's alone, so it loads with all its tokens until the reduction is set again."""
+    from compactvlm.train.logging import read_events
+
+    res = train(tiny_train_config(tmp_path, ["reduce.name=dart", "reduce.budget=3", "reduce.params={pivots: 1}",
+                                             "cache_features=true", "optim.max_steps=2", "optim.lr=1e-2",
+                                             "eval.at_start=false"]))
+    start = [e for e in read_events(res.output_dir) if e.get("event") == "start"][0]
+    assert start["image_tokens"] == 3
+    assert "training with reduction dart(budget=3, pivots=1, dup=0.999): 3 vision tokens" in capsys.readouterr().err
+    model = load_pretrained(res.final_dir, progress=False)
+    assert model.reduction is None and model.num_image_tokens() == 64  # the compressor's 8x8
+    _, meta = read_config(res.final_dir)
+    assert meta["train"]["reduce"] == {"name": "dart", "budget": 3, "params": {"pivots": 1}}
+    model.set_budget(3, reduce="dart", pivots=1)
+    assert model.num_image_tokens() == 3
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["reduce.name=fastv", "reduce.budget=3"], "prunes inside the LLM"),
+    (["reduce.name=dart"], "needs a token budget"),
+    (["reduce.budget=3"], "reduce.name is not"),
+    (["reduce.name=dartt", "reduce.budget=3"], "unknown reduction 'dartt'"),
+    (["reduce.name=dart", "reduce.budget=3", "objective=grounding", "stage.modules={llm: frozen, compressor: full}"],
+     "a reduction cannot be active"),
+])
+def test_training_reduction_config_errors(tmp_path, overrides, match):
+    with pytest.raises(CompactVLMError, match=match):
+        tiny_train_config(tmp_path, overrides)

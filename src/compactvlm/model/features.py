@@ -7,7 +7,8 @@ controls and the learning-curve checkpoints of a row all encode each test image 
 Caching is valid only when the encoder is frozen, the compressor adds no tokens inside the encoder that the image
 tokens attend to (VisToG's full-attention ablation) and does not read the image itself (``cacheable_features = False``
 on the compressor class opts out), and no test-time reduction runs, except at inference one that reads only the
-encoder's blocks (``cacheable_features = True`` on the reduction class: random, avgpool, dart, divprune);
+encoder's blocks (``cacheable_features = True`` on the reduction class: random, avgpool, dart, divprune), at test
+time or active in training (``train.config.ReduceConfig``);
 ``check_cacheable`` says why not. Isolated extra tokens (VisToG) are cacheable: the image tokens' blocks are the plain
 encoder's, so the caches keep every block input up to the last block read (``cached_layers``) and the extra tokens
 run beside them from the cache (``HFVisionEncoder.extra_stream``). That is 12 blocks of DINOv2-S per image (4.7 MB in
@@ -43,9 +44,7 @@ def check_cacheable(vlm: nn.Module, training: bool = True) -> str | None:
                 "beside cached image tokens")
     if not comp.cacheable_features:
         return f"compressor {comp.registry_name!r} reads the image, not only encoder features"
-    red = vlm.reduction
-    if red is not None and training:
-        return "a test-time reduction is set"
+    red = vlm.reduction  # a training-free reduction: at test time, or active in training (train.config.ReduceConfig)
     if red is not None and (red.in_llm or not red.cacheable_features):
         return f"reduction {red.registry_name!r} reads more than the encoder's blocks"
     return None
@@ -128,7 +127,7 @@ def encode_from_features(vlm: nn.Module, hidden: dict[int, torch.Tensor], extra_
     feats.extra_state.update(encoder=enc)
     if extra_state:
         feats.extra_state.update(extra_state)
-    return vlm.tokens_from_features(feats)  # a reduction only at inference (check_cacheable refuses it in training)
+    return vlm.tokens_from_features(feats)  # the reduction's tokens when one is set (check_cacheable: only cacheable ones)
 
 
 class _BlockLookup:

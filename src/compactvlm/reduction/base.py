@@ -206,7 +206,7 @@ class ProjectedSelection(PatchReduction):
         self.check_compressor(compressor)
         self.num_output_tokens(feats.grid)
         tokens = compressor.project(feats.patches(self.compressor_layer(compressor)))  # (B, N, D)
-        idx = self.keep(tokens)  # (B, budget)
+        idx = self.keep(tokens.detach())  # (B, budget); the choice is not differentiated (training with it active)
         return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, budget, D)
 
 

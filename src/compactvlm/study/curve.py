@@ -118,9 +118,11 @@ def evaluate_curve(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, ba
                 continue
             model = load_pretrained(ck, progress=False, dtype=plan.eval_dtype)
             model.to(plan.device)
+            row.set_test_time(model)  # a row trained with a reduction active answers with it at every point
             m = evaluate("sceneqa", str(data_dir), make_answer_fn(model, str(data_dir), features=features), folder,
                          run_info=eval_run_info(plan, {"name": row.name, "seed": seed, "step": step,
-                                                       "checkpoint": str(ck)}), **kw)
+                                                       "checkpoint": str(ck),
+                                                       "vision_tokens": model.num_image_tokens()}), **kw)
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -81,7 +81,9 @@ class StudyRow:
     train_overrides: list[str] = field(default_factory=list)  # dotted.key=value on top of the plan's recipe
     from_: str | None = None  # evaluation-only rows: the trained row whose checkpoint they use
     budget: int | None = None  # test-time budget: the compressor's own (objects) or the reduction's
-    reduce: str | None = None  # training-free reduction at inference
+    # training-free reduction at inference; on a trained row also active in its last training stage (the model learns on
+    # the tokens it keeps: train.config.ReduceConfig)
+    reduce: str | None = None
     reduce_params: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     seeds: list[int] | None = None  # this row's seeds (e.g. [0] for a 1-seed ablation); default: the plan's
@@ -91,6 +93,14 @@ class StudyRow:
     @property
     def trained(self) -> bool:
         return self.from_ is None
+
+    def set_test_time(self, model) -> None:
+        """Give a loaded model this row's test-time tokens: its reduction at ``budget`` (also the one a trained row
+        trained with, in its last stage), else the compressor's own ``budget``, else nothing."""
+        if self.reduce:
+            model.set_budget(self.budget, reduce=self.reduce, **self.reduce_params)
+        elif self.budget is not None:
+            model.set_budget(self.budget)
 
 
 @dataclass
@@ -155,7 +165,8 @@ class StudyPlan:
     threads: int = 2
     device: str = "cpu"  # cpu | cuda (training, evaluation and the cost measurement)
     groups: dict[str, str] = field(default_factory=dict)  # group id -> title
-    # a plan extending another (`_base_: other.yaml`) inherits its rows whole; `drop_rows: [names]` leaves some out
+    # a plan extending another (`_base_: other.yaml`) inherits its rows whole; `drop_rows: [names]` leaves some out,
+    # `add_rows: [...]` appends its own (and `add_comparisons` to the comparisons)
     rows: list[StudyRow] = field(default_factory=list)
     # head-to-head contrasts [a, b] the papers claim (a beats / matches b): reported as a - b, paired by seed, with a
     # test-image bootstrap CI, next to the paired difference in validation loss
@@ -240,6 +251,14 @@ class StudyPlan:
                 raise CompactVLMError(f"study row {r.name!r} has an empty seeds list", "give it e.g. seeds: [0], or drop it")
             if r.from_stage1 is not None:
                 self._check_from_stage1(r)
+            if r.trained and r.reduce:
+                from ..train.config import ReduceConfig
+
+                try:
+                    ReduceConfig(r.reduce, r.budget, dict(r.reduce_params)).validate()
+                except CompactVLMError as e:
+                    raise CompactVLMError(f"study row {r.name!r} trains with reduce {r.reduce!r}: {e.problem}",
+                                          e.fix) from None
         if self.stage1_runs_dir is not None and (
                 not self.multi_stage or Path(self.stage1_runs_dir).resolve() == Path(self.runs_dir).resolve()):
             raise CompactVLMError(f"study stage1_runs_dir {self.stage1_runs_dir!r} needs a plan with two or more "
@@ -348,6 +367,12 @@ class StudyPlan:
 def load_plan(path: str | os.PathLike) -> StudyPlan:
     data = read_file(Path(path))
     _drop_rows(data, data.pop("drop_rows", None) or [], path)
+    for key in ("rows", "comparisons"):  # `add_rows` / `add_comparisons`: appended to the inherited lists
+        extra = data.pop(f"add_{key}", None)
+        if extra is not None and not isinstance(extra, list):
+            raise CompactVLMError(f"study plan {path}: add_{key} must be a list", f"write add_{key}: [...]")
+        if extra:
+            data[key] = list(data.get(key) or []) + extra
     if data.get("train_config") and data.get("train_configs"):
         raise CompactVLMError(f"study plan {path} has both train_config and train_configs",
                               "keep train_config for a one-stage recipe or train_configs for several stages")

@@ -54,7 +54,7 @@ class Reference:
 def _series(plan: StudyPlan, row: StudyRow) -> str:
     """The plot series a row belongs to: one line per method and variant, test-time variants apart."""
     if row.reduce:
-        return f"{row.reduce} (training-free)"
+        return f"{row.reduce} (training-free)" if row.from_ else f"{row.reduce} (trained with it)"
     src = plan.row(row.from_) if row.from_ else row
     params = {**src.params, **(row.params if row.from_ else {})}
     name = "mbtf+stf" if src.compressor == "stf" and params.get("mbtf") else str(src.compressor)

@@ -89,6 +89,11 @@ def stage_config(plan: StudyPlan, row: StudyRow, seed: int, data_dir: Path, k: i
 
     cfg = load_train_config(plan.stages()[k][0], stage_overrides(plan, row, seed, data_dir, k, out, init))
     cfg.model.compressor_params = dict(row.params)  # a mapping, not a dotted override
+    if row.trained and row.reduce and k == len(plan.stages()) - 1:  # the last stage trains with the row's reduction
+        from ..train.config import ReduceConfig
+
+        cfg.reduce = ReduceConfig(row.reduce, row.budget, dict(row.reduce_params))
+        cfg.validate()
     return cfg
 
 
@@ -288,12 +293,7 @@ def run_row(plan: StudyPlan, name: str, seed: int, progress: bool = True, force:
     model = load_pretrained(ckpt, compressor_params=dict(row.params) if row.from_ else None, progress=False,
                             dtype=plan.eval_dtype)
     model.to(plan.device)
-    if row.reduce:
-        from ..registry import REDUCTIONS
-
-        model.reduction = REDUCTIONS.create(row.reduce, budget=row.budget, model=model, **row.reduce_params)
-    elif row.budget is not None:
-        model.set_budget(row.budget)
+    row.set_test_time(model)
     tokens = model.num_image_tokens()
     out = eval_dir(plan, name, seed)
     run_info = eval_run_info(plan, {

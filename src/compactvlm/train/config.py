@@ -161,6 +161,36 @@ class InitConfig:
 
 
 @dataclass
+class ReduceConfig:
+    """A training-free reduction (``registry.REDUCTIONS``: ``name``, its ``budget`` and options ``params``) active while
+    this run trains, so that the LLM and the compressor learn on the tokens it keeps instead of meeting them only at
+    test time (study v2's moonshot rows: the reference trained with DART at 16 tokens). Only reductions that run
+    before the LLM (``in_llm`` false) can be trained through: the kept tokens are a gather of the compressor's
+    outputs, so gradients reach the compressor through them. The saved model is the compressor's alone (a reduction
+    has no weights): set the same reduction again at test time (``--reduce NAME --budget N``)."""
+
+    name: str | None = None
+    budget: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.name is None:
+            if self.budget is not None or self.params:
+                raise CompactVLMError("reduce.budget / reduce.params are set but reduce.name is not",
+                                      "set reduce.name (e.g. reduce.name=dart), or drop them")
+            return
+        from ..registry import REDUCTIONS
+
+        cls = REDUCTIONS.get(self.name)  # an unknown name: an error listing the reductions
+        if cls.in_llm:
+            raise CompactVLMError(f"reduction {self.name!r} prunes inside the LLM; training through it is not supported",
+                                  "train with a reduction that runs before the LLM (random, avgpool, dart, divprune, "
+                                  "visionzip, tome), or apply it at test time only")
+        if self.budget is None:
+            raise CompactVLMError(f"reduce.name={self.name} needs a token budget", "set e.g. reduce.budget=16")
+
+
+@dataclass
 class EvalConfig:
     every_steps: int = 0  # validation loss every N optimiser steps (0: only at start/end)
     at_start: bool = True
@@ -222,6 +252,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # a training-free reduction active during training (none by default: reductions are a test-time choice)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
     output_dir: str = "runs/train"
     seed: int = 0
     # bf16 = autocast over fp32 master weights; auto = bf16 where the device runs it natively (CUDA, CPUs with AMX /
@@ -254,6 +286,9 @@ class TrainConfig:
         if self.objective == "grounding" and (llm if isinstance(llm, str) else llm.mode) != "frozen":
             raise CompactVLMError("the grounding objective trains the compressor only (it runs no LLM pass)",
                                   "set stage.modules.llm=frozen for objective=grounding")
+        if self.objective == "grounding" and self.reduce.name:
+            raise CompactVLMError("the grounding objective writes into every token the compressor emits; a reduction "
+                                  "cannot be active in it", "drop reduce.name for objective=grounding")
         if self.grounding_place not in (False, True, "none", "words", "centred"):
             raise CompactVLMError(f"grounding_place must be false, true (= words) or centred, got {self.grounding_place!r}",
                                   "use e.g. grounding_place=centred")

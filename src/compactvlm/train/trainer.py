@@ -295,6 +295,10 @@ class Trainer:
         set_seed(cfg.seed)
         vlm = build_model(cfg.model, progress=self.main)
         self._init_from(vlm)
+        if cfg.reduce.name:  # before the datasets: they place the reduction's number of image tokens
+            vlm.set_budget(cfg.reduce.budget, reduce=cfg.reduce.name, **cfg.reduce.params)
+            self.log_lines.append(f"training with reduction {vlm.reduction.describe()}: {vlm.num_image_tokens()} vision "
+                                  "tokens reach the LLM (set it again at test time)")
         groups, rows = apply_stage(vlm, cfg.stage, cfg.optim.lr)
         self.log_lines.append("stage " + cfg.stage.name + "\n" + format_summary(rows))
         if cfg.gradient_checkpointing:
