@@ -334,6 +334,11 @@ def test_a_trained_row_with_a_reduction_trains_its_last_stage_with_it(staged, tm
     point = json.loads((runs / "eval" / "full-dart4" / "s0.step-000003" / "metrics.json").read_text())
     assert point["run"]["vision_tokens"] == 4
     assert [p["step"] for p in res["curve"]] == [3]
+    # the report takes the row as any trained one: its tokens, its stages (stage 1 the reference's), its curve
+    assert main(["study", "report", "--plan", str(tmp_path / "p.yaml")]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| `full-dart4` | 2 (" in md and "| `full-dart4` | 1 (" in md and "`full`'s |" in md
+    assert next(x for x in md.splitlines() if x.startswith("| `full-dart4` | 1 | ")).split("|")[3].strip() == "4"  # tokens
 
 
 def test_one_stage_plan_refuses_from_stage1(tmp_path):
