@@ -166,6 +166,20 @@ def test_training_with_a_reduction_active(tmp_path, capsys):
     assert meta["train"]["reduce"] == {"name": "dart", "budget": 3, "params": {"pivots": 1}}
     model.set_budget(3, reduce="dart", pivots=1)
     assert model.num_image_tokens() == 3
+    # the CLI says so when such a model runs without its reduction, and is quiet when it runs with it
+    from PIL import Image
+
+    from compactvlm.cli import main
+
+    img = tmp_path / "q.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(img)
+    ask = ["ask", "--checkpoint", str(res.final_dir), "--image", str(img), "--question", "what colour ?",
+           "--max-new-tokens", "2"]
+    capsys.readouterr()
+    assert main(ask) == 0
+    assert "was trained with reduction dart at budget 3 active; it runs here with 64 vision tokens" in capsys.readouterr().err
+    assert main(ask + ["--reduce", "dart:pivots=1", "--budget", "3"]) == 0
+    assert "was trained with reduction" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides, match", [

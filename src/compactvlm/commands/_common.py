@@ -103,6 +103,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
     resolve_spec(args)
     check_runtime_args(args)
     params = compressor_params(args)
+    trained_with = None  # the reduction a checkpoint was trained with (train config `reduce`), if any
     if args.checkpoint:
         from ..model.checkpoint import CONFIG_NAME, load_pretrained
         from ..model.shipped import resolve_checkpoint
@@ -115,6 +116,9 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         else:
             model = load_pretrained(ck, compressor=args.compressor, compressor_params=params or None,
                                     progress=progress)
+            from ..model.checkpoint import read_config
+
+            trained_with = ((read_config(ck)[1].get("train") or {}).get("reduce") or {})
     else:
         cfg = ModelConfig(compressor=args.compressor or "mlp2x_gelu", compressor_params=params)
         if args.encoder:
@@ -124,6 +128,7 @@ def model_from_args(args: argparse.Namespace, progress: bool = True):
         model = build_model(cfg, progress=progress)
     warn_untrained(model)  # every model: a checkpoint's init_state says which parts were never trained
     args.spec.apply(model)  # the test-time reduction or the compressor's own budget (CompactVLM.set_budget)
+    note_trained_reduction(model, trained_with or {}, args.checkpoint)
     if args.device != "cpu":
         model.to(args.device)
     model.set_dtype(getattr(args, "dtype", None) or "auto")
@@ -142,6 +147,20 @@ def warn_untrained(model) -> None:
         print(f"warning: {' and '.join(parts)} has random (untrained) weights, so the answers are meaningless; "
               "pass --checkpoint DIR with trained weights (e.g. --checkpoint demo:stf-k2e1, trained on SceneQA only; "
               "`compactvlm info` lists the shipped ones)", file=sys.stderr)
+
+
+def note_trained_reduction(model, trained: dict, checkpoint) -> None:
+    """One line on stderr when ``checkpoint`` was trained with a reduction active (``train.config.ReduceConfig``) and
+    runs here without that reduction at that budget: it then answers from tokens it never trained on."""
+    import sys
+
+    name, budget = trained.get("name"), trained.get("budget")
+    red = model.reduction
+    if not name or (red is not None and red.registry_name == name and getattr(red, "budget", None) == budget):
+        return
+    print(f"note: {checkpoint} was trained with reduction {name} at budget {budget} active; it runs here with "
+          f"{model.num_image_tokens()} vision tokens{' (' + red.describe() + ')' if red is not None else ''}; pass "
+          f"--reduce {name} --budget {budget} to answer as it trained", file=sys.stderr)
 
 
 def apply_budget(model, budget: int | None, reduce: str | None) -> None:
