@@ -181,6 +181,28 @@ def test_reduction_active_in_training_reads_cache_and_passes_gradients(data):
     assert "reads more than the encoder's blocks" in check_cacheable(model)
 
 
+def _before_llm():
+    from compactvlm.registry import REDUCTIONS
+
+    return [n for n in REDUCTIONS.names() if not REDUCTIONS.get(n).in_llm]
+
+
+@pytest.mark.parametrize("name", _before_llm())
+def test_every_reduction_before_the_llm_trains(data, name):
+    """What ReduceConfig admits (every registered reduction that runs before the LLM) trains: the loss over its kept
+    tokens is finite and reaches the compressor's weights."""
+    model = tiny_vlm("mlp2x_gelu")
+    budget = 16  # avgpool: a square; tome: its tiny encoder's 3 blocks take 64 tokens to 8 at the most
+    model.set_budget(budget, reduce=name)
+    b = _batch(model, data)
+    assert int((b["input_ids"][0] == IMAGE_TOKEN_ID).sum()) == budget
+    x = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values")}
+    loss, _ = TrainingModel(model)(**x)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.compressor.parameters() if p.grad is not None) > 0
+
+
 def test_bad_training_json_is_refused_before_the_model_load(tmp_path, monkeypatch):
     from compactvlm.train import train
     from compactvlm.train.fixtures import tiny_train_config

@@ -183,9 +183,10 @@ class ReduceConfig:
 
         cls = REDUCTIONS.get(self.name)  # an unknown name: an error listing the reductions
         if cls.in_llm:
+            before = [n for n in REDUCTIONS.names() if not REDUCTIONS.get(n).in_llm]
             raise CompactVLMError(f"reduction {self.name!r} prunes inside the LLM; training through it is not supported",
-                                  "train with a reduction that runs before the LLM (random, avgpool, dart, divprune, "
-                                  "visionzip, tome), or apply it at test time only")
+                                  f"train with a reduction that runs before the LLM ({', '.join(before)}), or apply "
+                                  "it at test time only")
         if self.budget is None:
             raise CompactVLMError(f"reduce.name={self.name} needs a token budget", "set e.g. reduce.budget=16")
 
