@@ -156,7 +156,7 @@ def note_trained_reduction(model, trained: dict, checkpoint) -> None:
 
     name, budget = trained.get("name"), trained.get("budget")
     red = model.reduction
-    if not name or (red is not None and red.registry_name == name and getattr(red, "budget", None) == budget):
+    if not name or (red is not None and red.registry_name == name and red.params.get("budget") == budget):
         return
     print(f"note: {checkpoint} was trained with reduction {name} at budget {budget} active; it runs here with "
           f"{model.num_image_tokens()} vision tokens{' (' + red.describe() + ')' if red is not None else ''}; pass "

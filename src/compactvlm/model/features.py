@@ -6,9 +6,9 @@ controls and the learning-curve checkpoints of a row all encode each test image 
 
 Caching is valid only when the encoder is frozen, the compressor adds no tokens inside the encoder that the image
 tokens attend to (VisToG's full-attention ablation) and does not read the image itself (``cacheable_features = False``
-on the compressor class opts out), and no test-time reduction runs, except at inference one that reads only the
-encoder's blocks (``cacheable_features = True`` on the reduction class: random, avgpool, dart, divprune), at test
-time or active in training (``train.config.ReduceConfig``);
+on the compressor class opts out), and no reduction runs except one that reads only the encoder's blocks
+(``cacheable_features = True`` on the reduction class: random, avgpool, dart, divprune), whether set at test time or
+active in training (``train.config.ReduceConfig``);
 ``check_cacheable`` says why not. Isolated extra tokens (VisToG) are cacheable: the image tokens' blocks are the plain
 encoder's, so the caches keep every block input up to the last block read (``cached_layers``) and the extra tokens
 run beside them from the cache (``HFVisionEncoder.extra_stream``). That is 12 blocks of DINOv2-S per image (4.7 MB in
