@@ -177,7 +177,11 @@ def test_training_with_a_reduction_active(tmp_path, capsys):
            "--max-new-tokens", "2"]
     capsys.readouterr()
     assert main(ask) == 0
-    assert "was trained with reduction dart at budget 3 active; it runs here with 64 vision tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was trained with reduction dart at budget 3 (pivots=1) active; it runs here with 64 vision tokens" in err
+    assert "pass --reduce dart:pivots=1 --budget 3 to answer as it trained" in err
+    assert main(ask + ["--reduce", "dart:pivots=2", "--budget", "3"]) == 0  # same budget, other options: still a note
+    assert "was trained with reduction dart at budget 3 (pivots=1)" in capsys.readouterr().err
     assert main(ask + ["--reduce", "dart:pivots=1", "--budget", "3"]) == 0
     assert "was trained with reduction" not in capsys.readouterr().err
 

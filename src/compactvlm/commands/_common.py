@@ -151,16 +151,22 @@ def warn_untrained(model) -> None:
 
 def note_trained_reduction(model, trained: dict, checkpoint) -> None:
     """One line on stderr when ``checkpoint`` was trained with a reduction active (``train.config.ReduceConfig``) and
-    runs here without that reduction at that budget: it then answers from tokens it never trained on."""
+    runs here without that reduction, at another budget or with other options (e.g. DART's pivots): it then answers
+    from tokens it never trained on."""
     import sys
 
-    name, budget = trained.get("name"), trained.get("budget")
-    red = model.reduction
-    if not name or (red is not None and red.registry_name == name and red.params.get("budget") == budget):
+    name, budget, opts = trained.get("name"), trained.get("budget"), dict(trained.get("params") or {})
+    if not name:
         return
-    print(f"note: {checkpoint} was trained with reduction {name} at budget {budget} active; it runs here with "
+    red = model.reduction
+    if (red is not None and red.registry_name == name and red.params.get("budget") == budget
+            and all(red.params.get(k) == v for k, v in opts.items())):
+        return
+    spec = name + (":" + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+    trained_as = f"{name} at budget {budget}" + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
+    print(f"note: {checkpoint} was trained with reduction {trained_as} active; it runs here with "
           f"{model.num_image_tokens()} vision tokens{' (' + red.describe() + ')' if red is not None else ''}; pass "
-          f"--reduce {name} --budget {budget} to answer as it trained", file=sys.stderr)
+          f"--reduce {spec} --budget {budget} to answer as it trained", file=sys.stderr)
 
 
 def apply_budget(model, budget: int | None, reduce: str | None) -> None:
