@@ -162,8 +162,9 @@ def note_trained_reduction(model, trained: dict, checkpoint) -> None:
     if (red is not None and red.registry_name == name and red.params.get("budget") == budget
             and all(red.params.get(k) == v for k, v in opts.items())):
         return
-    spec = name + (":" + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
-    trained_as = f"{name} at budget {budget}" + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
+    opt_text = ",".join(f"{k}={v}" for k, v in opts.items())  # the spec syntax's options (``spec.parse_options``)
+    spec, trained_as = (f"{name}:{opt_text}", f"{name} at budget {budget} ({opt_text})") if opts else \
+        (name, f"{name} at budget {budget}")
     print(f"note: {checkpoint} was trained with reduction {trained_as} active; it runs here with "
           f"{model.num_image_tokens()} vision tokens{' (' + red.describe() + ')' if red is not None else ''}; pass "
           f"--reduce {spec} --budget {budget} to answer as it trained", file=sys.stderr)
