@@ -5,6 +5,7 @@ the study report's, 1000 draws) at each seed alone and averaged over both. Then 
 one: the variance of the mean difference modelled as a + b/k (a: which images were asked, shared by every seed; b:
 seed-to-seed noise, averaging out), fitted to the mean one-seed and the two-seed half-width.
 `python results/bench/halfwidth_seeds.py DATA_DIR RESULTS_DIR REFERENCE ROW [ROW ...]` from the repo root."""
+import functools
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ data, results, ref = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 answers = read_jsonl(data / "test_answers.jsonl")
 
 
+@functools.cache  # the reference's files are read once, not once per row
 def preds(row: str, seed: int) -> dict:
     return json.loads((results / row / f"seed{seed}.json").read_text())["predictions"]
 
