@@ -9,7 +9,7 @@ from PIL import Image
 from compactvlm.cli import main
 from compactvlm.commands._common import add_model_args, compressor_params, resolve_spec
 from compactvlm.errors import CompactVLMError
-from compactvlm.spec import MethodSpec, parse_options
+from compactvlm.spec import MethodSpec, format_options, parse_options
 
 
 def test_parse():
@@ -22,6 +22,14 @@ def test_parse():
         MethodSpec.parse("stf:k")
     with pytest.raises(CompactVLMError, match="no reduction"):
         MethodSpec.parse("stf+")
+
+
+@pytest.mark.parametrize("opts", [{"k": 2, "E": 1}, {"k": 4, "mbtf_layers": (3, 6, 9), "lr": 1e-3},
+                                  {"pivots": "cls", "budget": 16}, {}])
+def test_format_options_reads_back(opts):
+    text = format_options(opts)
+    assert parse_options(f"stf:{text}" if text else "stf") == ("stf", opts)
+    assert format_options({"k": 4, "mbtf_layers": (3, 6, 9)}) == "k=4,mbtf_layers=3,6,9"
 
 
 def _args(*argv):

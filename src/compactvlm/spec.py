@@ -33,6 +33,17 @@ def parse_options(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), opts
 
 
+def format_options(opts: dict[str, Any]) -> str:
+    """``parse_options``'s inverse for the options part: ``{"k": 4, "mbtf_layers": (3, 6, 9)}`` ->
+    ``"k=4,mbtf_layers=3,6,9"`` (a sequence of several values is written comma-separated, as the syntax reads it)."""
+    def value(v: Any) -> str:
+        if isinstance(v, (tuple, list)) and len(v) > 1 and all(not isinstance(x, (tuple, list, dict)) for x in v):
+            return ",".join(str(x) for x in v)
+        return str(v)
+
+    return ",".join(f"{k}={value(v)}" for k, v in opts.items())
+
+
 def resolve_variant(registry, name: str, params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """``(method, options)`` of ``name`` in ``registry``: a variant's method and options (``params`` override
     them), or ``name`` and ``params`` unchanged."""

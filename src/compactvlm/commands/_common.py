@@ -155,6 +155,8 @@ def note_trained_reduction(model, trained: dict, checkpoint) -> None:
     from tokens it never trained on."""
     import sys
 
+    from ..spec import format_options
+
     name, budget, opts = trained.get("name"), trained.get("budget"), dict(trained.get("params") or {})
     if not name:
         return
@@ -162,7 +164,7 @@ def note_trained_reduction(model, trained: dict, checkpoint) -> None:
     if (red is not None and red.registry_name == name and red.params.get("budget") == budget
             and all(red.params.get(k) == v for k, v in opts.items())):
         return
-    opt_text = ",".join(f"{k}={v}" for k, v in opts.items())  # the spec syntax's options (``spec.parse_options``)
+    opt_text = format_options(opts)
     spec, trained_as = (f"{name}:{opt_text}", f"{name} at budget {budget} ({opt_text})") if opts else \
         (name, f"{name} at budget {budget}")
     print(f"note: {checkpoint} was trained with reduction {trained_as} active; it runs here with "

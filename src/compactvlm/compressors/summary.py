@@ -31,7 +31,7 @@ import torch
 from ..encoders.base import EncoderInfo
 from ..errors import CompactVLMError
 from ..registry import COMPRESSORS
-from ..spec import REFERENCE, parse_options, resolve_variant
+from ..spec import REFERENCE, format_options, parse_options, resolve_variant
 from .base import create_compressor
 
 
@@ -52,7 +52,7 @@ def param_table(enc: EncoderInfo, llm_dim: int, specs: Sequence[str | tuple[str,
                                   "drop the +REDUCTION part")
         name, params = parse_options(item) if isinstance(item, str) else (item[0], dict(item[1]))
         method, resolved = resolve_variant(COMPRESSORS, name, params)
-        row: dict[str, Any] = {"name": name, "options": _fmt_opts(resolved),
+        row: dict[str, Any] = {"name": name, "options": format_options(resolved),
                                "params": None, "trainable": None, "tokens": None, "error": None}
         try:
             with torch.device("meta"):
@@ -64,10 +64,6 @@ def param_table(enc: EncoderInfo, llm_dim: int, specs: Sequence[str | tuple[str,
             row["error"] = e.problem
         rows.append(row)
     return rows
-
-
-def _fmt_opts(params: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in params.items())
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
