@@ -36,7 +36,8 @@ def _final(stage):
 
 
 def test_status_of_every_pair(tmp_path, capsys):
-    plan = _plan(tmp_path, StudyRow(name="stf-long", compressor="stf", from_stage1="stf"))
+    plan = _plan(tmp_path, StudyRow(name="stf-long", compressor="stf", from_stage1="stf"),
+                 StudyRow(name="full-long", compressor="mlp2x_gelu", from_stage1="full"))
     runs = tmp_path / "runs"
     # full s0: done
     res = tmp_path / "results" / "full" / "seed0.json"
@@ -81,6 +82,9 @@ def test_status_of_every_pair(tmp_path, capsys):
     # a row that shares stf's stage 1 shows that training as stf's, not as a second one of its own
     assert got[("stf-long", 0)].state == "training"
     assert got[("stf-long", 0)].detail == "`stf`'s " + got[("stf", 0)].detail
+    # full s1's stage 1 is trained and full-long's own stage 2 has not begun: not started, not "interrupted"
+    assert got[("full-long", 1)].state == "not started"
+    assert got[("full-long", 1)].detail == "`full`'s stage 1, which it shares, is trained"
     assert got[("stf", 1)].state == "evaluating"  # each pass: real, the blind control, the curve point before the end
     assert got[("stf", 1)].detail.endswith("answers real 3/5, shuffled 0/5, step 10 0/5")
     assert got[("rand", 0)].state == "waiting" and "`full` seed 0" in got[("rand", 0)].detail

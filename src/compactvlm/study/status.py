@@ -156,6 +156,10 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     if step == 0 and total is None and k == 0:
         return PairStatus(name, seed, "not started", "", own)
     cks = list_checkpoints(d)
+    if step == 0 and total is None and k == 1 and row.from_stage1 and not cks and not _running(d):
+        # its only stage 1 is the source row's, trained for that row: nothing of this row's own has run
+        return PairStatus(name, seed, "not started", f"`{row.from_stage1}`'s stage 1, which it shares, is trained",
+                          own)
     keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
         "a restart begins the stage again (no checkpoint yet)" if step else "")
     running = _running(d)
