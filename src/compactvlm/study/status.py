@@ -156,13 +156,13 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     if step == 0 and total is None and k == 0:
         return PairStatus(name, seed, "not started", "", own)
     cks = list_checkpoints(d)
-    if step == 0 and total is None and k == 1 and row.from_stage1 and not cks and not _running(d):
+    running = _running(d)
+    if step == 0 and total is None and k == 1 and row.from_stage1 and not cks and not running:
         # its only stage 1 is the source row's, trained for that row: nothing of this row's own has run
         return PairStatus(name, seed, "not started", f"`{row.from_stage1}`'s stage 1, which it shares, is trained",
                           own)
     keeps = f"a restart resumes at step {cks[-1][0]}" if cks else (
         "a restart begins the stage again (no checkpoint yet)" if step else "")
-    running = _running(d)
     detail = f"stage {k + 1}/{len(dirs)}: step {step}/{total if total is not None else '?'}"
     if k == 0 and row.from_stage1:  # the stage 1 it shares is the source row's (one training for both pairs)
         detail = f"`{row.from_stage1}`'s {detail}"
