@@ -15,6 +15,7 @@ from transformers import (
 
 from compactvlm.compressors.base import create_compressor
 from compactvlm.compressors.vistog import STAGE2_PREFIXES, GroupingLayer
+from compactvlm.efficiency.flops import flop_counter
 from compactvlm.encoders.base import VisionFeatures
 from compactvlm.encoders.hf import HFVisionEncoder
 from compactvlm.errors import CompactVLMError
@@ -110,6 +111,30 @@ def test_isolated_extra_stream_equals_the_masked_concatenation(family, impl, mon
     assert "semantic_tokens" in split_grads and split_grads.keys() == joint_grads.keys()
     for name, g in split_grads.items():
         torch.testing.assert_close(g, joint_grads[name], atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("family", ["dinov2", "clip", "siglip"])
+def test_isolated_extra_tokens_add_only_their_own_flops(family, monkeypatch):
+    """``forward`` reuses the image run's keys and values: the isolated run costs the plain encoder plus the extra
+    tokens' own projections, MLP and attention rows, fewer FLOPs than the masked run of the concatenation."""
+    encoder = HFVisionEncoder(tiny_hf(family))
+    x = pixels(1)
+    comp = make(encoder, tokens=5)
+
+    def count(**kw) -> int:
+        with torch.no_grad(), flop_counter() as fc:
+            encoder(x, layers=[LAYERS], **kw)
+        return fc.get_total_flops()
+
+    s, x_tok, mlp = encoder.embed(x).shape[1], 5, 64  # image tokens, extra tokens, MLP width (tiny_hf)
+    per_block = 2 * x_tok * C * C * 4 + 2 * 2 * x_tok * (s + x_tok) * C + 2 * 2 * x_tok * C * mlp  # q k v o, attention, MLP
+    plain = count()
+    isolated = count(extra_tokens=comp.extra_tokens(), extra_attention="isolated")
+    assert isolated - plain == LAYERS * per_block
+    with monkeypatch.context() as m:
+        m.setattr(HFVisionEncoder, "stream_parts", lambda self: None)
+        masked = count(extra_tokens=comp.extra_tokens(), extra_attention="isolated")
+    assert isolated < masked
 
 
 def test_the_extra_stream_falls_back_under_dropout_and_refuses_a_token_merge(enc):

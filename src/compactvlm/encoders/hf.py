@@ -9,15 +9,19 @@ Isolated extra tokens run as two streams (``extra_stream``): the image tokens th
 the encoder without extra tokens, so with a frozen encoder autograd keeps none of it — and the extra tokens through
 the same blocks' weights as queries over the image tokens' keys and values plus their own. Equal to one masked run
 of the concatenation (tested), at a fraction of its cost in training: the masked run's backward goes through every
-image token of every block, since the extra tokens' gradients reach the image tokens' keys and values. The extra
+image token of every block, since the extra tokens' gradients reach the image tokens' keys and values. In
+``forward`` the image tokens' keys and values are the image run's own (taken from the key and value projections
+as they run), so the extra stream adds only the extra tokens' FLOPs: fewer than the masked run, whose image tokens
+also score the masked extra keys (tested); from a cache of block inputs they are computed again. The extra
 stream reads the blocks' parts (``BlockParts``) for DINOv2, CLIP and SigLIP layers as transformers names them;
 layers it does not know (or with dropout in training mode) run the masked concatenation as before.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,21 +85,54 @@ class BlockParts:
         return BlockParts(norm1, attn.q_proj, attn.k_proj, attn.v_proj, o, int(heads), float(scale), ls1, norm2,
                           block.mlp, ls2)
 
-    def extra_step(self, img: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    def extra_step(self, img: torch.Tensor, extra: torch.Tensor,
+                   img_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One block for the extra tokens: image tokens' block input (B, S, C), extra tokens' (B, X, C) ->
-        extra tokens' block output (B, X, C). The image tokens do not see the extra tokens (isolated)."""
+        extra tokens' block output (B, X, C). The image tokens do not see the extra tokens (isolated).
+        ``img_kv``: the image tokens' keys and values of this block, each (B, S, C_kv), where the image run
+        computed them already (``forward``); else they are computed here from ``img`` (a cache holds block inputs)."""
         b, x, c = extra.shape
-        n_img, n_ext = self.norm1(img), self.norm1(extra)
-        kv_in = torch.cat([n_img, n_ext], dim=1)  # (B, S + X, C)
+        n_ext = self.norm1(extra)  # (B, X, C)
+        if img_kv is None:
+            kv_in = torch.cat([self.norm1(img), n_ext], dim=1)  # (B, S + X, C)
+            k, v = self.k(kv_in), self.v(kv_in)  # (B, S + X, C_kv)
+        else:
+            k_ext, v_ext = self.k(n_ext), self.v(n_ext)  # (B, X, C_kv)
+            k = torch.cat([img_kv[0].to(k_ext.dtype), k_ext], dim=1)  # (B, S + X, C_kv)
+            v = torch.cat([img_kv[1].to(v_ext.dtype), v_ext], dim=1)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, H*d) -> (B, H, T, d)
             return t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)
 
-        q, k, v = heads(self.q(n_ext)), heads(self.k(kv_in)), heads(self.v(kv_in))
+        q, k, v = heads(self.q(n_ext)), heads(k), heads(v)
         att = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale)  # (B, H, X, d)
         att = att.transpose(1, 2).reshape(b, x, -1)  # (B, X, H*d)
         extra = extra + self.ls1(self.o(att))
         return extra + self.ls2(self.mlp(self.norm2(extra)))  # (B, X, C)
+
+
+@contextmanager
+def _capture_kv(parts: Sequence[BlockParts]) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """{block i (1-based): (keys, values)} of the next run through these blocks, each (B, S, C_kv), taken from
+    the blocks' own key and value projections (forward hooks, removed on exit). A block whose projections ran
+    other than once in that run (a layout this does not expect) is left out, and the extra stream computes its
+    keys and values itself."""
+    seen: dict[int, dict[str, list[torch.Tensor]]] = {}
+    handles = []
+    for i, part in enumerate(parts, start=1):
+        for name, proj in (("k", part.k), ("v", part.v)):
+            def keep(_m, _inp, out, i=i, name=name):
+                seen.setdefault(i, {"k": [], "v": []})[name].append(out)
+            handles.append(proj.register_forward_hook(keep))
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    try:
+        yield kv
+    finally:
+        for h in handles:
+            h.remove()
+    for i, got in seen.items():
+        if len(got["k"]) == 1 and len(got["v"]) == 1:
+            kv[i] = (got["k"][0], got["v"][0])
 
 
 class HFVisionEncoder(nn.Module):
@@ -192,8 +229,9 @@ class HFVisionEncoder(nn.Module):
         parts = self.stream_parts() if extra_tokens is not None and extra_attention == "isolated" else None
         if parts is not None:
             last = max(wanted)
-            image = self._run(h, None, set(range(last + 1)))  # block inputs 0..last-1 and the outputs wanted
-            hidden = self.extra_stream(image, extra_tokens, wanted, parts)
+            with _capture_kv(parts[:last]) as image_kv:  # the image run's keys and values, reused by the extra stream
+                image = self._run(h, None, set(range(last + 1)))  # block inputs 0..last-1 and the outputs wanted
+            hidden = self.extra_stream(image, extra_tokens, wanted, parts, image_kv)
             return VisionFeatures(hidden=hidden, grid=self.grid_of(pixel_values), num_prefix=self.num_prefix,
                                   num_extra=hidden[last].shape[1] - h.shape[1], info=self.info)
         num_image = h.shape[1]
@@ -227,10 +265,13 @@ class HFVisionEncoder(nn.Module):
         return self.stream_parts() is not None
 
     def extra_stream(self, image: dict[int, torch.Tensor], extra_tokens: torch.Tensor, wanted: set[int],
-                     parts: Sequence[BlockParts | None] | None = None) -> dict[int, torch.Tensor]:
+                     parts: Sequence[BlockParts | None] | None = None,
+                     image_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[int, torch.Tensor]:
         """Isolated extra tokens through the blocks beside the image tokens' own run: ``image`` holds the plain
         encoder's block inputs 0..L-1 and the blocks in ``wanted`` (L = the last of them), each (B, P + H*W, C)
-        (from ``forward`` or a cache of them); ``parts`` the blocks' parts where the caller has them already.
+        (from ``forward`` or a cache of them); ``parts`` the blocks' parts where the caller has them already;
+        ``image_kv`` {block: (keys, values)} of the image tokens where their run kept them (``forward``), so that
+        the extra stream adds only the extra tokens' own FLOPs; blocks missing from it compute them again.
         Returns {block in wanted: (B, P + H*W + X, C)}, as one masked run."""
         last = max(wanted)
         if parts is None:
@@ -255,7 +296,10 @@ class HFVisionEncoder(nn.Module):
                 raise CompactVLMError(f"block {i} of this {self.family} encoder cannot run extra tokens as their own "
                                       "stream (dropout in training mode, or a layer layout this does not know)",
                                       "put the encoder in eval mode (it is frozen), or run it with the extra tokens")
-            extra = part.extra_step(img_in, extra)  # (B, X, C)
+            kv = (image_kv or {}).get(i)
+            if kv is not None and kv[0].shape[:2] != img_in.shape[:2]:
+                kv = None  # not this block input's: compute them again
+            extra = part.extra_step(img_in, extra, kv)  # (B, X, C)
             if i in wanted:
                 out[i] = torch.cat([image[i].to(extra.dtype), extra], dim=1)  # (B, S + X, C)
         return out
