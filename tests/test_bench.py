@@ -156,6 +156,33 @@ def test_bad_inputs_give_a_clear_error(tiny_folder, tmp_path, capsys, args, prob
     assert not (tmp_path / "x.json").exists()
 
 
+def test_output_files_replace_only_the_benchs_own(tiny_folder, tmp_path, capsys):
+    """A later bench replaces the JSON and PNG an earlier bench wrote; a file of anyone else's at --json or --plot
+    is refused before any work, and left as it was."""
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["bench", "--model", str(tiny_folder), "--flops-only", "--threads", "1", "--json", str(out)]
+    assert main(argv) == 0 and json.loads(out.read_text())["written_by"] == "compactvlm bench"
+    assert main(argv) == 0  # its own report: replaced
+    from PIL import Image
+
+    for path, flag, argv2 in ((out, "--json", argv), (png, "--plot", argv + ["--plot", str(png)])):
+        Image.new("RGB", (4, 4)).save(png)  # a PNG the bench did not write
+        if path is out:
+            out.write_text('{"mine": 1}')
+        capsys.readouterr()
+        assert main(argv2) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {path} exists and is not a file compactvlm bench wrote" in err and "another" in err
+        if path is out:
+            assert out.read_text() == '{"mine": 1}'
+        else:
+            with Image.open(png) as im:
+                assert im.info.get("Software") is None
+        out.unlink(missing_ok=True)
+    png.unlink()
+    assert main(argv + ["--plot", str(png)]) == 0 and main(argv + ["--plot", str(png)]) == 0  # its own plot: replaced
+
+
 def test_preset_without_offline_weights_asks_for_random_weights(tmp_path):
     from argparse import Namespace
 

@@ -11,6 +11,7 @@ compressor's share of TTFT. Writes JSON (``--json``) and optionally a PNG (``--p
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..spec import REFERENCE, default_comparison
 
@@ -95,6 +96,34 @@ def _check_args(args) -> None:
                               "--flops-only builds no weights; drop one of them")
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise CompactVLMError(f"--plot {args.plot!r} is not a .png path", "write e.g. --plot bench.png")
+    for flag, path, ours in (("--json", args.json, _our_report), ("--plot", args.plot, _our_plot)):
+        if path and Path(path).exists() and not ours(Path(path)):
+            raise CompactVLMError(f"{flag} {path} exists and is not a file compactvlm bench wrote",
+                                  f"pass another {flag} path, or move that file away (nothing is overwritten "
+                                  "but the bench's own earlier output)")
+
+
+WRITER = "compactvlm bench"  # marks the bench's own JSON and PNG files: only those are replaced by a later run
+
+
+def _our_report(p: Path) -> bool:
+    import json
+
+    try:
+        obj = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("written_by") == WRITER
+
+
+def _our_plot(p: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            return im.info.get("Software") == WRITER
+    except (OSError, ValueError):
+        return False
 
 
 # ---- formatting -------------------------------------------------------------------------------------------
@@ -226,7 +255,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": WRITER})
     plt.close(fig)
 
 
@@ -300,7 +329,7 @@ def write_report(path: str, obj, indent: int = 1):
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=indent, default=str))
+    p.write_text(json.dumps({"written_by": WRITER, **obj}, indent=indent, default=str))
     return p
 
 
