@@ -80,6 +80,26 @@ def test_study_run_and_report(plan_file, capsys):
     assert after["wall_seconds"] == before["wall_seconds"] and after["finished"] >= before["finished"]
     assert after["metrics"] == before["metrics"]
     assert after["hardware"]["torch_threads"] == 2  # --threads overrides the plan's
+    # --force on a finished row whose model is gone trains it again, and says so before it does
+    from compactvlm.study.plan import stage_dirs
+
+    plan = load_plan(plan_file)
+    final = stage_dirs(plan, plan.row("stf"), 0)[-1] / "final"
+    assert (final / "compactvlm.json").exists()
+    final.rename(final.with_name("final.kept"))
+    capsys.readouterr()
+    try:
+        assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert f"stf seed 0: --force with its model not on disk ({final} is missing): it is trained again" in out
+        assert (final / "compactvlm.json").exists()  # trained again
+    finally:
+        import shutil
+
+        shutil.rmtree(final.with_name("final.kept"), ignore_errors=True)
+    capsys.readouterr()
+    assert main(["study", "run", "--plan", str(plan_file), "--rows", "stf", "--force", "--quiet"]) == 0
+    assert "not on disk" not in capsys.readouterr().out  # its model is there: a re-score, no warning
 
     # a row whose answers were written by earlier processes (a session ended before its result file): the wall
     # time counts their answering time (each answer line's `seconds`), not only this process's

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     r.add_argument("--plan", required=True, help="study plan YAML (configs/study/)")
     r.add_argument("--rows", default=None, help="comma-separated row names (default: all, in plan order)")
     r.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
-    r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result")
+    r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result: from the model on disk "
+                   "(re-scored, cost re-measured), or, for a trained row whose model is gone, trained again")
     r.add_argument("--keep-going", action="store_true", help="on a failing row, report it and go on")
     r.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the plan's device")
     r.add_argument("--threads", type=int, default=None,
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         gone = missing_source(plan, name, seed)
         if gone is not None and gone.reproducible:  # run_row refuses the others itself
             print(f"[study] warning: {gone.message}", flush=True)
+        retrain = _forced_retraining(plan, name, seed) if args.force else None
+        if retrain:
+            print(f"[study] warning: {retrain}", flush=True)
         try:
             path = run_row(plan, name, seed, progress=not args.quiet, force=args.force)
         except CompactVLMError as e:
@@ -137,6 +141,22 @@ def run(args: argparse.Namespace) -> int:
     for name, seed, why in failed:
         print(f"[study] failed: {name} seed {seed}: {why}")
     return 1 if failed else 0
+
+
+def _forced_retraining(plan, name: str, seed: int) -> str | None:
+    """What ``--force`` does to a finished trained (row, seed) whose final model is no longer on disk: it trains it
+    again and replaces the result with the new training's (not a re-score of the old model); None otherwise."""
+    from ..study.plan import result_path, stage_dirs
+
+    row = plan.row(name)
+    final = stage_dirs(plan, row, seed)[-1] / "final"
+    if not row.trained or not result_path(plan, name, seed).exists() or (final / "compactvlm.json").exists():
+        return None
+    hours = plan.cost_hint.get(name, plan.cost_hint.get("trained"))
+    cost = f" (~{hours / 60:.1f} h by the plan's cost_hint)" if hours else ""
+    return (f"{name} seed {seed}: --force with its model not on disk ({final} is missing): it is trained again"
+            f"{cost} and its result replaced by the new training's, not re-scored; stop now (Ctrl-C) if you meant "
+            "to re-score or re-measure the old model (that needs it on disk)")
 
 
 def status(args: argparse.Namespace) -> int:
