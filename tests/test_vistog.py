@@ -127,7 +127,8 @@ def test_isolated_extra_tokens_add_only_their_own_flops(family, monkeypatch):
         return fc.get_total_flops()
 
     s, x_tok, mlp = encoder.embed(x).shape[1], 5, 64  # image tokens, extra tokens, MLP width (tiny_hf)
-    per_block = 2 * x_tok * C * C * 4 + 2 * 2 * x_tok * (s + x_tok) * C + 2 * 2 * x_tok * C * mlp  # q k v o, attention, MLP
+    # per block: the extra tokens' q k v o projections, their attention rows (scores and sum), their MLP
+    per_block = 2 * x_tok * C * C * 4 + 2 * 2 * x_tok * (s + x_tok) * C + 2 * 2 * x_tok * C * mlp
     plain = count()
     isolated = count(extra_tokens=comp.extra_tokens(), extra_attention="isolated")
     assert isolated - plain == LAYERS * per_block

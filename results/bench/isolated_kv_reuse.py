@@ -1,7 +1,7 @@
 """VisToG's isolated semantic tokens (``HFVisionEncoder.extra_stream``) with the image run's keys and values reused
-(``forward`` since ccc60ff) against computing them again per block (as before, and as a cache of block inputs still
-does): FLOPs of the vision stage (``torch.utils.flop_counter``) and its time, interleaved (``efficiency.timing.compare``,
-ABAB rounds), plus the whole time to first token the same way. Same model, same image, same answers.
+(``forward`` since ccc60ff) against computing them again per block (as before, and as a cache of block inputs
+still does): FLOPs of the vision stage (``torch.utils.flop_counter``) and its time, interleaved
+(``efficiency.timing.compare``, ABAB rounds), plus the whole time to first token the same way. Same model, same image, same answers.
 `python results/bench/isolated_kv_reuse.py CHECKPOINT [ROUNDS]` from the repo root, once data/study_v2 is built."""
 import contextlib
 import json

@@ -15,8 +15,9 @@ def add_parser(sub) -> None:
     r.add_argument("--plan", required=True, help="study plan YAML (configs/study/)")
     r.add_argument("--rows", default=None, help="comma-separated row names (default: all, in plan order)")
     r.add_argument("--seeds", default=None, help="comma-separated seeds (default: the plan's)")
-    r.add_argument("--force", action="store_true", help="redo (row, seed) pairs that already have a result: from the model on disk "
-                   "(re-scored, cost re-measured), or, for a trained row whose model is gone, trained again")
+    r.add_argument("--force", action="store_true",
+                   help="redo (row, seed) pairs that already have a result: from the model on disk (re-scored, "
+                   "cost re-measured), or, for a trained row whose model is gone, trained again")
     r.add_argument("--keep-going", action="store_true", help="on a failing row, report it and go on")
     r.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the plan's device")
     r.add_argument("--threads", type=int, default=None,
