@@ -9,7 +9,7 @@ import pytest
 from compactvlm.errors import CompactVLMError
 from compactvlm.study.plan import StudyData, StudyPlan, StudyRow
 from compactvlm.study.run import run_row
-from compactvlm.study.source import missing_source
+from compactvlm.study.source import forced_retraining, missing_source
 from compactvlm.study.status import pair_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +75,16 @@ def test_nothing_to_say_when_the_model_is_there_or_the_source_has_no_result(tmp_
     (final / "compactvlm.json").write_text("{}")
     assert missing_source(plan, "rand", 0) is None
     assert missing_source(plan, "stf", 0) is None and missing_source(plan, "full", 0) is None  # trained rows
+
+
+def test_forced_retraining_names_a_trained_row_whose_model_is_gone(tmp_path):
+    plan = _plan(tmp_path)
+    assert forced_retraining(plan, "full", 0) is None  # no result yet: --force just trains it
+    _source_result(tmp_path, "bf16")
+    final = tmp_path / "runs" / "full" / "s0" / "stage2" / "final"
+    said = forced_retraining(plan, "full", 0)
+    assert said is not None and f"({final} is missing): it is trained again (~4.0 h" in said and "not re-scored" in said
+    assert forced_retraining(plan, "rand", 0) is None  # evaluation-only: missing_source speaks for its source
+    final.mkdir(parents=True)
+    (final / "compactvlm.json").write_text("{}")
+    assert forced_retraining(plan, "full", 0) is None  # the model is there: --force re-scores it

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..study import load_plan, result_path, run_row
     from ..study.progress import StudyProgress, build_queue
     from ..study.run import check_stages
-    from ..study.source import missing_source
+    from ..study.source import forced_retraining, missing_source
 
     plan = load_plan(args.plan)
     if args.device:
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         gone = missing_source(plan, name, seed)
         if gone is not None and gone.reproducible:  # run_row refuses the others itself
             print(f"[study] warning: {gone.message}", flush=True)
-        retrain = _forced_retraining(plan, name, seed) if args.force else None
+        retrain = forced_retraining(plan, name, seed) if args.force else None
         if retrain:
             print(f"[study] warning: {retrain}", flush=True)
         try:
@@ -142,22 +142,6 @@ def run(args: argparse.Namespace) -> int:
     for name, seed, why in failed:
         print(f"[study] failed: {name} seed {seed}: {why}")
     return 1 if failed else 0
-
-
-def _forced_retraining(plan, name: str, seed: int) -> str | None:
-    """What ``--force`` does to a finished trained (row, seed) whose final model is no longer on disk: it trains it
-    again and replaces the result with the new training's (not a re-score of the old model); None otherwise."""
-    from ..study.plan import result_path, stage_dirs
-
-    row = plan.row(name)
-    final = stage_dirs(plan, row, seed)[-1] / "final"
-    if not row.trained or not result_path(plan, name, seed).exists() or (final / "compactvlm.json").exists():
-        return None
-    hours = plan.cost_hint.get(name, plan.cost_hint.get("trained"))
-    cost = f" (~{hours / 60:.1f} h by the plan's cost_hint)" if hours else ""
-    return (f"{name} seed {seed}: --force with its model not on disk ({final} is missing): it is trained again"
-            f"{cost} and its result replaced by the new training's, not re-scored; stop now (Ctrl-C) if you meant "
-            "to re-score or re-measure the old model (that needs it on disk)")
 
 
 def status(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""Whether an evaluation-only (row, seed) would evaluate the model behind its source row's result.
+"""Whether a (row, seed) has a result whose model is no longer on this machine, and what running it would do.
+
+A trained row run with ``--force`` whose final model is gone is trained again (not re-scored):
+``forced_retraining`` says so before the hours start.
 
 An evaluation-only row (``from: full-mlp2x``) loads its source's final model from ``runs_dir``. In a fresh checkout,
 or on a machine that did not keep ``runs_dir``, the source's result file (committed) may exist while its model does
@@ -38,6 +41,34 @@ def _precisions_here(plan: StudyPlan) -> list[str]:
     return out
 
 
+def _result_without_model(plan: StudyPlan, row, seed: int):
+    """(result file, final-model dir) of a (row, seed) whose result exists but whose final model is not under
+    ``runs_dir``; None otherwise."""
+    res = result_path(plan, row.name, seed)
+    final = stage_dirs(plan, row, seed)[-1] / "final"
+    if not res.exists() or (final / "compactvlm.json").exists():
+        return None
+    return res, final
+
+
+def _cost(plan: StudyPlan, name: str) -> str:
+    hours = plan.cost_hint.get(name, plan.cost_hint.get("trained"))
+    return f" (~{hours / 60:.1f} h by the plan's cost_hint)" if hours else ""
+
+
+def forced_retraining(plan: StudyPlan, name: str, seed: int) -> str | None:
+    """What ``study run --force`` does to a finished trained (row, seed) whose final model is no longer on disk: it
+    trains it again and replaces the result with the new training's (not a re-score of the old model); None for
+    an evaluation-only row, a row without a result, or one whose model is there."""
+    row = plan.row(name)
+    gone = _result_without_model(plan, row, seed) if row.trained else None
+    if gone is None:
+        return None
+    return (f"{name} seed {seed}: --force with its model not on disk ({gone[1]} is missing): it is trained again"
+            f"{_cost(plan, name)} and its result replaced by the new training's, not re-scored; stop now (Ctrl-C) "
+            "if you meant to re-score or re-measure the old model (that needs it on disk)")
+
+
 def missing_source(plan: StudyPlan, name: str, seed: int) -> MissingSource | None:
     """For an evaluation-only row whose source (row, seed) has a result file but no final model under
     ``runs_dir``: what is missing, and whether training the source again here could reproduce that result
@@ -48,10 +79,10 @@ def missing_source(plan: StudyPlan, name: str, seed: int) -> MissingSource | Non
     if row.trained:
         return None
     src = plan.row(row.from_)
-    res = result_path(plan, src.name, seed)
-    final = stage_dirs(plan, src, seed)[-1] / "final"
-    if not res.exists() or (final / "compactvlm.json").exists():
+    gone = _result_without_model(plan, src, seed)
+    if gone is None:
         return None
+    res, final = gone
     r = json.loads(res.read_text(encoding="utf-8"))
     then = [s.get("train", {}).get("precision") for s in r.get("stages", [])]
     hw = r.get("hardware") or {}
@@ -63,10 +94,8 @@ def missing_source(plan: StudyPlan, name: str, seed: int) -> MissingSource | Non
                            f"this machine trains the plan's recipe in {'/'.join(here)}")
     if hw.get("device") and hw["device"] != plan.device:
         reasons.append(f"its result was trained on {hw['device']}, this run uses {plan.device}")
-    hours = plan.cost_hint.get(src.name, plan.cost_hint.get("trained"))
-    cost = f" (~{hours / 60:.1f} h by the plan's cost_hint)" if hours else ""
     message = (f"`{src.name}` seed {seed} has a result ({res}) but its model is not on this machine ({final} is "
-               f"missing): running `{name}` would train `{src.name}` again first{cost} and evaluate that new model, "
+               f"missing): running `{name}` would train `{src.name}` again first{_cost(plan, src.name)} and evaluate that new model, "
                f"which the report pairs with `{src.name}`'s result only if the training reproduces it")
     if reasons:
         message += "; it cannot here: " + "; ".join(reasons)
