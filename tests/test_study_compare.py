@@ -52,13 +52,31 @@ def test_compare_rows_and_blind_control(tmp_path, capsys):
     # the command: a Markdown table, seeds from --seed or ROW@SEED; JSON on request
     assert main(["study", "compare", "--plan", str(f), "full@1", "stf", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| family mean | 100.0 | 50.0 | +50.0 [" in out
+    # each side beside its own blind control (both answer "yes" to every shuffled image: 50); no baselines on disk
+    assert res["controls"]["a"]["family_mean"] == 50.0 and res["controls"]["b"]["existence"] == 50.0
+    assert res["baselines"] is None and ctl["controls"] == {"a": None, "b": None}  # B is A's control: its column
+    assert "| family | full@1 | shuffled | stf@1 | shuffled | a − b [95% CI] |" in out
+    assert "| family mean | 100.0 | 50.0 | 50.0 | 50.0 | +50.0 [" in out and "chance / majority" not in out
     assert main(["study", "compare", "--plan", str(f), "full", "stf", "--seed", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family_mean"]["delta"][0] == 50.0
+    # the build's chance and majority baselines, where the data build records them (MME's total rescaled: 37.5%)
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"seed": 0, "sizes": {"test": 20}, "baselines": {
+        "test": {"existence": {"chance": 50.0, "majority": 60.0}, "mme": {"chance": 375.0, "majority": 250.0}}}}))
+    with_base = compare_pair(plan, str(f), "full", 1, "stf", 1)
+    assert with_base["baselines"] == {"existence": [50.0, 60.0], "mme": [37.5, 25.0], "family_mean": [43.75, 42.5]}
+    assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1"]) == 0
+    out = capsys.readouterr().out
+    assert "| chance / majority |" in out and "| existence | 100.0 | 50.0 | 50.0 | 50.0 | +50.0" in out
+    assert "| 50.0 / 60.0 |" in out and "| family mean |" in out and "| 43.8 / 42.5 |" in out
+    # a result without its control's answers: that column left out, not made up
+    r = json.loads((tmp_path / "results" / "stf" / "seed1.json").read_text())
+    (tmp_path / "results" / "stf" / "seed1.json").write_text(json.dumps({"predictions": r["predictions"]}))
+    assert compare_pair(plan, str(f), "full", 1, "stf", 1)["controls"]["b"] is None
+    (tmp_path / "results" / "stf" / "seed1.json").write_text(json.dumps(r))
     # several B at once: one table each, in the order given (a JSON list)
     assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1", "shuffled"]) == 0
     out = capsys.readouterr().out
-    assert out.index("| full@1 | stf@1 |") < out.index("shuffled images") and out.count("| family mean |") == 2
+    assert out.index("| full@1 | shuffled | stf@1 |") < out.index("shuffled images") and out.count("| family mean |") == 2
     assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1", "shuffled", "--json"]) == 0
     both = json.loads(capsys.readouterr().out)
     assert [r["family_mean"]["delta"][0] for r in both] == [50.0, 50.0] and both[0]["b"] == "stf@1"
@@ -71,7 +89,7 @@ def test_compare_rows_and_blind_control(tmp_path, capsys):
     fb = tmp_path / "plan_b.yaml"
     fb.write_text(yaml.safe_dump(other))
     assert main(["study", "compare", "--plan", str(f), "full@1", "full@1", "--plan-b", str(fb)]) == 0
-    assert "| family mean | 100.0 | 50.0 | +50.0" in capsys.readouterr().out
+    assert "| family mean | 100.0 | 50.0 | 50.0 | 50.0 | +50.0" in capsys.readouterr().out  # each plan's own control
 
 
 def test_compare_names_bad_input(tmp_path, capsys):

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import CompactVLMError
-from .benchmarks.sceneqa import score_rows
+from .benchmarks.sceneqa import percent_headline, score_rows
 
 
 def _aligned(rows: Sequence[dict], preds: Mapping[str, str], what: str) -> list[str]:
@@ -114,14 +114,21 @@ def bootstrap_sceneqa(rows: Sequence[dict], preds: Sequence[Mapping[str, str]],
     return out
 
 
+def family_headlines(rows: Sequence[dict], preds: Sequence[str]) -> dict[str, float]:
+    """Each SceneQA family's headline on the 0-100 scale (MME as a percentage of its maximum) and ``family_mean``,
+    for answers ``preds`` aligned with ``rows``."""
+    s = score_rows(rows, preds)
+    out = {f: percent_headline(f, v) for f, v in s["families"].items()}
+    out["family_mean"] = s["family_mean"]
+    return out
+
+
 def paired_family_deltas(rows: Sequence[dict], preds: Mapping[str, str], other: Mapping[str, str], n: int = 1000,
                          seed: int = 0, level: float = 0.95) -> dict:
     """Per SceneQA family (and the family mean): ``preds`` minus ``other`` on the same questions (e.g. real
     images minus a blind control), with a paired percentile CI from the test-image cluster bootstrap. Returns
     ``{"families": {family: {"a", "b", "delta": [point, lo, hi]}}, "family_mean": {...}, "n", "level",
     "clusters"}``; headlines on the 0-100 scale (MME as a percentage of its maximum)."""
-    from .benchmarks.sceneqa import percent_headline
-
     if n < 10:
         raise CompactVLMError(f"bootstrap needs at least 10 draws, got n={n}", "use e.g. n=1000")
     a, b = _aligned(rows, preds, "the run"), _aligned(rows, other, "the control")
@@ -131,13 +138,7 @@ def paired_family_deltas(rows: Sequence[dict], preds: Mapping[str, str], other: 
     images = list(by_image)
 
     def scores(rs: Sequence[dict], idx: Sequence[int]) -> tuple[dict[str, float], dict[str, float]]:
-        out = []
-        for p in (a, b):
-            s = score_rows(rs, [p[i] for i in idx])
-            fam = {f: percent_headline(f, v) for f, v in s["families"].items()}
-            fam["family_mean"] = s["family_mean"]
-            out.append(fam)
-        return out[0], out[1]
+        return family_headlines(rs, [a[i] for i in idx]), family_headlines(rs, [b[i] for i in idx])
 
     pa, pb = scores(rows, range(len(rows)))
     rng = random.Random(seed)

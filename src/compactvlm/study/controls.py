@@ -72,10 +72,20 @@ def load_baselines(plan: StudyPlan) -> tuple[dict | None, str]:
                   f"test split (seed {plan.data.seed}, {plan.data.test} images)")
 
 
+def baselines_percent(baselines: dict) -> dict[str, tuple[float, float]]:
+    """Each family's (chance, majority) on the 0-100 scale of its headline (MME's totals rescaled as its headline
+    is: its chance total is 37.5% of the maximum), plus ``family_mean``: the mean of each over the families."""
+    out = {}
+    for fam, b in baselines.items():
+        scale = MME_CHANCE_PERCENT / float(b["chance"]) if fam == "mme" else 1.0
+        out[fam] = (float(b["chance"]) * scale, float(b["majority"]) * scale)
+    out["family_mean"] = tuple(statistics.fmean(v[i] for v in out.values()) for i in (0, 1))
+    return out
+
+
 def chance_family_mean(baselines: dict) -> float:
     """Chance on the family-mean scale (the mean over families of each family's chance in %)."""
-    vals = [MME_CHANCE_PERCENT if fam == "mme" else float(b["chance"]) for fam, b in baselines.items()]
-    return statistics.fmean(vals)
+    return baselines_percent(baselines)["family_mean"][0]
 
 
 def blind_summary(runs: Sequence[dict]) -> dict | None:
