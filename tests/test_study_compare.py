@@ -68,6 +68,11 @@ def test_compare_rows_and_blind_control(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| chance / majority |" in out and "| existence | 100.0 | 50.0 | 50.0 | 50.0 | +50.0" in out
     assert "| 50.0 / 60.0 |" in out and "| family mean |" in out and "| 43.8 / 42.5 |" in out
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"seed": 0, "sizes": {"test": 20}, "baselines": {
+        "test": {"existence": {"chance": 50.0}}}}))  # an older build: chance only
+    assert compare_pair(plan, str(f), "full", 1, "stf", 1)["baselines"]["family_mean"] == [50.0, None]
+    assert main(["study", "compare", "--plan", str(f), "full@1", "stf@1"]) == 0
+    assert "| 50.0 / – |" in capsys.readouterr().out
     # a result without its control's answers: that column left out, not made up
     r = json.loads((tmp_path / "results" / "stf" / "seed1.json").read_text())
     (tmp_path / "results" / "stf" / "seed1.json").write_text(json.dumps({"predictions": r["predictions"]}))

@@ -72,14 +72,18 @@ def load_baselines(plan: StudyPlan) -> tuple[dict | None, str]:
                   f"test split (seed {plan.data.seed}, {plan.data.test} images)")
 
 
-def baselines_percent(baselines: dict) -> dict[str, tuple[float, float]]:
+def baselines_percent(baselines: dict) -> dict[str, tuple[float, float | None]]:
     """Each family's (chance, majority) on the 0-100 scale of its headline (MME's totals rescaled as its headline
-    is: its chance total is 37.5% of the maximum), plus ``family_mean``: the mean of each over the families."""
+    is: its chance total is 37.5% of the maximum; majority None where the record has none), plus ``family_mean``:
+    the mean of each over the families (majority None unless every family has one)."""
     out = {}
     for fam, b in baselines.items():
         scale = MME_CHANCE_PERCENT / float(b["chance"]) if fam == "mme" else 1.0
-        out[fam] = (float(b["chance"]) * scale, float(b["majority"]) * scale)
-    out["family_mean"] = tuple(statistics.fmean(v[i] for v in out.values()) for i in (0, 1))
+        major = b.get("majority")
+        out[fam] = (float(b["chance"]) * scale, float(major) * scale if major is not None else None)
+    majors = [v[1] for v in out.values()]
+    out["family_mean"] = (statistics.fmean(v[0] for v in out.values()),
+                          statistics.fmean(majors) if None not in majors else None)
     return out
 
 

@@ -116,7 +116,8 @@ def format_pair(res: dict) -> str:
         cells = [fam, f"{v['a']:.1f}"] + ([_cell(ca, key)] if ca else []) + [f"{v['b']:.1f}"] + \
             ([_cell(cb, key)] if cb else []) + [f"{p:+.1f} [{lo:+.1f}, {hi:+.1f}]"]
         if base:
-            cells.append(f"{base[key][0]:.1f} / {base[key][1]:.1f}" if key in base else "–")
+            chance, major = base.get(key, (None, None))
+            cells.append(" / ".join("–" if v is None else f"{v:.1f}" for v in (chance, major)))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{res['n']} bootstrap draws over {res['clusters']} test images (paired: the same questions)"
                  + (f"; `{ctl}`: the same row's answers with the images {ctl} across questions (its blind control)"
