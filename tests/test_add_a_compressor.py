@@ -102,7 +102,8 @@ def test_a_new_compressor_runs_through_every_command(new_method, tmp_path, capsy
         assert set(gap["controls"]) == {"shuffled", "blank"} and "family_mean" in gap["sees"]
         for c in ("shuffled", "blank"):
             assert json.loads((tmp_path / "ev" / f"control-{c}" / "metrics.json").read_text())["control"] == c
-        assert "real-shuffled" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "real-shuffled" in out and "chance / majority per family" in out and "no blind control" not in out
 
         assert main(["viz", "--image", str(img), "--out", str(tmp_path / "map.png"), "--repeats", "1", *model]) == 0
         assert "4 vision tokens" in capsys.readouterr().out and (tmp_path / "map.png").stat().st_size > 0

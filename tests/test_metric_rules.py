@@ -108,7 +108,7 @@ def test_readers_score_and_record_their_rules():
     assert get_benchmark("gqa", FIX / "gqa").rules == "llava"
 
 
-def test_eval_command_scores_with_the_chosen_rules(tmp_path):
+def test_eval_command_scores_with_the_chosen_rules(tmp_path, capsys):
     import warnings
 
     from compactvlm.cli import main
@@ -122,6 +122,15 @@ def test_eval_command_scores_with_the_chosen_rules(tmp_path):
             warnings.simplefilter("ignore")
             assert main(["eval", "--benchmark", "sceneqa", "--data", str(data), "--checkpoint", str(ckpt),
                          "--out", str(tmp_path / "ev"), "--max-new-tokens", "2", "--rules", rules, "--quiet"]) == 0
+        out = capsys.readouterr().out  # chance beside the scores (no manifest here: from the answer choices)
+        assert "chance / majority per family" in out and "existence 50.0 / –, counting 50.0 / –" in out
+        assert "no blind control in this run" in out and "--with-controls" in out
         metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
         assert metrics["rules"] == rules
         assert ("all" in metrics["families"]["existence"]) == (rules == "lmms-eval")
+    # a build's manifest: its recorded baselines for the split (majority from the training split) win
+    (data / "manifest.json").write_text(json.dumps({"baselines": {"test": {"existence": {"chance": 50.0,
+                                                                                       "majority": 50.0}}}}))
+    assert main(["eval", "--benchmark", "sceneqa", "--data", str(data), "--checkpoint", str(ckpt),
+                 "--out", str(tmp_path / "ev"), "--max-new-tokens", "2", "--quiet"]) == 0
+    assert "existence 50.0 / 50.0, counting 50.0 / –" in capsys.readouterr().out

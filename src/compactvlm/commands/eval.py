@@ -135,9 +135,27 @@ def _run(args: argparse.Namespace, reader, producer: dict) -> int:
     except Exception:  # noqa: BLE001 - the table is a convenience; the JSON is the result
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=1))
     print(f"vision tokens: {tokens}  metrics: {args.out}/metrics.json")
+    line = baselines_line(reader, args)  # what guessing scores, beside what the model scored
+    if line:
+        print(line)
     if args.with_controls:
         print(blind_controls(args, reader, answer, run_info, producer))
     return 0
+
+
+def baselines_line(reader, args: argparse.Namespace) -> str | None:
+    """Chance / majority per family of the questions run (where the benchmark knows them), and, for a real-image
+    run without controls, that its accuracies alone do not show the model reads the image."""
+    items = reader.items()[: args.limit] if args.limit else reader.items()
+    base = reader.baselines(items)
+    if not base:
+        return None
+    line = "chance / majority per family (MME: its total; – where the build records none): " + ", ".join(
+        f"{fam} {c:.1f} / {'–' if m is None else f'{m:.1f}'}" for fam, (c, m) in base.items())
+    if not args.control and not args.with_controls:
+        line += ("\nno blind control in this run: these scores alone do not show that the model reads the image; "
+                 "add --with-controls (the same questions with shuffled and with blank images, paired CIs)")
+    return line
 
 
 def blind_controls(args: argparse.Namespace, reader, answer, run_info: dict, producer: dict) -> str:

@@ -94,6 +94,11 @@ class Benchmark:
         """Write submission/prediction files in the benchmark's own format; returns the paths."""
         return []
 
+    def baselines(self, items: Sequence[EvalItem]) -> dict[str, tuple[float, float | None]] | None:
+        """What guessing scores on ``items``, per component: (chance, majority or None) in the component's headline
+        units; None where the benchmark does not know (the default)."""
+        return None
+
     # -- shared ------------------------------------------------------------------------------------
     def items(self) -> list[EvalItem]:
         if self._items is None:

@@ -14,6 +14,7 @@ headlines with MME's score as a percentage of its maximum (200 per category).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -119,6 +120,23 @@ class SceneQA(Benchmark):
             items.append(EvalItem(question_id=q["question_id"], image_path=str(root / q["image"]), prompt=q["text"],
                                   category=q.get("category", a["family"]), answers=list(a["answers"]), meta=a))
         return items
+
+    def baselines(self, items) -> dict[str, tuple[float, float | None]]:
+        """Per family of ``items``: (chance, majority) in the family's headline units (MME: its total). Both as the
+        build's manifest records them for this split (its majority answer comes from the training split), else
+        chance from the questions' answer choices and no majority."""
+        rows: dict[str, list[dict]] = defaultdict(list)
+        for it in items:
+            rows[it.meta["family"]].append(it.meta)
+        man = self.data_dir / "manifest.json"
+        rec = (json.loads(man.read_text()).get("baselines") or {}).get(self.split, {}) if man.is_file() else {}
+        out = {}
+        for fam in FAMILY_HEADLINE:
+            if fam in rows:
+                b = rec.get(fam) or {}
+                out[fam] = (float(b["chance"]) if "chance" in b else chance_headline(fam, rows[fam]),
+                            float(b["majority"]) if "majority" in b else None)
+        return out
 
     def score(self, items, predictions) -> dict:
         preds, missing = predictions_for(items, predictions)
