@@ -46,9 +46,9 @@ def add_parser(sub) -> None:
                          description="A's answers minus B's on the same test questions, per SceneQA family and on the "
                                      "family mean, with the test-image bootstrap CI the report uses; from the result "
                                      "files only (no model load). B may be a control name (e.g. shuffled): A against "
-                                     "its own answers with the images replaced. Several B: one table each, in order. Each "
-                                     "side's scores stand beside its own blind control's (where its result file has "
-                                     "those answers) and the test split's chance / majority.")
+                                     "its own answers with the images replaced. Several B: one table each, in order. "
+                                     "Each side's scores stand beside its own blind control's (where its result file "
+                                     "has those answers) and the test split's chance / majority.")
     cp.add_argument("--plan", required=True)
     cp.add_argument("a", metavar="A", help="row, or ROW@SEED")
     cp.add_argument("b", metavar="B", nargs="+", help="row, ROW@SEED, or a blind control of A (shuffled); several allowed")

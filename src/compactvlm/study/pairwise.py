@@ -117,7 +117,7 @@ def format_pair(res: dict) -> str:
             ([_cell(cb, key)] if cb else []) + [f"{p:+.1f} [{lo:+.1f}, {hi:+.1f}]"]
         if base:
             chance, major = base.get(key, (None, None))
-            cells.append(" / ".join("–" if v is None else f"{v:.1f}" for v in (chance, major)))
+            cells.append(" / ".join("–" if x is None else f"{x:.1f}" for x in (chance, major)))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{res['n']} bootstrap draws over {res['clusters']} test images (paired: the same questions)"
                  + (f"; `{ctl}`: the same row's answers with the images {ctl} across questions (its blind control)"

@@ -95,8 +95,8 @@ def missing_source(plan: StudyPlan, name: str, seed: int) -> MissingSource | Non
     if hw.get("device") and hw["device"] != plan.device:
         reasons.append(f"its result was trained on {hw['device']}, this run uses {plan.device}")
     message = (f"`{src.name}` seed {seed} has a result ({res}) but its model is not on this machine ({final} is "
-               f"missing): running `{name}` would train `{src.name}` again first{_cost(plan, src.name)} and evaluate that new model, "
-               f"which the report pairs with `{src.name}`'s result only if the training reproduces it")
+               f"missing): running `{name}` would train `{src.name}` again first{_cost(plan, src.name)} and evaluate "
+               f"that new model, which the report pairs with `{src.name}`'s result only if the training reproduces it")
     if reasons:
         message += "; it cannot here: " + "; ".join(reasons)
     fix = (f"run `{name}` where `{src.name}` seed {seed}'s model is (the machine that trained it, with its "
