@@ -134,3 +134,13 @@ def test_eval_command_scores_with_the_chosen_rules(tmp_path, capsys):
     assert main(["eval", "--benchmark", "sceneqa", "--data", str(data), "--checkpoint", str(ckpt),
                  "--out", str(tmp_path / "ev"), "--max-new-tokens", "2", "--quiet"]) == 0
     assert "existence 50.0 / 50.0, counting 50.0 / –" in capsys.readouterr().out
+    # a hand-made folder whose counting questions carry no answer choices: that family's chance is left out
+    from compactvlm.evaluate.benchmarks.base import get_benchmark
+
+    rows = [json.loads(line) for line in (data / "test_answers.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("n_choices")
+    (data / "test_answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "manifest.json").unlink()
+    reader = get_benchmark("sceneqa", str(data))
+    assert reader.baselines(reader.items()) == {"existence": (50.0, None)}

@@ -124,7 +124,8 @@ class SceneQA(Benchmark):
     def baselines(self, items) -> dict[str, tuple[float, float | None]]:
         """Per family of ``items``: (chance, majority) in the family's headline units (MME: its total). Both as the
         build's manifest records them for this split (its majority answer comes from the training split), else
-        chance from the questions' answer choices and no majority."""
+        chance from the questions' answer choices (``n_choices``) and no majority; a family with neither is left out
+        (a hand-made folder need not carry them)."""
         rows: dict[str, list[dict]] = defaultdict(list)
         for it in items:
             rows[it.meta["family"]].append(it.meta)
@@ -132,10 +133,16 @@ class SceneQA(Benchmark):
         rec = (json.loads(man.read_text()).get("baselines") or {}).get(self.split, {}) if man.is_file() else {}
         out = {}
         for fam in FAMILY_HEADLINE:
-            if fam in rows:
-                b = rec.get(fam) or {}
-                out[fam] = (float(b["chance"]) if "chance" in b else chance_headline(fam, rows[fam]),
-                            float(b["majority"]) if "majority" in b else None)
+            if fam not in rows:
+                continue
+            b = rec.get(fam) or {}
+            if "chance" in b:
+                chance = float(b["chance"])
+            elif fam == "existence" or all(r.get("subset" if fam == "mme" else "n_choices") for r in rows[fam]):
+                chance = chance_headline(fam, rows[fam])
+            else:
+                continue
+            out[fam] = (chance, float(b["majority"]) if "majority" in b else None)
         return out
 
     def score(self, items, predictions) -> dict:
