@@ -272,6 +272,7 @@ def test_export_and_demo_on_exported_weights(plan_file, tmp_path, capsys, monkey
     text = capsys.readouterr().out
     assert "PRT vs full tokens" in text and "TTFT ms" in text
     assert "interleaved rounds, median of per-round ratios" in text and "FLOPs-ideal" in text
+    assert "chance / majority per family (MME: its total" in text and "existence 50.0 / " in text  # the build's
     row = next(l for l in text.splitlines() if l.startswith("vision tokens"))
     assert row.split()[-2:] == ["64", "16"]
     saved = json.loads((tmp_path / "work" / "demo_results.json").read_text())

@@ -167,10 +167,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r} as shipped ({t['n_questions']} questions of {t['data']}/{t['split']}, provenance.json): "
                   f"family mean {t['real']['family_mean']:.1f} vs {t['shuffled']['family_mean']:.1f} blind, "
                   f"{d[0]:+.1f} [95% CI {d[1]:+.1f}, {d[2]:+.1f}]")
-    chance = json.loads((data / "manifest.json").read_text()).get("baselines", {}).get("test", {})
+    from ..evaluate.benchmarks.base import get_benchmark
+    from ..evaluate.report import baselines_text
+
+    reader = get_benchmark("sceneqa", str(data))
+    chance = reader.baselines(reader.items())  # the build's manifest: this test split's chance and majority
     if chance:
-        print("chance / majority per family: " + ", ".join(
-            f"{k} {v['chance']:.0f}/{v['majority']:.0f}" for k, v in chance.items()))
+        print(baselines_text(chance))
     per_family = json.loads((data / "manifest.json").read_text()).get("counts", {}).get("test", {}).get("per_family", {})
     if per_family:
         few = min(per_family.values())

@@ -150,8 +150,9 @@ def baselines_line(reader, args: argparse.Namespace) -> str | None:
     base = reader.baselines(items)
     if not base:
         return None
-    line = "chance / majority per family (MME: its total; – where the build records none): " + ", ".join(
-        f"{fam} {c:.1f} / {'–' if m is None else f'{m:.1f}'}" for fam, (c, m) in base.items())
+    from ..evaluate.report import baselines_text
+
+    line = baselines_text(base)
     if not args.control and not args.with_controls:
         line += ("\nno blind control in this run: these scores alone do not show that the model reads the image; "
                  "add --with-controls (the same questions with shuffled and with blank images, paired CIs)")

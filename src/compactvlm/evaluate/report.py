@@ -1,5 +1,6 @@
 """Results as a Markdown table (one row per run, one column per dataset, plus PRT against a reference
-run) and a matplotlib plot of a score against the number of vision tokens, one line per method."""
+run), a matplotlib plot of a score against the number of vision tokens, one line per method, and the line of
+chance / majority baselines printed beside a benchmark's scores."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from pathlib import Path
 
 from ..errors import CompactVLMError
 from .prt import collect_runs, load_results, prt_table
+
+
+def baselines_text(baselines: Mapping[str, tuple[float, float | None]]) -> str:
+    """``Benchmark.baselines``'s output as one line: "chance / majority per family (...): fam c / m, ..."."""
+    return "chance / majority per family (MME: its total; – where the build records none): " + ", ".join(
+        f"{fam} {c:.1f} / {'–' if m is None else f'{m:.1f}'}" for fam, (c, m) in baselines.items())
 
 
 def _runs(results) -> dict[str, dict]:
