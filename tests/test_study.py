@@ -388,3 +388,33 @@ def test_demo_blind_verdict_separates_unresolved_from_blind():
     assert unresolved.startswith("not resolved on 85 questions") and "--images" in unresolved
     assert blind_verdict(False, -1.0, 85) == "does NOT beat its blind control"
     assert blind_verdict(False, 0.0, 85) == "does NOT beat its blind control"
+
+
+def test_a_bfloat16_plan_is_refused_where_bf16_is_emulated(tmp_path, plan_file, monkeypatch, capsys):
+    """A plan that answers in bfloat16 does not start on a device whose bf16 matmuls are emulated (its evaluations
+    would run tens of times slower): a clear error before any work, naming the way out; --allow-emulated-bf16 runs
+    it anyway with a warning. A float32 plan, or a native-bf16 machine, is not affected."""
+    import compactvlm.study.run as study_run
+    from compactvlm.study.run import emulated_bf16
+
+    plan = yaml.safe_load(plan_file.read_text())
+    root = tmp_path / "bf16"
+    bf16 = dict(plan, name="tiny-bf16", eval_dtype="bfloat16", runs_dir=str(root / "runs"),
+                results_dir=str(root / "results"), rows=plan["rows"][:1], comparisons=[])
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(bf16))
+    monkeypatch.setattr(study_run, "bf16_is_fast", lambda device="cpu": False)
+    why = emulated_bf16(load_plan(tmp_path / "bf16.yaml"))
+    assert "answers in bfloat16 (eval_dtype)" in why and "no native bf16" in why
+    assert emulated_bf16(load_plan(plan_file)) is None  # float32 answers: nothing to say
+    capsys.readouterr()
+    assert main(["study", "run", "--plan", str(tmp_path / "bf16.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no native bf16" in err and "--allow-emulated-bf16" in err
+    assert not (root / "runs").exists() and not (root / "results").exists()  # refused before any work
+    monkeypatch.setattr(study_run, "bf16_is_fast", lambda device="cpu": True)
+    assert emulated_bf16(load_plan(tmp_path / "bf16.yaml")) is None
+    # anyway, on purpose: the warning is printed and the row runs
+    monkeypatch.setattr(study_run, "bf16_is_fast", lambda device="cpu": False)
+    assert main(["study", "run", "--plan", str(tmp_path / "bf16.yaml"), "--allow-emulated-bf16", "--quiet"]) == 0
+    assert "[study] warning: plan 'tiny-bf16' answers in bfloat16" in capsys.readouterr().out
+    assert (root / "results" / "full" / "seed0.json").exists()

@@ -201,3 +201,77 @@ def test_checkpoints_by_wall_clock_time(tmp_path, monkeypatch):
 def test_every_minutes_must_not_be_negative(tmp_path):
     with pytest.raises(CompactVLMError, match="every_minutes must be >= 0"):
         tiny_train_config(tmp_path, ["checkpoint.every_minutes=-1"]).validate()
+
+
+class _StopAt:
+    """Ends a run with an error after ``step`` (its checkpoints up to then stay, as after a kill)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer, step, metrics):
+        if step == self.step:
+            raise RuntimeError("stopped by the test")
+
+
+def _interrupted(tmp_path, name, native, monkeypatch):
+    """A precision=auto run stopped after step 3 (checkpoint at step 2) on a device with / without native bf16."""
+    from compactvlm.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "bf16_is_fast", lambda device="cpu": native)
+    cfg = tiny_train_config(tmp_path, RUN + ["optim.epochs=1", "precision=auto", f"output_dir={tmp_path / name}"])
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train(cfg, callbacks=[_StopAt(3)])
+    assert [s for s, _ in list_checkpoints(tmp_path / name)] == [2]
+    return cfg
+
+
+def _starts(run_dir):
+    return [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["event"] == "start"]
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch, capsys):
+    """precision=auto picks bf16 only where it is native; a run started in fp32 (an AVX2 CPU) and resumed where bf16
+    is native goes on in fp32 (one precision per run, said in the log), unless switched on purpose; a bf16 run is
+    not resumed where bf16 is only emulated (tens of times slower) but refused, naming both ways out."""
+    from compactvlm.train import trainer as trainer_mod
+
+    cfg = _interrupted(tmp_path, "fp32-run", False, monkeypatch)
+    assert json.loads((tmp_path / "fp32-run" / "checkpoints" / "step-000002" / "training_state.json").read_text())[
+        "precision"] == "fp32"
+    monkeypatch.setattr(trainer_mod, "bf16_is_fast", lambda device="cpu": True)
+    res = train(cfg)
+    assert res.step == 4  # one epoch of 16 samples at batch 4
+    assert [e["precision"] for e in _starts(tmp_path / "fp32-run")] == ["fp32", "fp32"]
+    assert "precision auto -> fp32: the run being resumed trained in fp32" in capsys.readouterr().err
+
+    cfg = _interrupted(tmp_path, "bf16-run", True, monkeypatch)
+    monkeypatch.setattr(trainer_mod, "bf16_is_fast", lambda device="cpu": False)
+    with pytest.raises(CompactVLMError, match="trained in bf16, which this CPU only emulates") as e:
+        train(cfg)
+    assert "precision=fp32 allow_config_change=precision" in str(e.value)
+    # finished in fp32 on purpose: the explicit switch is allowed and logged
+    cfg = tiny_train_config(tmp_path, RUN + ["optim.epochs=1", "precision=fp32", "allow_config_change=[precision]",
+                                             f"output_dir={tmp_path / 'bf16-run'}"])
+    train(cfg)
+    assert [e["precision"] for e in _starts(tmp_path / "bf16-run")] == ["bf16", "fp32"]
+
+
+def test_recorded_precision_reads_old_checkpoints_from_the_run_log(tmp_path):
+    """Checkpoints written before the precision was recorded: the last start event at or before their step."""
+    from compactvlm.train.trainer import recorded_precision
+
+    run = tmp_path / "run"
+    for step, rec in ((2, None), (6, None), (8, "fp32")):
+        d = run / "checkpoints" / f"step-{step:06d}"
+        d.mkdir(parents=True)
+        (d / "training_state.json").write_text(json.dumps({"step": step, **({"precision": rec} if rec else {})}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in (
+        {"event": "start", "step": 0, "precision": "fp32"}, {"event": "train", "step": 1},
+        {"event": "start", "step": 4, "precision": "bf16"})) + "\n")
+    assert recorded_precision(run, None) is None
+    assert recorded_precision(run, run / "checkpoints" / "step-000002") == "fp32"
+    assert recorded_precision(run, run / "checkpoints" / "step-000006") == "bf16"
+    assert recorded_precision(run, run / "checkpoints" / "step-000008") == "fp32"  # its own record first
+    (run / "metrics.jsonl").unlink()
+    assert recorded_precision(run, run / "checkpoints" / "step-000002") is None

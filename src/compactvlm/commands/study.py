@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     r.add_argument("--threads", type=int, default=None,
                    help="override the plan's torch threads per process (e.g. 2 to give one row both cores of a 2-core "
                         "machine; results record the threads used)")
+    r.add_argument("--allow-emulated-bf16", action="store_true",
+                   help="run a plan that answers in bfloat16 (eval_dtype) on a device without native bf16 anyway "
+                        "(refused by default: its evaluations are tens of times slower there)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
     st = ssub.add_parser("status",
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CompactVLMError
     from ..study import load_plan, result_path, run_row
     from ..study.progress import StudyProgress, build_queue
-    from ..study.run import check_stages
+    from ..study.run import check_stages, emulated_bf16
     from ..study.source import forced_retraining, missing_source
 
     plan = load_plan(args.plan)
@@ -120,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[study] {name} seed {seed}: already done", flush=True)
                 continue
             pairs.append((name, seed))
+    slow = emulated_bf16(plan) if pairs else None
+    if slow and not args.allow_emulated_bf16:
+        raise CompactVLMError(slow, "run the plan on a machine with native bf16 (lscpu lists amx_bf16 or avx512_bf16), "
+                                    "or add --allow-emulated-bf16 to run it here anyway (eval_dtype float32 would not "
+                                    "pair with the plan's bfloat16 answers)")
+    if slow:
+        print(f"[study] warning: {slow}", flush=True)
     progress = StudyProgress(plan, build_queue(plan, pairs))
     failed = []
     for i, (name, seed) in enumerate(pairs):

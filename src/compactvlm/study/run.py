@@ -29,6 +29,22 @@ def data_build_lock(d: Path):
     return FileLock(str(d.parent / f".{d.name}.build.lock"))
 
 
+def emulated_bf16(plan: StudyPlan) -> str | None:
+    """Why this machine should not run the plan's rows, or None: a plan that answers in bfloat16 (``eval_dtype``)
+    on a device whose bf16 matmuls are emulated (no AMX / AVX512-BF16). There its evaluations run tens of times
+    slower than float32 (a 64x576 @ 576x1536 matmul on one AVX2 core: 1.1 vs 49.6 GFLOP/s, 2026-12-07), and
+    ``precision: auto`` trains in fp32, unlike rows trained where bf16 is native."""
+    if plan.eval_dtype != "bfloat16" or bf16_is_fast(plan.device):
+        return None
+    import torch
+
+    where = f"CPU (torch: {torch.backends.cpu.get_cpu_capability()})" if plan.device == "cpu" else "GPU"
+    return (f"plan {plan.name!r} answers in bfloat16 (eval_dtype), and this {where} has no native bf16 matmuls: "
+            "they are emulated, tens of times slower than float32 (measured on one AVX2 core: 1.1 vs 49.6 GFLOP/s), "
+            "so one (row, seed)'s evaluation would take many hours; its trained rows would also train in fp32 here "
+            "(precision auto), not in the bf16 of rows trained on a native-bf16 machine")
+
+
 def ensure_data(plan: StudyPlan, progress: bool = True) -> Path:
     """Build the plan's SceneQA once (and its caption mix, ``data.mix``). Safe when several study processes start
     at once on a fresh checkout: the first builds under a lock next to the folder, the others wait for it and then

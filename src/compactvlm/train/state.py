@@ -124,14 +124,16 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
 
 def save_checkpoint(vlm, path: Path, *, step: int, train_config: dict, optimizer, scheduler,
                     param_names: list[str], rng_states: list[dict], position: dict, metrics: dict | None = None,
-                    save_frozen: bool = False) -> Path:
-    """Write a resumable checkpoint folder atomically (rank 0 only; ``rng_states`` from every process)."""
+                    save_frozen: bool = False, precision: str | None = None) -> Path:
+    """Write a resumable checkpoint folder atomically (rank 0 only; ``rng_states`` from every process).
+    ``precision``: the autocast precision the run trains with (a resumed ``precision=auto`` run keeps it)."""
 
     def write_extra(tmp: Path) -> None:
         tensors, js = split_optimizer_state(optimizer.state_dict())
         save_file(tensors, tmp / OPTIM_STATE)
         state = {"step": step, "position": position, "optimizer": js, "param_names": param_names,
-                 "scheduler": scheduler.state_dict(), "rng": rng_states, "metrics": metrics or {}}
+                 "scheduler": scheduler.state_dict(), "rng": rng_states, "metrics": metrics or {},
+                 "precision": precision}
         (tmp / TRAIN_STATE).write_text(json.dumps(state))
 
     return save_pretrained(vlm, path, save_llm=save_frozen, trainable_only=True,

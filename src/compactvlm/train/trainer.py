@@ -14,6 +14,7 @@ Outputs in ``output_dir``: ``train_config.yaml``, ``metrics.jsonl``, ``checkpoin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -120,6 +121,24 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def recorded_precision(out: Path, checkpoint: Path | None) -> str | None:
+    """The autocast precision (``fp32`` / ``bf16``) the run in ``out`` trained with up to ``checkpoint``: the
+    checkpoint's own record, else (checkpoints written before it was recorded) the last ``start`` event of the run's
+    metrics.jsonl at or before the checkpoint's step; None without a checkpoint or a record."""
+    if checkpoint is None:
+        return None
+    from .state import TRAIN_STATE
+
+    state = json.loads((Path(checkpoint) / TRAIN_STATE).read_text())
+    if state.get("precision"):
+        return state["precision"]
+    from .logging import read_events
+
+    starts = [e for e in read_events(out) if e.get("event") == "start" and e.get("precision")
+              and e.get("step", 0) <= int(state.get("step", 0))]
+    return starts[-1]["precision"] if starts else None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Any] = ()):
         self.cfg = cfg
@@ -147,7 +166,20 @@ class Trainer:
         self.grad_accum = cfg.optim.batch_size // (per * world)
         device = "cpu" if cpu else "cuda"
         self.precision = resolve_precision(cfg.precision, device)
-        if cfg.precision == "auto":
+        was = recorded_precision(self.out, self._resume_path()) if cfg.precision == "auto" else None
+        if was is not None and was != self.precision:  # a run keeps the precision it started with
+            if was == "bf16" and not bf16_is_fast(device):
+                raise CompactVLMError(
+                    f"{self.out} is resumed with precision=auto, and the run trained in bf16, which this "
+                    f"{'CPU' if cpu else 'GPU'} only emulates (no AMX / AVX512-BF16: tens of times slower than fp32)",
+                    "resume it on a machine with native bf16, or finish it in fp32 on purpose: precision=fp32 "
+                    "allow_config_change=precision (the run then mixes two precisions)")
+            self.log_lines.append(
+                f"precision auto -> {was}: the run being resumed trained in {was} (on this "
+                f"{'CPU' if cpu else 'GPU'} auto would pick {self.precision}); a run keeps one precision unless set on "
+                f"purpose (precision={self.precision} allow_config_change=precision)")
+            self.precision = was
+        elif cfg.precision == "auto":
             self.log_lines.append(f"precision auto -> {self.precision} (bf16 {'is' if self.precision == 'bf16' else 'is not'}"
                                   f" native on this {'CPU' if cpu else 'GPU'})")
         elif cfg.precision == "bf16" and not bf16_is_fast(device):
@@ -624,7 +656,7 @@ class Trainer:
                             optimizer=self.optimizer, scheduler=self.scheduler, param_names=self.param_names,
                             rng_states=rngs, position={"epoch": epoch, "step_in_epoch": pos},
                             metrics={**metrics, "val_losses": self.val_losses, "val_controls": self.val_controls},
-                            save_frozen=self.cfg.checkpoint.save_frozen)
+                            save_frozen=self.cfg.checkpoint.save_frozen, precision=self.precision)
             prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
             self.logger.log("checkpoint", self.step, path=str(path))
         acc.wait_for_everyone()
