@@ -411,6 +411,8 @@ def test_a_bfloat16_plan_is_refused_where_bf16_is_emulated(tmp_path, plan_file, 
     err = capsys.readouterr().err
     assert "no native bf16" in err and "--allow-emulated-bf16" in err
     assert not (root / "runs").exists() and not (root / "results").exists()  # refused before any work
+    assert main(["study", "status", "--plan", str(tmp_path / "bf16.yaml")]) == 0  # says why, for the pairs left
+    assert "this machine: plan 'tiny-bf16' answers in bfloat16" in capsys.readouterr().out
     monkeypatch.setattr(study_run, "bf16_is_fast", lambda device="cpu": True)
     assert emulated_bf16(load_plan(tmp_path / "bf16.yaml")) is None
     # anyway, on purpose: the warning is printed and the row runs

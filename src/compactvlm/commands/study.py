@@ -171,6 +171,12 @@ def status(args: argparse.Namespace) -> int:
         print(f"{p.row:<{w}}  s{p.seed}  {p.state:<11}  {p.detail}".rstrip())
     print(f"{len(pairs)} (row, seed) pairs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     print(compute_left(pairs))
+    if counts.get("done", 0) < len(pairs):
+        from ..study.run import emulated_bf16
+
+        slow = emulated_bf16(plan)
+        if slow:
+            print(f"this machine: {slow}; `study run` refuses the plan here (--allow-emulated-bf16 overrides)")
     return 0
 
 
