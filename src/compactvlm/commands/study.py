@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                         "machine; results record the threads used)")
     r.add_argument("--allow-emulated-bf16", action="store_true",
                    help="run a plan that answers in bfloat16 (eval_dtype) on a device without native bf16 anyway "
-                        "(refused by default: its evaluations are tens of times slower there)")
+                        "(refused by default: its answers are ~5.5x slower there, its training in fp32)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
     st = ssub.add_parser("status",
