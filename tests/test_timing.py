@@ -102,6 +102,9 @@ def test_bf16_dtype_resolution(monkeypatch):
     assert build.resolve_dtype("auto", "cpu") == "float32" and build.resolve_dtype("bfloat16") == "bfloat16"
     monkeypatch.setattr(build, "bf16_is_fast", lambda device="cpu": False)
     assert build.resolve_dtype("auto", "cuda") == "float32"
+    # asked for bf16 where it is emulated: kept as asked, with a warning saying what it costs and what auto picks
+    with pytest.warns(UserWarning, match="bfloat16 on this CPU is emulated.*--dtype auto picks float32"):
+        assert build.resolve_dtype("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(CompactVLMError, match="not supported"):
         build.resolve_dtype("int8")
     m = tiny_vlm("stf", k=2, E=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,10 @@ def resolve_dtype(name: str | None, device: str | torch.device = "cpu") -> str:
     if name == "auto":
         fast = torch.device(device).type in AUTO_BF16_DEVICES and bf16_is_fast(device)
         return "bfloat16" if fast else "float32"
+    if name == "bfloat16" and torch.device(device).type == "cpu" and not bf16_is_fast(device):
+        warnings.warn("bfloat16 on this CPU is emulated (no AMX / AVX512-BF16): answers come ~5.5x slower than in "
+                      "float32 (results/bench/answers_emulated_bf16_avx2.txt); --dtype auto picks float32 here",
+                      stacklevel=2)
     return name
 
 
@@ -189,8 +194,6 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation:
                                                "vocab.json", "spiece.model")):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     else:
-        import warnings
-
         warnings.warn(f"LLM folder {path} has no tokenizer: the model runs on token ids only", stacklevel=2)
     llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
                                                use_safetensors=True, trust_remote_code=False)
