@@ -275,3 +275,9 @@ def test_recorded_precision_reads_old_checkpoints_from_the_run_log(tmp_path):
     assert recorded_precision(run, run / "checkpoints" / "step-000008") == "fp32"  # its own record first
     (run / "metrics.jsonl").unlink()
     assert recorded_precision(run, run / "checkpoints" / "step-000002") is None
+    # resume=<a folder that is no training checkpoint> with precision=auto: the resume's own clear error, no traceback
+    (tmp_path / "not-a-checkpoint").mkdir()
+    assert recorded_precision(run, tmp_path / "not-a-checkpoint") is None
+    with pytest.raises(CompactVLMError, match="is not a resumable training checkpoint"):
+        train(tiny_train_config(tmp_path, ["optim.max_steps=1", "precision=auto", "threads=1",
+                                           f"resume={tmp_path / 'not-a-checkpoint'}", f"output_dir={tmp_path / 'o'}"]))

@@ -124,12 +124,16 @@ def resolve_precision(precision: str, device: str) -> str:
 def recorded_precision(out: Path, checkpoint: Path | None) -> str | None:
     """The autocast precision (``fp32`` / ``bf16``) the run in ``out`` trained with up to ``checkpoint``: the
     checkpoint's own record, else (checkpoints written before it was recorded) the last ``start`` event of the run's
-    metrics.jsonl at or before the checkpoint's step; None without a checkpoint or a record."""
+    metrics.jsonl at or before the checkpoint's step; None without a checkpoint or a record, and for a folder that is
+    not a readable training checkpoint (resuming it then fails with its own clear error)."""
     if checkpoint is None:
         return None
     from .state import TRAIN_STATE
 
-    state = json.loads((Path(checkpoint) / TRAIN_STATE).read_text())
+    try:
+        state = json.loads((Path(checkpoint) / TRAIN_STATE).read_text())
+    except (OSError, ValueError):
+        return None
     if state.get("precision"):
         return state["precision"]
     from .logging import read_events
