@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..efficiency.cost import measure_cost
 from ..errors import CompactVLMError
-from ..model.build import bf16_is_fast
+from ..model.build import EMULATED_BF16_COST, bf16_is_fast
 from ..runtime import set_threads
 from .controls import record_baselines
 from .plan import StudyPlan, StudyRow, eval_dir, eval_features, eval_run_info, result_path, stage_dirs
@@ -31,19 +31,17 @@ def data_build_lock(d: Path):
 
 def emulated_bf16(plan: StudyPlan) -> str | None:
     """Why this machine should not run the plan's rows, or None: a plan that answers in bfloat16 (``eval_dtype``)
-    on a device whose bf16 matmuls are emulated (no AMX / AVX512-BF16). There its answers come ~5.5x slower than in
-    float32 (results/bench/answers_emulated_bf16_avx2.txt: 0.37 vs 2.05 SceneQA questions/s with all 256 tokens on
-    2 AVX2 cores; a 64x576 @ 576x1536 matmul alone: 1.1 vs 49.6 GFLOP/s on one core), and ``precision: auto``
-    trains in fp32, unlike rows trained where bf16 is native."""
+    on a device whose bf16 matmuls are emulated (no AMX / AVX512-BF16): there its answers are slow
+    (``EMULATED_BF16_COST``; a 64x576 @ 576x1536 matmul alone: 1.1 vs 49.6 GFLOP/s on one AVX2 core), and
+    ``precision: auto`` trains in fp32, unlike rows trained where bf16 is native."""
     if plan.eval_dtype != "bfloat16" or bf16_is_fast(plan.device):
         return None
     import torch
 
     where = f"CPU (torch: {torch.backends.cpu.get_cpu_capability()})" if plan.device == "cpu" else "GPU"
     return (f"plan {plan.name!r} answers in bfloat16 (eval_dtype), and this {where} has no native bf16 matmuls: "
-            "they are emulated, and answers come ~5.5x slower than in float32 (2 AVX2 cores: 0.37 vs 2.05 SceneQA "
-            "questions/s with 256 image tokens, results/bench/answers_emulated_bf16_avx2.txt), so a full-token "
-            "(row, seed)'s four test passes would take ~6 h; its trained rows would also train in fp32 here "
+            f"they are emulated, and {EMULATED_BF16_COST}, so a full-token (row, seed)'s four test passes would "
+            "take ~6 h; its trained rows would also train in fp32 here "
             "(precision auto), not in the bf16 of rows trained on a native-bf16 machine")
 
 
