@@ -40,8 +40,8 @@ def emulated_bf16(plan: StudyPlan) -> str | None:
 
     where = f"CPU (torch: {torch.backends.cpu.get_cpu_capability()})" if plan.device == "cpu" else "GPU"
     return (f"plan {plan.name!r} answers in bfloat16 (eval_dtype), and this {where} has no native bf16 matmuls: "
-            f"they are emulated, and {EMULATED_BF16_COST}, so a full-token (row, seed)'s four test passes would "
-            "take ~6 h; its trained rows would also train in fp32 here "
+            f"they are emulated, and {EMULATED_BF16_COST}, so each of its test passes takes that much longer; "
+            "its trained rows would also train in fp32 here "
             "(precision auto), not in the bf16 of rows trained on a native-bf16 machine")
 
 
