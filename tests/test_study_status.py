@@ -158,3 +158,35 @@ def test_compute_left_sums_each_pairs_estimate_once(tmp_path):
     # have no hint for an evaluation, nor does the retraining they would share count without them
     assert line.startswith("compute left: ~4.5 h for 3 pairs") and "not counted: 1 blocked, 5 without a cost_hint" in line
     assert compute_left([PairStatus("x", 0, "done", "", 0.0)]) == "compute left: none (every listed pair is done)"
+
+
+def test_time_left_counts_the_validation_passes_left(tmp_path):
+    """A stage that validates every 100 steps: the time left is its steps at their pace plus the passes it has still
+    to run (every 100 steps before the last, and one at the end) at the median duration of those it logged since
+    its latest start; without a duration logged, or without its train_config.yaml, only the steps are counted."""
+    plan = _plan(tmp_path)
+    _final(tmp_path / "runs" / "full" / "s0" / "stage1")
+    s2 = tmp_path / "runs" / "full" / "s0" / "stage2"
+    _log(s2, {"event": "start", "step": 0, "total_steps": 900},
+         {"event": "eval", "step": 100, "val_loss": 0.71, "seconds": 999.0},  # another start's machine: not its pace
+         {"event": "start", "step": 100, "total_steps": 900},
+         {"event": "eval", "step": 200, "val_loss": 0.70, "seconds": 150.0},
+         {"event": "eval", "step": 300, "val_loss": 0.69, "seconds": 170.0},
+         {"event": "eval", "step": 400, "val_loss": 0.68, "seconds": 160.0},
+         {"event": "train", "step": 450, "sec_per_step": 8.0})
+    _checkpoint(s2, 450)
+    (s2 / "train_config.yaml").write_text("eval:\n  every_steps: 100\n  at_end: true\n")
+    got = plan_status(plan, rows=["full"], seeds=[0])[0]
+    # 450 steps x 8 s = 60 min; passes at 500, 600, 700, 800 and the end (900): 5 x 160 s = 13.3 min
+    assert got.detail == ("stage 2/2: step 450/900 (8.0 s/step, ~1 h 00 min of steps left + 5 validation passes at "
+                          "~3 min: ~1 h 13 min); val loss 100: 0.710, 200: 0.700, 300: 0.690, 400: 0.680; "
+                          "a restart resumes at step 450")
+    plan.cost_hint = {"eval": 6}
+    assert abs(plan_status(plan, rows=["full"], seeds=[0])[0].minutes_left - (60 + 800 / 60 + 6)) < 1e-6
+    # no validation at the end, and the pass at step 500 already run when the restart counts from 500
+    (s2 / "train_config.yaml").write_text("eval:\n  every_steps: 100\n  at_end: false\n")
+    _checkpoint(s2, 500)
+    assert "(8.0 s/step, ~53 min of steps left + 3 validation passes at ~3 min: ~1 h 01 min)" in \
+        plan_status(plan, rows=["full"], seeds=[0])[0].detail
+    (s2 / "train_config.yaml").unlink()  # unknown cadence: the steps alone, as before
+    assert "(8.0 s/step, ~53 min of steps left);" in plan_status(plan, rows=["full"], seeds=[0])[0].detail

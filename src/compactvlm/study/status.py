@@ -5,15 +5,16 @@ States: ``done`` (its result file exists: family mean with real images and with 
 (the model it evaluates is trained, its result is not written yet: the answers each evaluation pass has written so
 far), ``training`` (a process holds the stage's output lock) or ``interrupted`` (none does): stage k of n, the last
 logged step of the stage's total, the median time of its recent steps with the time the stage's remaining steps
-would take at that pace, the stage's validation losses so far, and the last resumable checkpoint, which is where a
+would take at that pace (plus its remaining validation passes at the median time of those it ran, where the stage
+logged their duration), the stage's validation losses so far, and the last resumable checkpoint, which is where a
 restart continues; ``waiting`` (an evaluation-only row whose source model is not trained yet, or whose source has a
 result but no model on this machine: running it trains the source again first), ``blocked`` (the same, where a
 training here cannot reproduce the source's result: ``study.source``), ``not started``.
 
 Each pair also carries an estimate of the compute it still needs (``minutes_left``): a training stage's remaining
-steps at its measured pace where it is in its last stage, else the plan's ``cost_hint`` (minutes for the row's
-name, else for its kind, ``trained`` or ``eval``), plus an evaluation's hint for a trained row still to be evaluated;
-none for a blocked pair. :func:`compute_left` sums them for ``study status``.
+steps and validation passes at their measured pace where it is in its last stage, else the plan's ``cost_hint``
+(minutes for the row's name, else for its kind, ``trained`` or ``eval``), plus an evaluation's hint for a trained row
+still to be evaluated; none for a blocked pair. :func:`compute_left` sums them for ``study status``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from ..evaluate.harness import PREDICTIONS
 from ..model.checkpoint import CONFIG_NAME
@@ -65,27 +68,51 @@ def _running(stage_dir: Path) -> bool:
 _RECENT = 20  # steps whose median time is a stage's pace
 
 
-def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None, dict[int, float]]:
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None, dict[int, float], float | None]:
     """(last logged training step, the stage's total steps from its latest start event, median seconds per step
-    over the last ``_RECENT`` steps logged since that start, validation loss by step: the last logged for a step)
-    of a stage's metrics."""
-    step, total, times, val = 0, None, [], {}
+    over the last ``_RECENT`` steps logged since that start, validation loss by step: the last logged for a step,
+    median seconds of a validation pass: those since that start, else all the stage logged; None where none logged
+    its duration) of a stage's metrics."""
+    step, total, times, val, passes, passes_before = 0, None, [], {}, [], []
     for e in read_events(stage_dir):
         if e.get("event") == "eval" and e.get("val_loss") is not None:
             val[int(e.get("step", 0))] = float(e["val_loss"])
+            if e.get("seconds") is not None:
+                passes.append(float(e["seconds"]))
         elif e.get("event") == "start":
             total = e.get("total_steps", total)
             step = e.get("step", 0) or 0  # a resumed start logs the step it resumed at
             times = []  # another start: maybe another machine or thread count
+            passes_before, passes = passes_before + passes, []
         elif e.get("event") == "train":
             step = max(step, int(e.get("step", 0)))
             if e.get("sec_per_step") is not None:
                 times.append(float(e["sec_per_step"]))
-    recent = sorted(times[-_RECENT:])
-    return step, total, (recent[len(recent) // 2] if recent else None), val
+    return step, total, _median(times[-_RECENT:]), val, _median(passes or passes_before)
+
+
+def _validations_left(stage_dir: Path, from_step: int, total: int) -> int | None:
+    """The validation passes a stage still runs after ``from_step``, by the ``eval`` section of the
+    ``train_config.yaml`` it wrote: one every ``every_steps`` steps before the last, and one at the end
+    (``at_end``); None where that file is missing or unreadable."""
+    try:
+        cfg = yaml.safe_load((stage_dir / "train_config.yaml").read_text(encoding="utf-8"))
+        ev = cfg.get("eval") or {}
+        every = int(ev.get("every_steps") or 0)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None
+    before_last = len(range(every * (from_step // every + 1), total, every)) if every > 0 else 0
+    return before_last + (1 if ev.get("at_end", True) else 0)
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 60:  # a validation pass of a small stage: not "0 min"
+        return f"{seconds:.0f} s"
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
@@ -152,7 +179,7 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
         return PairStatus(name, seed, "waiting", f"for `{row.from_}` seed {seed} to finish training", own,
                           (row.from_, seed, _hint(plan, row.from_, "trained")))
     k, d = next((k, d) for k, d in enumerate(dirs) if not _finished(d))  # the last one is not (checked above)
-    step, total, per_step, val = _stage_progress(d)
+    step, total, per_step, val, per_pass = _stage_progress(d)
     if step == 0 and total is None and k == 0:
         return PairStatus(name, seed, "not started", "", own)
     cks = list_checkpoints(d)
@@ -167,14 +194,22 @@ def pair_status(plan: StudyPlan, name: str, seed: int) -> PairStatus:
     if k == 0 and row.from_stage1:  # the stage 1 it shares is the source row's (one training for both pairs)
         detail = f"`{row.from_stage1}`'s {detail}"
     from_step = step if running else (cks[-1][0] if cks else 0)  # where the steps left are counted from
-    if per_step is not None and total is not None and from_step < total:  # validation passes come on top
-        detail += f" ({_per_step(per_step)}, ~{_duration((total - from_step) * per_step)} of steps left)"
+    seconds_left = None  # the stage's steps left at their pace, and its validation passes left where measured
+    if per_step is not None and total is not None and from_step < total:
+        seconds_left = (total - from_step) * per_step
+        pace = f"{_per_step(per_step)}, ~{_duration(seconds_left)} of steps left"
+        passes = _validations_left(d, from_step, total) if per_pass is not None else None
+        if passes:
+            seconds_left += passes * per_pass
+            pace += (f" + {passes} validation pass{'es' if passes != 1 else ''} at ~{_duration(per_pass)}: "
+                     f"~{_duration(seconds_left)}")
+        detail += f" ({pace})"
     if val:  # the curve so far: is a long stage still learning?
         detail += "; val loss " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(val.items()))
     state = "training" if running else "interrupted"
     left = own  # an earlier stage: the row's hint (the stages left are not measured yet)
     if k == len(dirs) - 1 and per_step is not None and total is not None and eval_hint is not None:
-        left = max(total - from_step, 0) * per_step / 60 + eval_hint
+        left = (seconds_left or 0.0) / 60 + eval_hint
     return PairStatus(name, seed, state, detail + (f"; {keeps}" if keeps else ""), left)
 
 
