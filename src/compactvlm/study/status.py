@@ -20,13 +20,16 @@ still to be evaluated; none for a blocked pair. :func:`compute_left` sums them f
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ..errors import CompactVLMError
 from ..evaluate.harness import PREDICTIONS
 from ..model.checkpoint import CONFIG_NAME
+from ..train.config import train_config_from_dict
 from ..train.logging import read_events
 from ..train.state import LOCK, list_checkpoints
 from .plan import StudyPlan, eval_dir, result_path, stage_dirs
@@ -69,8 +72,7 @@ _RECENT = 20  # steps whose median time is a stage's pace
 
 
 def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
+    return statistics.median_high(values) if values else None  # the upper middle: a time that was measured
 
 
 def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None, dict[int, float], float | None]:
@@ -98,16 +100,16 @@ def _stage_progress(stage_dir: Path) -> tuple[int, int | None, float | None, dic
 
 def _validations_left(stage_dir: Path, from_step: int, total: int) -> int | None:
     """The validation passes a stage still runs after ``from_step``, by the ``eval`` section of the
-    ``train_config.yaml`` it wrote: one every ``every_steps`` steps before the last, and one at the end
-    (``at_end``); None where that file is missing or unreadable."""
+    ``train_config.yaml`` it wrote (read as the trainer's config, with its defaults): one every ``every_steps``
+    steps before the last, and one at the end (``at_end``); None where that file is missing or unreadable."""
     try:
-        cfg = yaml.safe_load((stage_dir / "train_config.yaml").read_text(encoding="utf-8"))
-        ev = cfg.get("eval") or {}
-        every = int(ev.get("every_steps") or 0)
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        ev = train_config_from_dict(yaml.safe_load((stage_dir / "train_config.yaml").read_text(encoding="utf-8"))
+                                    or {}).eval
+    except (OSError, yaml.YAMLError, CompactVLMError, AttributeError, TypeError, ValueError):
         return None
+    every = ev.every_steps
     before_last = len(range(every * (from_step // every + 1), total, every)) if every > 0 else 0
-    return before_last + (1 if ev.get("at_end", True) else 0)
+    return before_last + (1 if ev.at_end else 0)
 
 
 def _duration(seconds: float) -> str:
